@@ -1,0 +1,68 @@
+"""The ``ddmr`` command line.
+
+Sub-commands live one per module in :mod:`ddmr_core.commands`; each module defines
+``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. User errors
+(:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import traceback
+
+from . import __version__
+from .errors import DdmrError
+
+
+def _command_modules():
+    from . import commands
+
+    mods = []
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
+    return sorted(mods, key=lambda m: getattr(m, "ORDER", 50))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddmr",
+        description="Deep deformable medical image registration (DDMR re-implementation).",
+    )
+    parser.add_argument("--version", action="version", version=f"ddmr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 0
+        return int(args._run(args) or 0)
+    except DdmrError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"ddmr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ddmr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ddmr`` sub-command (see :mod:`ddmr_core.cli`)."""

@@ -1,0 +1,34 @@
+"""Exceptions for errors a user can fix (bad input, bad config, unknown names).
+
+The command line prints these as one line, ``ddmr: error: ...``, and exits non-zero
+without a traceback (``--debug`` shows it). Anything else is a bug and keeps its traceback.
+"""
+
+
+class DdmrError(Exception):
+    """Base class of user-facing errors."""
+
+    exit_code = 2
+
+
+class ConfigError(DdmrError):
+    """A gin file or binding that cannot be parsed or names something unknown."""
+
+
+class PluginError(DdmrError):
+    """A plugin that fails to import, or two plugins giving the same name."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A plugin name that no registered plugin provides."""
+
+    def __str__(self):  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
+class DataError(DdmrError):
+    """Unreadable, corrupt or mismatched input data (NIfTI files, arrays, shapes)."""
+
+
+class CheckpointError(DdmrError):
+    """A checkpoint that is missing, corrupt or of another architecture."""

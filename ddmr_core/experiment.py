@@ -1,0 +1,49 @@
+"""gin-configurable builders that turn a config into components.
+
+Configs bind these, e.g.::
+
+    ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
+    ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'grad_l2': @ddmr.losses.grad_l2()}
+    ddmr.build_model.weighting = @ddmr.loss_weightings.uw   # a factory: no ()
+    ddmr.build_augmentation.steps = [@ddmr.augmenters.tps(), @ddmr.augmenters.rigid()]
+    ddmr.build_dataset.dataset = @ddmr.datasets.mni_brain()
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import gin
+from torch import nn
+
+from .model import RegistrationModel
+
+
+@gin.configurable(module="ddmr")
+def build_model(
+    backbone: nn.Module = gin.REQUIRED,
+    losses: Mapping[str, nn.Module] | None = None,
+    weighting=None,
+) -> RegistrationModel:
+    """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`."""
+    return RegistrationModel(backbone, losses, weighting)
+
+
+@gin.configurable(module="ddmr")
+def build_augmentation(steps: Sequence[nn.Module] = (), seed: int = 0):
+    """The on-the-fly augmentation pipeline (see :mod:`ddmr_core.augment`)."""
+    from .augment import AugmentationPipeline
+
+    return AugmentationPipeline(list(steps), seed=seed)
+
+
+@gin.configurable(module="ddmr")
+def build_dataset(dataset=gin.REQUIRED):
+    """The dataset plugin instance named by the config."""
+    return dataset
+
+
+@gin.configurable(module="ddmr")
+def input_size(size: Sequence[int] = (64, 64, 64)) -> tuple:
+    """The network's input grid ``(D, H, W)``, shared through the ``SIZE`` macro."""
+    return tuple(int(s) for s in size)

@@ -1,0 +1,112 @@
+"""RegistrationModel: backbone + spatial transformer + loss terms + loss weighting.
+
+This is the paper's Fig. 1 as one module: the backbone predicts a pull field from
+``(fixed, moving)``, the spatial transformer warps the moving image (linear) and its
+one-hot segmentations (linear, so gradients flow), and each loss term is computed on
+the inputs it declares (``image``, ``segmentation`` or ``field``) before the weighting
+strategy combines them into one scalar.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .spatial import warp
+
+LOSS_INPUTS = ("image", "segmentation", "field")
+
+
+class RegistrationModel(nn.Module):
+    """Args:
+        backbone: ``nn.Module`` with ``forward(fixed, moving) -> disp (B, 3, D, H, W)``.
+        losses: ``{name: loss module}``; each module has ``inputs`` in :data:`LOSS_INPUTS`.
+        weighting: a loss-weighting factory ``(loss_names, regulariser_names) -> module``
+            or an already built module; ``None`` sums the terms with weight 1.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        losses: Mapping[str, nn.Module] | None = None,
+        weighting: Callable | nn.Module | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        losses = dict(losses or {})
+        for name, loss in losses.items():
+            inputs = getattr(loss, "inputs", None)
+            if inputs not in LOSS_INPUTS:
+                raise ConfigError(
+                    f"loss {name!r} must declare inputs in {LOSS_INPUTS}, got {inputs!r}"
+                )
+        self.losses = nn.ModuleDict(losses)
+        self.loss_names = [n for n, l in losses.items() if l.inputs != "field"]
+        self.regulariser_names = [n for n, l in losses.items() if l.inputs == "field"]
+        if weighting is None or isinstance(weighting, nn.Module):
+            self.weighting = weighting
+        else:
+            self.weighting = weighting(self.loss_names, self.regulariser_names)
+
+    @property
+    def needs_segmentations(self) -> bool:
+        """True when a loss term compares segmentations (segmentation-guided designs)."""
+        return any(l.inputs == "segmentation" for l in self.losses.values())
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, moving_segs: torch.Tensor | None = None):
+        """Predict and apply the field.
+
+        Args:
+            fixed, moving: ``(B, 1, D, H, W)`` images in [0, 1] on the same grid.
+            moving_segs: optional one-hot ``(B, L, D, H, W)``, warped linearly.
+
+        Returns:
+            ``{"disp": (B, 3, D, H, W), "warped": (B, 1, ...), "warped_segs": (B, L, ...) or None}``
+        """
+        if fixed.shape != moving.shape:
+            raise ValueError(
+                f"fixed and moving must have the same shape, got {tuple(fixed.shape)} and {tuple(moving.shape)}"
+            )
+        disp = self.backbone(fixed, moving)
+        warped = warp(moving, disp, mode="linear", padding="border")
+        warped_segs = None
+        if moving_segs is not None:
+            warped_segs = warp(moving_segs, disp, mode="linear", padding="zeros")
+        return {"disp": disp, "warped": warped, "warped_segs": warped_segs}
+
+    def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:
+        """Every loss term, ``{name: scalar}``, from a batch and the model's output."""
+        terms = {}
+        for name, loss in self.losses.items():
+            if loss.inputs == "image":
+                terms[name] = loss(out["warped"], batch["fixed"])
+            elif loss.inputs == "segmentation":
+                if out.get("warped_segs") is None or batch.get("fixed_segs") is None:
+                    raise ConfigError(
+                        f"loss {name!r} compares segmentations, but the batch has none: "
+                        "use a dataset with label maps or drop the segmentation loss"
+                    )
+                terms[name] = loss(out["warped_segs"], batch["fixed_segs"])
+            else:
+                terms[name] = loss(out["disp"])
+        return terms
+
+    def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.weighting is None:
+            return torch.stack(list(terms.values())).sum()
+        return self.weighting(terms)
+
+    def current_weights(self) -> dict:
+        if self.weighting is None:
+            return {n: 1.0 for n in self.losses}
+        return dict(self.weighting.weights())
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]):
+        """Forward pass plus loss: returns ``(total, terms, out)``."""
+        segs = batch.get("moving_segs") if self.needs_segmentations else None
+        out = self(batch["fixed"], batch["moving"], segs)
+        terms = self.loss_terms(batch, out)
+        return self.combine(terms), terms, out

@@ -1,0 +1,172 @@
+"""Spatial core shared by every part: warping, resizing, composing fields, Jacobians.
+
+Conventions (``shared/DESIGN.md``):
+
+* images ``(B, C, D, H, W)``; displacement fields ``(B, 3, D, H, W)`` float32 in **voxel
+  units of the fixed grid**, component ``i`` along array axis ``i``;
+* pull (backward) mapping: ``warped(x) = moving(x + u(x))`` for every voxel ``x`` of the
+  fixed grid -- the convention of voxelmorph and MONAI's ``Warp`` (``align_corners=True``
+  sampling, voxel centres at integer coordinates);
+* resizing keeps the physical field of view (voxel centres of the new grid sit at
+  ``(j + 0.5) * N_old / N_new - 0.5`` of the old one, ``align_corners=False``), so a
+  field's vectors scale by ``N_new / N_old`` per axis, and the affine changes as
+  :func:`resize_affine` says.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear", "nearest": "nearest"}
+_PADDINGS = ("zeros", "border", "reflection")
+
+
+@lru_cache(maxsize=16)
+def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Cached: building the identity grid is a noticeable share of a warp at 128^3.
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates ``(1, 3, D, H, W)``: channel ``i`` holds the index along axis ``i``."""
+    return _base_grid(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)
+
+
+def _check_field(disp: torch.Tensor, name: str = "disp") -> None:
+    if disp.dim() != 5 or disp.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, D, H, W), got {tuple(disp.shape)}")
+
+
+def warp(
+    image: torch.Tensor, disp: torch.Tensor, mode: str = "linear", padding: str = "zeros"
+) -> torch.Tensor:
+    """Warp ``image`` with the pull field ``disp``: ``out(x) = image(x + disp(x))``.
+
+    Args:
+        image: ``(B, C, D, H, W)``; integer label maps are sampled as float and cast back.
+        disp: ``(B, 3, D, H, W)`` voxel displacements on the image's grid (``B`` may be 1
+            to share one field across the batch).
+        mode: ``"linear"`` (trilinear, differentiable) or ``"nearest"``.
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the image.
+
+    Returns:
+        ``(B, C, D, H, W)`` tensor of the image's dtype.
+    """
+    _check_field(disp)
+    if image.dim() != 5:
+        raise ValueError(f"image must have shape (B, C, D, H, W), got {tuple(image.shape)}")
+    if tuple(image.shape[2:]) != tuple(disp.shape[2:]):
+        raise ValueError(
+            f"image grid {tuple(image.shape[2:])} and field grid {tuple(disp.shape[2:])} differ"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    out_dtype = image.dtype
+    src = image if image.is_floating_point() else image.float()
+    dtype = disp.dtype if disp.is_floating_point() else torch.float32
+    shape = tuple(disp.shape[2:])
+    base = _base_grid(shape, disp.device, dtype)
+    # normalise voxel coordinates to [-1, 1] (align_corners=True) and put xyz last,
+    # reversed, as grid_sample expects (its x is the last array axis).
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=disp.device, dtype=dtype)
+    grid = (base + disp) * scale.view(1, 3, 1, 1, 1) - 1.0
+    grid = grid.permute(0, 2, 3, 4, 1).flip(-1)
+    if grid.shape[0] != src.shape[0]:
+        grid = grid.expand(src.shape[0], *grid.shape[1:])
+    out = F.grid_sample(
+        src.to(dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True
+    )
+    if not image.is_floating_point():
+        out = out.round().to(out_dtype)
+    else:
+        out = out.to(out_dtype)
+    return out
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
+    """Resize ``(B, C, D, H, W)`` to ``size`` keeping the field of view.
+
+    ``mode="nearest"`` is for label maps (integer dtypes are kept)."""
+    size = tuple(int(s) for s in size)
+    if tuple(image.shape[2:]) == size:
+        return image
+    if mode == "nearest":
+        src = image if image.is_floating_point() else image.float()
+        out = F.interpolate(src, size=size, mode="nearest-exact")
+        return out.to(image.dtype)
+    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+
+
+def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a voxel field to ``size``, rescaling component ``i`` by ``size[i] / D_i``."""
+    _check_field(disp)
+    size = tuple(int(s) for s in size)
+    old = disp.shape[2:]
+    if tuple(old) == size:
+        return disp
+    out = F.interpolate(disp, size=size, mode="trilinear", align_corners=False)
+    ratio = torch.tensor([n / o for n, o in zip(size, old)], device=disp.device, dtype=disp.dtype)
+    return out * ratio.view(1, 3, 1, 1, 1)
+
+
+def resize_affine(affine: np.ndarray, old_shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of a grid resized from ``old_shape`` to ``new_shape``.
+
+    The new voxel ``j`` sits at old voxel ``(j + 0.5) * r - 0.5``, ``r = old / new``."""
+    r = np.asarray(old_shape, dtype=float) / np.asarray(new_shape, dtype=float)
+    m = np.eye(4)
+    m[:3, :3] = np.diag(r)
+    m[:3, 3] = (r - 1.0) / 2.0
+    return np.asarray(affine, dtype=float) @ m
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The single field equal to warping with ``first`` and then with ``second``.
+
+    ``warp(warp(m, first), second)(x) = m(x + second(x) + first(x + second(x)))``, so
+    the result is ``second + warp(first, second)`` (linear interpolation, border padding).
+    """
+    _check_field(first, "first")
+    _check_field(second, "second")
+    return second + warp(first, second, mode="linear", padding="border")
+
+
+def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x -> x + u(x)``, ``(B, D, H, W)``.
+
+    Central differences inside, one-sided at the borders (``torch.gradient``), so an
+    affine field gives the determinant of its matrix exactly, everywhere."""
+    _check_field(disp)
+    grads = [torch.gradient(disp[:, i], dim=(1, 2, 3)) for i in range(3)]
+    # J[i][j] = d(x_i + u_i)/d x_j
+    J = [[grads[i][j] + (1.0 if i == j else 0.0) for j in range(3)] for i in range(3)]
+    return (
+        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+    )
+
+
+def one_hot(labels: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
+    """Label map ``(B, 1, D, H, W)`` -> one-hot float ``(B, L, D, H, W)`` over ``values``
+    (the foreground labels; background is left out)."""
+    if labels.dim() != 5 or labels.shape[1] != 1:
+        raise ValueError(f"label map must have shape (B, 1, D, H, W), got {tuple(labels.shape)}")
+    vals = torch.as_tensor(list(values), device=labels.device).view(1, -1, 1, 1, 1)
+    return (labels.long() == vals.long()).float()
+
+
+def labels_from_one_hot(onehot: torch.Tensor, values: Sequence[int], threshold: float = 0.5) -> torch.Tensor:
+    """One-hot ``(B, L, ...)`` -> label map ``(B, 1, ...)`` (uint8), background where all < threshold."""
+    vals = torch.as_tensor([0] + list(values), device=onehot.device)
+    bg = torch.full_like(onehot[:, :1], threshold)
+    idx = torch.cat([bg, onehot], dim=1).argmax(dim=1, keepdim=True)
+    return vals[idx].to(torch.uint8)
