@@ -8,6 +8,7 @@ installed package alike.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util  # noqa: F401  gin's include error path needs it imported
 import re
 from pathlib import Path
@@ -17,6 +18,16 @@ import gin
 
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry, unknown_name_message
+
+#: Modules defining gin configurables outside the plugin registry; imported before parsing
+#: so that configs can bind them (gin only knows a configurable once its module is imported).
+GIN_MODULES = (
+    "ddmr_core.experiment",
+    "ddmr_core.augment",
+    "ddmr_core.trainer",
+    "ddmr_core.transfer",
+    "ddmr_core.preprocess",
+)
 
 _UNKNOWN_RE = re.compile(r"No configurable matching (?:reference )?'@?(ddmr\.(\w+)\.(\w+))")
 
@@ -66,6 +77,7 @@ def parse_config(
         UnknownNameError: a config names a plugin that is not registered; the message
             lists the names available for that kind.
     """
+    import_gin_modules()
     registry = registry if registry is not None else Registry()
     registry.bind_gin()
     paths = [resolve_config(f) for f in files]
@@ -86,6 +98,16 @@ def parse_config(
         gin.clear_config()
         raise translate_gin_error(exc, registry, where) from exc
     return registry
+
+
+def import_gin_modules() -> None:
+    """Import every module in :data:`GIN_MODULES` that exists in this installation."""
+    for name in GIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a missing dependency inside it is a real error
+                raise
 
 
 def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Exception:

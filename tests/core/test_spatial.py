@@ -1,0 +1,161 @@
+"""ddmr_core.spatial against SciPy, MONAI and hand-worked cases."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from ddmr_core import spatial
+
+
+def smooth_volume(shape, seed, sigma=3.0):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma).astype(np.float32)
+
+
+def smooth_field(shape, seed, amplitude):
+    comps = [smooth_volume(shape, seed + i, sigma=4.0) for i in range(3)]
+    field = np.stack([c / np.abs(c).max() * amplitude for c in comps])
+    return field.astype(np.float32)
+
+
+def test_warp_matches_scipy_map_coordinates():
+    shape = (20, 24, 28)
+    image = smooth_volume(shape, 0)
+    disp = smooth_field(shape, 10, amplitude=3.0)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(np.float64)
+    coords = grid + disp
+    expected = ndimage.map_coordinates(image.astype(np.float64), coords, order=1, mode="constant", cval=0.0)
+    out = spatial.warp(torch.from_numpy(image)[None, None], torch.from_numpy(disp)[None]).numpy()[0, 0]
+    # interior: sample positions inside the image, where both agree on the padding
+    inside = np.all([(coords[i] >= 0) & (coords[i] <= shape[i] - 1) for i in range(3)], axis=0)
+    assert inside.mean() > 0.7
+    assert np.abs(out - expected)[inside].max() < 1e-4
+
+
+def test_warp_matches_monai_warp():
+    from monai.networks.blocks import Warp
+
+    shape = (16, 18, 20)
+    image = torch.from_numpy(smooth_volume(shape, 1))[None, None]
+    disp = torch.from_numpy(smooth_field(shape, 20, amplitude=2.5))[None]
+    with pytest.warns(UserWarning):  # MONAI announces its PyTorch fallback
+        ref = Warp(mode="bilinear", padding_mode="zeros")(image, disp)
+    assert torch.allclose(spatial.warp(image, disp, padding="zeros"), ref, atol=1e-5)
+
+
+def test_identity_is_exact():
+    image = torch.rand(2, 3, 8, 9, 10)
+    out = spatial.warp(image, torch.zeros(2, 3, 8, 9, 10))
+    assert torch.equal(out, image) or torch.allclose(out, image, atol=1e-6, rtol=0)
+
+
+def test_integer_translation_is_exact():
+    image = torch.rand(1, 1, 10, 12, 14)
+    disp = torch.zeros(1, 3, 10, 12, 14)
+    disp[:, 1] = 2.0  # pull from two voxels further along axis 1
+    out = spatial.warp(image, disp, padding="zeros")
+    assert torch.allclose(out[..., :-2, :], image[..., 2:, :], atol=1e-6)
+    assert torch.all(out[..., -2:, :] == 0)
+
+
+def test_nearest_warp_keeps_label_values():
+    labels = torch.randint(0, 4, (1, 1, 12, 12, 12), dtype=torch.uint8)
+    disp = torch.from_numpy(smooth_field((12, 12, 12), 3, 1.7))[None]
+    out = spatial.warp(labels, disp, mode="nearest")
+    assert out.dtype == torch.uint8
+    assert set(out.unique().tolist()) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_jacobian_of_affine_field_is_matrix_determinant(seed):
+    rng = np.random.default_rng(seed)
+    A = np.eye(3) + 0.2 * rng.standard_normal((3, 3))
+    t = rng.standard_normal(3)
+    shape = (9, 10, 11)
+    x = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).reshape(3, -1)
+    u = ((A - np.eye(3)) @ x + t[:, None]).reshape(3, *shape)
+    det = spatial.jacobian_determinant(torch.from_numpy(u).double()[None])
+    assert torch.allclose(det, torch.full_like(det, np.linalg.det(A)), atol=1e-9)
+
+
+def test_jacobian_of_identity_and_folding():
+    disp = torch.zeros(1, 3, 6, 6, 6)
+    assert torch.allclose(spatial.jacobian_determinant(disp), torch.ones(1, 6, 6, 6))
+    # u_0 = -2 x_0 flips axis 0: det = 1 - 2 = -1
+    disp[:, 0] = -2 * torch.arange(6.0).view(6, 1, 1)
+    assert torch.allclose(spatial.jacobian_determinant(disp), -torch.ones(1, 6, 6, 6))
+
+
+def test_resize_field_scales_vectors_by_size_ratio():
+    disp = torch.zeros(1, 3, 8, 10, 12)
+    disp[:, 0], disp[:, 1], disp[:, 2] = 1.0, -2.0, 0.5
+    out = spatial.resize_field(disp, (16, 5, 24))
+    assert out.shape == (1, 3, 16, 5, 24)
+    assert torch.allclose(out[:, 0], torch.full_like(out[:, 0], 2.0))
+    assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], -1.0))
+    assert torch.allclose(out[:, 2], torch.full_like(out[:, 2], 1.0))
+
+
+def test_resized_field_warps_resized_image_consistently():
+    # a linear image is resampled exactly by trilinear interpolation, so warping at
+    # low resolution and resizing must equal resizing and warping with the resized field
+    shape, big = (12, 12, 12), (24, 24, 24)
+    x = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
+    image = (0.3 * x[0] + 0.2 * x[1] - 0.1 * x[2])[None, None]
+    disp = torch.zeros(1, 3, *shape, dtype=torch.float64)
+    disp[:, 0], disp[:, 2] = 1.5, -0.75  # a translation
+    low = spatial.resize_image(spatial.warp(image, disp, padding="border"), big)
+    high = spatial.warp(spatial.resize_image(image, big), spatial.resize_field(disp, big), padding="border")
+    # away from the borders, where padding and edge clamping of the resize differ
+    sl = (slice(None), slice(None), slice(6, -6), slice(6, -6), slice(6, -6))
+    assert torch.allclose(low[sl], high[sl], atol=1e-9)
+
+
+def test_resize_affine_keeps_field_of_view():
+    affine = np.array([[0, 0, 2.0, 10], [1.5, 0, 0, -3], [0, 1.0, 0, 7], [0, 0, 0, 1]])
+    old, new = (10, 20, 30), (5, 40, 15)
+    out = spatial.resize_affine(affine, old, new)
+    # the outer corners of the first and last voxels stay where they were
+    for corner_old, corner_new in [((-0.5,) * 3, (-0.5,) * 3), (tuple(n - 0.5 for n in old), tuple(n - 0.5 for n in new))]:
+        p_old = affine @ np.array([*corner_old, 1.0])
+        p_new = out @ np.array([*corner_new, 1.0])
+        assert np.allclose(p_old, p_new)
+
+
+def test_compose_translations_add():
+    a = torch.zeros(1, 3, 8, 8, 8)
+    b = torch.zeros(1, 3, 8, 8, 8)
+    a[:, 0], b[:, 1] = 1.0, -2.0
+    c = spatial.compose(a, b)
+    assert torch.allclose(c[:, 0], torch.ones_like(c[:, 0]))
+    assert torch.allclose(c[:, 1], torch.full_like(c[:, 1], -2.0))
+
+
+def test_compose_matches_sequential_warps():
+    shape = (24, 24, 24)
+    image = torch.from_numpy(smooth_volume(shape, 5, sigma=4.0))[None, None].double()
+    a = torch.from_numpy(smooth_field(shape, 30, 1.5))[None].double()
+    b = torch.from_numpy(smooth_field(shape, 40, 1.5))[None].double()
+    twice = spatial.warp(spatial.warp(image, a, padding="border"), b, padding="border")
+    once = spatial.warp(image, spatial.compose(a, b), padding="border")
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    # linear interpolation of the intermediate image differs from exact composition by
+    # a second-order term; for smooth inputs it is far below the image range
+    err = (twice - once)[inner].abs().max().item()
+    assert err < 0.02 * (image.max() - image.min()).item()
+
+
+def test_one_hot_round_trip():
+    labels = torch.tensor([0, 2, 5, 2, 0], dtype=torch.uint8).view(1, 1, 5, 1, 1)
+    oh = spatial.one_hot(labels, (2, 5))
+    assert oh.shape == (1, 2, 5, 1, 1)
+    assert oh[0, :, :, 0, 0].tolist() == [[0, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+    assert torch.equal(spatial.labels_from_one_hot(oh, (2, 5)), labels)
+
+
+def test_warp_rejects_mismatched_grids():
+    with pytest.raises(ValueError, match="grid"):
+        spatial.warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 5))
+    with pytest.raises(ValueError, match="mode"):
+        spatial.warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), mode="cubic")
