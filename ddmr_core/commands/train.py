@@ -1,0 +1,42 @@
+"""``ddmr train CONFIG.gin --out RUN_DIR``: train (or resume, or finetune) one model.
+
+Everything about the run comes from the gin config (``ddmr.Trainer.*``, the model,
+data and augmentation builders); the command line only says where the run lives, how
+far to go and on which device. Under ``torchrun --nproc_per_node N`` the same command
+trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+NAME = "train"
+HELP = "train a registration model from a gin config (resume, finetune, multi-device)"
+ORDER = 20
+
+
+def add_arguments(parser):
+    parser.add_argument("config", help="experiment gin file (a path or a shipped config, e.g. "
+                        "experiments/brain/uw_nsd.gin)")
+    parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
+                        help="extra gin binding, e.g. --gin 'ddmr.Trainer.max_epochs = 5' (repeatable)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR",
+                        help="run folder: config.gin, last.pt, best.pt, TensorBoard logs/")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="stop after N optimiser steps (a resumable checkpoint is kept)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="training device (default: cuda when available)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR from its last.pt")
+
+
+def run(args) -> int:
+    from ..trainer import train
+
+    trainer = train(args.config, args.gin, run_dir=args.out, max_steps=args.max_steps,
+                    device=args.device, resume=args.resume)
+    c = trainer.counters
+    if trainer.is_main:
+        best = c["best_val"]
+        print(f"ddmr train: {c['epoch']} epochs, {c['optimizer_steps']} optimiser steps"
+              f"{', ' + str(c['nonfinite_total']) + ' skipped (non-finite)' if c['nonfinite_total'] else ''}; "
+              f"best validation loss {best:.6g}; run in {args.out}")
+    return 0
