@@ -1,0 +1,97 @@
+"""Image similarity between the fixed and the warped image: ``ssim`` and ``ncc``.
+
+Both are computed on the images as the evaluator gives them (normalised to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Metric
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None]
+
+
+class SSIM(Metric):
+    """Structural similarity, mean over the volume (MONAI's ``SSIMMetric``).
+
+    Defaults follow scikit-image's ``structural_similarity``: a 7^3 uniform window,
+    K1 = 0.01, K2 = 0.03, sample covariances, mean over the voxels whose window fits in
+    the volume.
+
+    Args:
+        win_size: window side in voxels.
+        kernel: ``"uniform"`` or ``"gaussian"`` (sigma 1.5).
+        data_range: intensity range; ``None`` uses the fixed image's ``max - min``.
+    """
+
+    higher_is_better = True
+    title = "SSIM"
+
+    def __init__(self, win_size: int = 7, kernel: str = "uniform", data_range: float | None = 1.0):
+        self.win_size = int(win_size)
+        self.kernel = kernel
+        self.data_range = data_range
+
+    def __call__(self, pair: dict) -> float:
+        from monai.metrics import SSIMMetric
+
+        fixed, warped = pair["fixed"], pair["warped"]
+        rng = self.data_range
+        if rng is None:
+            rng = float(np.max(fixed) - np.min(fixed)) or 1.0
+        metric = SSIMMetric(spatial_dims=3, data_range=float(rng), kernel_type=self.kernel, win_size=self.win_size)
+        return float(metric(_tensor(warped), _tensor(fixed)).item())
+
+
+class NCC(Metric):
+    """Normalised cross-correlation between fixed and warped image.
+
+    With ``win`` set (default 9, voxelmorph's and the original DDMR's window), the local
+    NCC: the squared correlation coefficient in a ``win^3`` window around every voxel
+    (zero padding), averaged over the volume; windows where either image is constant
+    count as 0 (voxelmorph's convention, which is why background lowers the value). With
+    ``win=None``, the global Pearson correlation of the two volumes.
+    """
+
+    higher_is_better = True
+    title = "NCC"
+
+    def __init__(self, win: int | None = 9, eps: float = 1e-8):
+        self.win = None if win is None else int(win)
+        self.eps = eps
+
+    def __call__(self, pair: dict) -> float:
+        i = np.asarray(pair["fixed"], dtype=np.float64)
+        j = np.asarray(pair["warped"], dtype=np.float64)
+        if self.win is None:
+            i, j = i - i.mean(), j - j.mean()
+            den = np.sqrt((i * i).sum() * (j * j).sum())
+            return float((i * j).sum() / den) if den > 0 else float("nan")
+        ti, tj = torch.from_numpy(i)[None, None], torch.from_numpy(j)[None, None]
+
+        def mean(x):  # window mean with zero padding (count_include_pad)
+            return F.avg_pool3d(x, self.win, stride=1, padding=self.win // 2, count_include_pad=True)
+
+        if self.win % 2 == 0:
+            raise ValueError(f"ncc window must be odd, got {self.win}")
+        mi, mj = mean(ti), mean(tj)
+        cross = mean(ti * tj) - mi * mj
+        var_i = (mean(ti * ti) - mi * mi).clamp_min(0)
+        var_j = (mean(tj * tj) - mj * mj).clamp_min(0)
+        cc = cross * cross / (var_i * var_j + self.eps)
+        return float(cc.mean().item())
+
+
+def ssim(win_size: int = 7, kernel: str = "uniform", data_range: float | None = 1.0) -> SSIM:
+    """SSIM of warped vs fixed (higher is better)."""
+    return SSIM(win_size, kernel, data_range)
+
+
+def ncc(win: int | None = 9) -> NCC:
+    """Local (``win``) or global (``win=None``) NCC of warped vs fixed (higher is better)."""
+    return NCC(win)
