@@ -1,0 +1,16 @@
+"""Example ddmr plugin: one loss and one augmenter, registered through entry points."""
+
+from ddmr_core.hookspecs import hookimpl
+
+from .losses import TverskyLoss
+from .augmenters import GaussianNoise
+
+
+@hookimpl
+def ddmr_losses():
+    return {"tversky": TverskyLoss}
+
+
+@hookimpl
+def ddmr_augmenters():
+    return {"gaussian_noise": GaussianNoise}
