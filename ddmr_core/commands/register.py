@@ -1,0 +1,174 @@
+"""``ddmr register``: register users' NIfTI images with a trained checkpoint.
+
+One pair::
+
+    ddmr register --fixed F.nii.gz --moving M.nii.gz [--fixed-seg FS] [--moving-seg MS] \\
+        --model model.pt --out DIR [--original-resolution] [--device cuda]
+
+Many pairs, model loaded once: ``--pairs pairs.csv`` with columns ``fixed,moving`` and
+optionally ``fixed_seg,moving_seg`` and ``pair`` (an output sub-folder name; default
+``pair_000``, ...). Relative paths are read relative to the CSV's folder. Each pair goes
+to ``DIR/<pair>/``; ``DIR/summary.json`` and ``DIR/summary.csv`` gather metrics and timings.
+
+Output files: see :mod:`ddmr_core.register_output`. Everything is written to a temporary
+folder first and moved into ``DIR`` only when all pairs succeeded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from pathlib import Path
+
+from ..errors import DataError, DdmrError
+
+NAME = "register"
+HELP = "register images with a trained model (warped image, ITK/ANTs field, overview, Dice/TRE)"
+ORDER = 40
+
+PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
+
+
+def add_arguments(parser):
+    parser.add_argument("--fixed", metavar="F", help="fixed image (NIfTI)")
+    parser.add_argument("--moving", metavar="M", help="moving image (NIfTI)")
+    parser.add_argument("--fixed-seg", metavar="FS", help="fixed label map (optional; gives Dice/TRE)")
+    parser.add_argument("--moving-seg", metavar="MS", help="moving label map (optional; warped with nearest neighbour)")
+    parser.add_argument("--pairs", metavar="CSV", help="CSV of pairs (columns fixed,moving[,fixed_seg,moving_seg][,pair])")
+    parser.add_argument("--model", metavar="CKPT", required=True, help="ddmr checkpoint")
+    parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    parser.add_argument(
+        "--original-resolution",
+        action="store_true",
+        help="write outputs on the fixed image's original grid (default: the model grid)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the network (default: cpu)")
+
+
+def read_pairs(csv_path: str | Path) -> list[dict]:
+    """Rows of a pairs CSV as dicts ``{pair, fixed, moving, fixed_seg, moving_seg}``
+    (absent or empty segmentation cells are ``None``; paths resolved against the CSV's
+    folder). Checks that every named file exists before anything runs."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"pairs CSV {str(csv_path)!r} not found")
+    try:
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"pairs CSV {str(csv_path)!r} cannot be read: {exc}") from exc
+    if not rows:
+        raise DataError(f"pairs CSV {str(csv_path)!r} has no rows")
+    missing = [c for c in ("fixed", "moving") if c not in header]
+    if missing:
+        raise DataError(f"pairs CSV {str(csv_path)!r} lacks column(s) {missing}; it has {list(header)}")
+    base = csv_path.parent
+    out, seen = [], set()
+    for i, row in enumerate(rows):
+        line = i + 2  # header is line 1
+        pair = (row.get("pair") or "").strip() or f"pair_{i:03d}"
+        if not re.fullmatch(r"[\w.-]+", pair) or pair in (".", ".."):
+            raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: pair name {pair!r} is not a plain folder name")
+        if pair in seen:
+            raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: pair name {pair!r} appears twice")
+        seen.add(pair)
+        item = {"pair": pair}
+        for col in PAIR_COLUMNS:
+            val = (row.get(col) or "").strip()
+            if not val:
+                if col in ("fixed", "moving"):
+                    raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: empty {col!r}")
+                item[col] = None
+                continue
+            p = Path(val)
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: {col} {str(p)!r} not found")
+            item[col] = str(p)
+        out.append(item)
+    return out
+
+
+def _flat(pair: str, res) -> dict:
+    """One summary row: pair, mean Dice/TRE before and after, timings."""
+    row = {"pair": pair}
+    for when in ("before", "after"):
+        m = res.metrics.get(when, {})
+        row[f"dice_mean_{when}"] = m.get("dice_mean")
+        row[f"tre_mm_mean_{when}"] = m.get("tre_mm_mean")
+    for k, v in res.timings.items():
+        row[f"time_{k}_s"] = v
+    return row
+
+
+def _print(pair, res):
+    t = res.timings
+    msg = f"{pair}: predict {t['predict']:.3f} s, apply {t['apply']:.3f} s"
+    after, before = res.metrics.get("after"), res.metrics.get("before")
+    if after and after.get("dice_mean") is not None:
+        msg += f", Dice {before['dice_mean']:.3f} -> {after['dice_mean']:.3f}"
+    if after and after.get("tre_mm_mean") is not None and before.get("tre_mm_mean") is not None:
+        msg += f", TRE {before['tre_mm_mean']:.2f} -> {after['tre_mm_mean']:.2f} mm"
+    print(msg)
+
+
+def run(args) -> int:
+    from ..register import Registrar, _jsonable
+    from ..register_output import atomic_dir, write_into
+
+    single = args.fixed is not None or args.moving is not None
+    if args.pairs and (single or args.fixed_seg or args.moving_seg):
+        raise DdmrError("give either --pairs CSV or --fixed/--moving (with optional segmentations), not both")
+    if not args.pairs:
+        if args.fixed is None or args.moving is None:
+            raise DdmrError("both --fixed and --moving are needed (or --pairs CSV)")
+        pairs = None
+    else:
+        pairs = read_pairs(args.pairs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DdmrError(f"--out {str(out)!r} exists and is not a folder")
+
+    reg = Registrar(args.model, device=args.device)
+    print(f"model {args.model} loaded in {reg.load_time:.2f} s (grid {reg.input_size}, device {reg.device})")
+    if pairs is None:
+        res = reg.register(
+            args.fixed, args.moving, args.fixed_seg, args.moving_seg,
+            original_resolution=args.original_resolution,
+        )
+        with atomic_dir(out) as tmp:
+            write_into(res, tmp)
+        _print("pair", res)
+        print(f"wrote {out}")
+        return 0
+
+    rows = []
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        for item in pairs:
+            res = reg.register(
+                item["fixed"], item["moving"], item["fixed_seg"], item["moving_seg"],
+                original_resolution=args.original_resolution,
+            )
+            sub = tmp / item["pair"]
+            sub.mkdir()
+            write_into(res, sub)
+            rows.append(_flat(item["pair"], res))
+            _print(item["pair"], res)
+        summary = {
+            "model": str(args.model),
+            "model_load_s": reg.load_time,
+            "total_s": time.perf_counter() - t0,
+            "pairs": rows,
+        }
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(tmp / "summary.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    print(f"wrote {len(rows)} pairs to {out}")
+    return 0

@@ -1,0 +1,437 @@
+"""Registering users' images with a trained checkpoint (``ddmr register`` as a library).
+
+::
+
+    from ddmr_core.register import Registrar
+    reg = Registrar("model.pt", device="cpu")          # loads the model once
+    res = reg.register("fixed.nii.gz", "moving.nii.gz", moving_seg="moving_seg.nii.gz")
+    res.warped, res.disp, res.affine                    # numpy arrays
+    res.images()["warped"]                              # nibabel images
+    res.save("out/")                                    # NIfTI, ITK field, .npz, PNG, JSON
+
+Geometry. The moving image is first brought to the fixed image's axis orientation
+(:func:`reorient_like`, an exact permutation/flip). Each input (any orientation, spacing, size) goes through the checkpoint's
+:class:`~ddmr_core.preprocess.Preprocess` on its own, giving a model-grid volume and its
+exact voxel->RAS affine (``F_pre`` for the fixed image, ``M_pre`` for the moving one).
+The network pairs *voxels* of the two model grids: fixed voxel ``x`` corresponds to
+moving model voxel ``x + u(x)``, i.e. to the world point ``M_pre (x + u(x))``. Every
+output is computed from that physical correspondence and the *original* files:
+
+* output grid ``T``: the fixed model grid (default, ``T = F_pre``) or, with
+  ``original_resolution``, the fixed image's original grid (``T = F0``); there the model
+  field is interpolated at ``x = F_pre^-1 T y`` (border padding outside the model's field
+  of view, so the transform stays continuous);
+* the warped image and label maps sample the **original moving image** (original
+  intensities; label maps nearest neighbour) at ``M0^-1 M_pre (x + u)``;
+* the exported field is ``w(y) = T^-1 M_pre (x + u) - y``: a voxel pull field of the
+  output grid into the moving image's world position, in the DESIGN convention. Written
+  by :func:`ddmr_core.field_io.save_field_itk`, ITK/ANTs applying it to the original
+  moving file reproduce ``warped`` (when fixed and moving share a grid and no
+  preprocessing moves them, ``w`` is just the network's field).
+
+"Before" metrics use the same correspondence with ``u = 0`` (the images as the network
+sees them). Dice is per label; TRE is the distance in mm between the centroids of each
+label in the fixed and the (warped) moving segmentation, as in the paper (section 2.6).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointError, DataError, DdmrError
+from .io import check_same_grid, load_image, load_label_map, spacing_from_affine
+from .spatial import resize_affine
+
+# ---------------------------------------------------------------- inputs
+
+
+def _describe(obj, name: str) -> str:
+    return str(obj) if isinstance(obj, (str, Path)) else name
+
+
+def read_volume(obj, affine=None, *, name: str = "image", label: bool = False):
+    """A path, nibabel image, array or tensor -> ``(array (D, H, W), affine (4, 4))``.
+
+    Arrays without an affine get the identity (1 mm voxels). Raises :class:`DataError`
+    naming ``obj`` (or ``name``) for missing/unreadable files and non-3-D volumes."""
+    if isinstance(obj, (str, Path)):
+        return load_label_map(obj) if label else load_image(obj)
+    if hasattr(obj, "dataobj") and hasattr(obj, "affine"):  # nibabel image
+        data, aff = np.asarray(obj.dataobj), np.asarray(obj.affine, dtype=np.float64)
+    else:
+        data = obj.detach().cpu().numpy() if hasattr(obj, "detach") else np.asarray(obj)
+        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    while data.ndim > 3 and data.shape[0] == 1:  # (1, D, H, W) / (1, 1, D, H, W)
+        data = data[0]
+    while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1) as NIfTI writes it
+        data = data[..., 0]
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise DataError(f"{name} is {data.ndim}-D with shape {tuple(data.shape)}; a 3-D volume is needed")
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise DataError(f"{name} has an invalid or singular affine")
+    if label:
+        if data.dtype.kind == "f" and (not np.all(np.isfinite(data)) or np.any(data != np.round(data))):
+            raise DataError(f"{name} is not a label map: it has non-integer values")
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise DataError(f"{name} has labels outside 0..255")
+        return data.astype(np.uint8), aff
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"{name} contains NaN or infinite values")
+    return data, aff
+
+
+def _read_pair_side(image, seg, affine, what: str):
+    img_name = _describe(image, what)
+    img, aff = read_volume(image, affine, name=img_name)
+    if seg is None:
+        return img, None, aff, img_name
+    seg_name = _describe(seg, f"{what} segmentation")
+    lab, seg_aff = read_volume(seg, aff, name=seg_name, label=True)
+    check_same_grid(img.shape, aff, lab.shape, seg_aff, img_name, seg_name)
+    return img, lab, aff, img_name
+
+
+def reorient_like(image, seg, affine, reference_affine):
+    """Permute/flip the array axes of ``image`` (and ``seg``) to the axis orientation of
+    ``reference_affine`` (exact: no interpolation), returning the new arrays and affine.
+
+    The network compares the two images voxel by voxel, so a moving image stored in
+    another orientation (e.g. LPS vs RAS, or sagittal slices) must be brought to the
+    fixed image's before it sees them."""
+    import nibabel.orientations as nio
+
+    src, dst = nio.io_orientation(affine), nio.io_orientation(reference_affine)
+    if np.array_equal(src, dst):
+        return image, seg, affine
+    tr = nio.ornt_transform(src, dst)
+    new_affine = np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(tr, image.shape)
+    image = np.ascontiguousarray(nio.apply_orientation(image, tr))
+    if seg is not None:
+        seg = np.ascontiguousarray(nio.apply_orientation(seg, tr))
+    return image, seg, new_affine
+
+
+# -------------------------------------------------------------- sampling
+
+
+def _apply_affine(m: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
+    """``m`` (4, 4) applied to points ``(3, ...)`` (float32 tensor)."""
+    mt = torch.as_tensor(m, dtype=pts.dtype, device=pts.device)
+    flat = pts.reshape(3, -1)
+    return (mt[:3, :3] @ flat + mt[:3, 3:]).reshape(pts.shape)
+
+
+def _grid(shape, device) -> torch.Tensor:
+    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
+    """Sample ``volume`` ``(C, D, H, W)`` at voxel coordinates ``coords`` ``(3, ...)``
+    (voxel centres at integers, like :func:`ddmr_core.spatial.warp`)."""
+    shape = volume.shape[1:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=coords.device)
+    g = coords * scale.view(3, *([1] * (coords.dim() - 1))) - 1.0
+    g = g.permute(*range(1, coords.dim()), 0).flip(-1)[None]
+    out = F.grid_sample(volume[None].float(), g, mode=mode, padding_mode=padding, align_corners=True)
+    return out[0]
+
+
+# --------------------------------------------------------------- metrics
+
+
+def dice_tre(fixed_seg: np.ndarray, warped_seg: np.ndarray, affine: np.ndarray, labels: Sequence[int]) -> dict:
+    """Per-label Dice and centroid TRE (mm, via ``affine``) of two label maps on one grid.
+
+    A label missing from both maps is skipped; missing from one gives Dice 0 and no TRE."""
+    dice, tre = {}, {}
+    for lab in labels:
+        a, b = fixed_seg == lab, warped_seg == lab
+        na, nb = int(a.sum()), int(b.sum())
+        if na == 0 and nb == 0:
+            continue
+        dice[str(lab)] = 2.0 * float((a & b).sum()) / (na + nb)
+        if na and nb:
+            ca = affine[:3, :3] @ np.argwhere(a).mean(0) + affine[:3, 3]
+            cb = affine[:3, :3] @ np.argwhere(b).mean(0) + affine[:3, 3]
+            tre[str(lab)] = float(np.linalg.norm(ca - cb))
+    out = {"dice": dice, "tre_mm": tre}
+    out["dice_mean"] = float(np.mean(list(dice.values()))) if dice else None
+    out["tre_mm_mean"] = float(np.mean(list(tre.values()))) if tre else None
+    return out
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclass
+class RegistrationResult:
+    """Everything one registration produces, on the output grid ``affine``.
+
+    Arrays are ``(D, H, W)`` along the output grid's array axes; ``disp`` is the
+    ``(3, D, H, W)`` voxel pull field of that grid into the moving image (DESIGN
+    convention), ``model_disp`` the network's raw field on the fixed model grid."""
+
+    fixed: np.ndarray
+    moving: np.ndarray  # moving image on the output grid before registration (u = 0)
+    warped: np.ndarray
+    disp: np.ndarray
+    affine: np.ndarray
+    model_disp: np.ndarray
+    model_affine: np.ndarray
+    fixed_seg: np.ndarray | None = None
+    moving_seg: np.ndarray | None = None  # before registration, on the output grid
+    warped_seg: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return spacing_from_affine(self.affine)
+
+    def images(self) -> dict:
+        """nibabel images of the outputs: ``fixed``, ``warped``, ``warped_seg`` (if any)."""
+        import nibabel as nib
+
+        out = {}
+        for key in ("fixed", "warped", "warped_seg"):
+            arr = getattr(self, key)
+            if arr is None:
+                continue
+            img = nib.Nifti1Image(arr.astype(np.uint8 if key.endswith("seg") else np.float32), self.affine)
+            img.set_sform(self.affine, code=1)
+            img.set_qform(self.affine, code=1)
+            out[key] = img
+        return out
+
+    def summary(self) -> dict:
+        """JSON-ready dict: inputs, output grid, timings (s) and metrics."""
+        return _jsonable(
+            {
+                "inputs": self.inputs,
+                "output_shape": list(self.warped.shape),
+                "output_spacing_mm": [float(s) for s in self.spacing],
+                "output_affine": self.affine.tolist(),
+                "timings_s": self.timings,
+                "metrics": self.metrics,
+            }
+        )
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write every output into ``out_dir`` (see :func:`ddmr_core.register_output.write_outputs`)."""
+        from .register_output import write_outputs
+
+        return write_outputs(self, out_dir)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+# ------------------------------------------------------------- registrar
+
+
+def _resolve_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DdmrError(f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DdmrError(f"--device {device!r}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DdmrError(f"--device {device!r}: MPS is not available on this machine")
+    return dev
+
+
+class Registrar:
+    """A trained model loaded once, registering any number of pairs.
+
+    Args:
+        model: path of a ddmr checkpoint.
+        device: torch device for the network (``"cpu"``, ``"cuda"``, ...).
+        registry: a :class:`ddmr_core.registry.Registry` (default: the installed plugins).
+
+    Raises:
+        CheckpointError: missing/unreadable file, not a ddmr checkpoint, or a checkpoint
+            whose config or weights do not build a model.
+    """
+
+    def __init__(self, model: str | Path, device="cpu", registry=None):
+        from .checkpoint import load_model
+        from .preprocess import Preprocess
+
+        self.device = _resolve_device(device)
+        self.path = Path(model)
+        t0 = time.perf_counter()
+        self.model, ckpt = load_model(self.path, device=self.device, registry=registry)
+        self.load_time = time.perf_counter() - t0
+        size = ckpt.get("input_size")
+        if size is None or len(size) != 3:
+            raise CheckpointError(f"checkpoint {str(self.path)!r} lacks a 3-value 'input_size'")
+        self.input_size = tuple(int(s) for s in size)
+        self.labels = tuple(int(v) for v in (ckpt.get("labels") or ()))
+        try:
+            # checkpoints without a recipe get the default intensity scaling and are
+            # resized to input_size below (no resampling to a spacing: keep the grid)
+            pre = ckpt.get("preprocess") or {"spacing": None, "size": list(self.input_size)}
+            self.preprocess = Preprocess.from_dict(pre)
+        except DdmrError as exc:
+            raise CheckpointError(f"checkpoint {str(self.path)!r}: bad 'preprocess': {exc}") from exc
+
+    # ----------------------------------------------------------- internals
+    def _to_model_grid(self, image, seg, affine, name):
+        img, lab, aff = self.preprocess.apply(image, affine, seg, name=name)
+        if tuple(img.shape) != self.input_size:
+            # the recipe did not end on the network grid: resize, keeping the field of view
+            from .spatial import resize_image
+
+            aff = resize_affine(aff, img.shape, self.input_size)
+            img = resize_image(torch.from_numpy(img)[None, None], self.input_size)[0, 0].numpy()
+        return img, aff
+
+    @torch.no_grad()
+    def register(
+        self,
+        fixed,
+        moving,
+        fixed_seg=None,
+        moving_seg=None,
+        *,
+        fixed_affine=None,
+        moving_affine=None,
+        original_resolution: bool = False,
+    ) -> RegistrationResult:
+        """Register ``moving`` to ``fixed``.
+
+        Args:
+            fixed, moving: NIfTI paths, nibabel images, or ``(D, H, W)`` arrays/tensors.
+            fixed_seg, moving_seg: optional label maps (same kinds), on their image's grid.
+            fixed_affine, moving_affine: voxel->RAS affines for array inputs (default:
+                identity for the fixed image, the fixed affine for the moving one).
+            original_resolution: output on the fixed image's original grid instead of
+                the model grid.
+
+        Raises:
+            DataError: unreadable/missing file, non-3-D volume, a segmentation whose grid
+                differs from its image's, or inputs the preprocessing cannot handle.
+        """
+        timings = {}
+        t = time.perf_counter()
+        if moving_affine is None and fixed_affine is not None:
+            moving_affine = fixed_affine
+        f0, fs0, F0, fname = _read_pair_side(fixed, fixed_seg, fixed_affine, "fixed image")
+        m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
+        m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
+        timings["read"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        f_pre, Fp = self._to_model_grid(f0, fs0, F0, fname)
+        m_pre, Mp = self._to_model_grid(m0, ms0, M0, mname)
+        timings["preprocess"] = time.perf_counter() - t
+
+        dev = self.device
+        t = time.perf_counter()
+        fx = torch.from_numpy(np.ascontiguousarray(f_pre, dtype=np.float32))[None, None].to(dev)
+        mv = torch.from_numpy(np.ascontiguousarray(m_pre, dtype=np.float32))[None, None].to(dev)
+        disp = self.model(fx, mv)["disp"][0].float()  # (3, d, h, w) fixed model voxels
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timings["predict"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        T = F0 if original_resolution else Fp
+        shape = f0.shape if original_resolution else self.input_size
+        y = _grid(shape, dev)
+        if original_resolution:
+            x = _apply_affine(np.linalg.inv(Fp) @ T, y)
+            u = _sample(disp, x, "bilinear", padding="border")
+        else:
+            x, u = y, disp
+        mx = x + u  # moving model-grid voxels
+        w = _apply_affine(np.linalg.inv(T) @ Mp, mx) - y
+        z_after = _apply_affine(np.linalg.inv(M0) @ Mp, mx)
+        z_before = _apply_affine(np.linalg.inv(M0) @ Mp, x)
+        mov_t = torch.from_numpy(m0)[None].to(dev)
+        warped = _sample(mov_t, z_after, "bilinear")[0]
+        before = _sample(mov_t, z_before, "bilinear")[0]
+        if original_resolution:
+            fixed_out = torch.from_numpy(f0).to(dev)
+        else:
+            fixed_out = _sample(torch.from_numpy(f0)[None].to(dev), _apply_affine(np.linalg.inv(F0) @ T, y), "bilinear")[0]
+        warped_seg = before_seg = fixed_seg_out = None
+        if ms0 is not None:
+            ms_t = torch.from_numpy(ms0)[None].to(dev)
+            warped_seg = _sample(ms_t, z_after, "nearest")[0].round().to(torch.uint8).cpu().numpy()
+            before_seg = _sample(ms_t, z_before, "nearest")[0].round().to(torch.uint8).cpu().numpy()
+        if fs0 is not None:
+            if original_resolution:
+                fixed_seg_out = fs0
+            else:
+                zf = _apply_affine(np.linalg.inv(F0) @ T, y)
+                fixed_seg_out = _sample(torch.from_numpy(fs0)[None].to(dev), zf, "nearest")[0].round().to(torch.uint8).cpu().numpy()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timings["apply"] = time.perf_counter() - t
+
+        metrics = {}
+        if fixed_seg_out is not None and warped_seg is not None:
+            labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
+            metrics = {
+                "before": dice_tre(fixed_seg_out, before_seg, T, labels),
+                "after": dice_tre(fixed_seg_out, warped_seg, T, labels),
+            }
+        inputs = {
+            "fixed": _describe(fixed, "array"),
+            "moving": _describe(moving, "array"),
+            "fixed_seg": None if fixed_seg is None else _describe(fixed_seg, "array"),
+            "moving_seg": None if moving_seg is None else _describe(moving_seg, "array"),
+            "model": str(self.path),
+            "original_resolution": bool(original_resolution),
+            "device": str(dev),
+        }
+        return RegistrationResult(
+            fixed=fixed_out.cpu().numpy().astype(np.float32),
+            moving=before.cpu().numpy().astype(np.float32),
+            warped=warped.cpu().numpy().astype(np.float32),
+            disp=w.cpu().numpy().astype(np.float32),
+            affine=np.asarray(T, dtype=np.float64),
+            model_disp=disp.cpu().numpy(),
+            model_affine=np.asarray(Fp, dtype=np.float64),
+            fixed_seg=fixed_seg_out,
+            moving_seg=before_seg,
+            warped_seg=warped_seg,
+            metrics=metrics,
+            timings=timings,
+            inputs=inputs,
+        )
+
+
+def register(fixed, moving, model, fixed_seg=None, moving_seg=None, *, device="cpu",
+             original_resolution: bool = False, out_dir=None, **kwargs) -> RegistrationResult:
+    """One-shot convenience: load ``model`` (a checkpoint path or a :class:`Registrar`),
+    register one pair and, if ``out_dir`` is given, write the outputs there."""
+    reg = model if isinstance(model, Registrar) else Registrar(model, device=device)
+    res = reg.register(fixed, moving, fixed_seg, moving_seg, original_resolution=original_resolution, **kwargs)
+    if out_dir is not None:
+        res.save(out_dir)
+    return res
