@@ -248,6 +248,62 @@ def _jsonable(obj):
     return obj
 
 
+#: output voxels resampled per chunk (bounds the memory of the coordinate tensors)
+CHUNK_VOXELS = 2 ** 21
+
+
+def _resample_outputs(disp, Fp, Mp, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
+    """Every output on the grid ``(T, shape)``, from the model field ``disp`` (3, d, h, w)
+    on the fixed model grid ``Fp`` and the original volumes (see the module docstring).
+
+    Works in slabs along axis 0 so that original-resolution CT volumes fit in memory.
+    Returns numpy arrays: ``fixed``, ``before``, ``warped``, ``disp`` and the label maps
+    ``fixed_seg``, ``before_seg``, ``warped_seg`` (``None`` without segmentations)."""
+    dev = disp.device
+    to_model = np.linalg.inv(Fp) @ T  # output voxel -> fixed model voxel
+    to_moving = np.linalg.inv(M0) @ Mp  # moving model voxel -> original moving voxel
+    to_output = np.linalg.inv(T) @ Mp  # moving model voxel -> output voxel
+    to_fixed = np.linalg.inv(F0) @ T  # output voxel -> original fixed voxel
+    same_fixed = np.allclose(to_fixed, np.eye(4), atol=1e-6) and tuple(shape) == tuple(f0.shape)
+    mov = torch.from_numpy(np.ascontiguousarray(m0, dtype=np.float32))[None].to(dev)
+    fix = torch.from_numpy(np.ascontiguousarray(f0, dtype=np.float32))[None].to(dev)
+    mseg = None if ms0 is None else torch.from_numpy(ms0)[None].to(dev)
+    fseg = None if fs0 is None else torch.from_numpy(fs0)[None].to(dev)
+
+    out = {k: np.zeros(shape, np.float32) for k in ("fixed", "before", "warped")}
+    out["disp"] = np.zeros((3,) + tuple(shape), np.float32)
+    for k, src in (("fixed_seg", fseg), ("before_seg", mseg), ("warped_seg", mseg)):
+        out[k] = None if src is None else np.zeros(shape, np.uint8)
+
+    def labels(vol, coords):
+        return _sample(vol, coords, "nearest")[0].round().to(torch.uint8).cpu().numpy()
+
+    rows = max(1, CHUNK_VOXELS // max(1, shape[1] * shape[2]))
+    for a in range(0, shape[0], rows):
+        b = min(shape[0], a + rows)
+        y = _grid((b - a,) + tuple(shape[1:]), dev)
+        y[0] += a
+        if interpolate_field:
+            # border padding: outside the model's field of view keep the edge displacement
+            x = _apply_affine(to_model, y)
+            u = _sample(disp, x, "bilinear", padding="border")
+        else:
+            x, u = y, disp[:, a:b]
+        mx = x + u
+        out["disp"][:, a:b] = (_apply_affine(to_output, mx) - y).cpu().numpy()
+        z_after, z_before = _apply_affine(to_moving, mx), _apply_affine(to_moving, x)
+        out["warped"][a:b] = _sample(mov, z_after, "bilinear")[0].cpu().numpy()
+        out["before"][a:b] = _sample(mov, z_before, "bilinear")[0].cpu().numpy()
+        zf = None if same_fixed else _apply_affine(to_fixed, y)
+        out["fixed"][a:b] = f0[a:b] if same_fixed else _sample(fix, zf, "bilinear")[0].cpu().numpy()
+        if mseg is not None:
+            out["warped_seg"][a:b] = labels(mseg, z_after)
+            out["before_seg"][a:b] = labels(mseg, z_before)
+        if fseg is not None:
+            out["fixed_seg"][a:b] = fs0[a:b] if same_fixed else labels(fseg, zf)
+    return out
+
+
 # ------------------------------------------------------------- registrar
 
 
@@ -360,39 +416,15 @@ class Registrar:
 
         t = time.perf_counter()
         T = F0 if original_resolution else Fp
-        shape = f0.shape if original_resolution else self.input_size
-        y = _grid(shape, dev)
-        if original_resolution:
-            x = _apply_affine(np.linalg.inv(Fp) @ T, y)
-            u = _sample(disp, x, "bilinear", padding="border")
-        else:
-            x, u = y, disp
-        mx = x + u  # moving model-grid voxels
-        w = _apply_affine(np.linalg.inv(T) @ Mp, mx) - y
-        z_after = _apply_affine(np.linalg.inv(M0) @ Mp, mx)
-        z_before = _apply_affine(np.linalg.inv(M0) @ Mp, x)
-        mov_t = torch.from_numpy(m0)[None].to(dev)
-        warped = _sample(mov_t, z_after, "bilinear")[0]
-        before = _sample(mov_t, z_before, "bilinear")[0]
-        if original_resolution:
-            fixed_out = torch.from_numpy(f0).to(dev)
-        else:
-            fixed_out = _sample(torch.from_numpy(f0)[None].to(dev), _apply_affine(np.linalg.inv(F0) @ T, y), "bilinear")[0]
-        warped_seg = before_seg = fixed_seg_out = None
-        if ms0 is not None:
-            ms_t = torch.from_numpy(ms0)[None].to(dev)
-            warped_seg = _sample(ms_t, z_after, "nearest")[0].round().to(torch.uint8).cpu().numpy()
-            before_seg = _sample(ms_t, z_before, "nearest")[0].round().to(torch.uint8).cpu().numpy()
-        if fs0 is not None:
-            if original_resolution:
-                fixed_seg_out = fs0
-            else:
-                zf = _apply_affine(np.linalg.inv(F0) @ T, y)
-                fixed_seg_out = _sample(torch.from_numpy(fs0)[None].to(dev), zf, "nearest")[0].round().to(torch.uint8).cpu().numpy()
+        shape = tuple(f0.shape) if original_resolution else self.input_size
+        outs = _resample_outputs(
+            disp, Fp, Mp, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
+        )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["apply"] = time.perf_counter() - t
 
+        fixed_seg_out, before_seg, warped_seg = outs["fixed_seg"], outs["before_seg"], outs["warped_seg"]
         metrics = {}
         if fixed_seg_out is not None and warped_seg is not None:
             labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
@@ -408,12 +440,13 @@ class Registrar:
             "model": str(self.path),
             "original_resolution": bool(original_resolution),
             "device": str(dev),
+            "model_load_s": self.load_time,
         }
         return RegistrationResult(
-            fixed=fixed_out.cpu().numpy().astype(np.float32),
-            moving=before.cpu().numpy().astype(np.float32),
-            warped=warped.cpu().numpy().astype(np.float32),
-            disp=w.cpu().numpy().astype(np.float32),
+            fixed=outs["fixed"],
+            moving=outs["before"],
+            warped=outs["warped"],
+            disp=outs["disp"],
             affine=np.asarray(T, dtype=np.float64),
             model_disp=disp.cpu().numpy(),
             model_affine=np.asarray(Fp, dtype=np.float64),
