@@ -158,6 +158,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are shared data files
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,247 @@
+"""Fixed evaluation test sets: written once by ``ddmr build-testset``, read by the evaluator.
+
+Layout of a test set folder ``DIR``::
+
+    DIR/testset.json      {"dataset", "size", "seed", "pairs", "labels", ...}
+    DIR/manifest.csv      pair,fixed,moving,fixed_seg,moving_seg,disp_true,disp_true_npz
+    DIR/<pair>/fixed.nii.gz, moving.nii.gz, fixed_seg.nii.gz, moving_seg.nii.gz,
+              disp_true.nii.gz (ITK/ANTs field), disp_true.npz (voxel field)
+
+Paths in the manifest are relative to ``DIR``; segmentation columns are empty when the
+dataset has none. All volumes of a pair share the fixed image's grid and affine;
+``disp_true`` is the pull field from the fixed grid into the moving image
+(``warp(moving, disp_true) ~= fixed``), in voxels in the ``.npz`` and in LPS millimetres in
+the NIfTI (see :mod:`ddmr_core.field_io`). ``manifest.csv`` and ``testset.json`` are written
+last, so a folder holding them is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DataError
+from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map
+
+MANIFEST = "manifest.csv"
+META = "testset.json"
+COLUMNS = ("pair", "fixed", "moving", "fixed_seg", "moving_seg", "disp_true", "disp_true_npz")
+META_KEYS = ("dataset", "size", "seed", "pairs", "labels")
+
+
+def _np(x):
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def write_pair(out_dir: str | Path, pair: str, fixed, moving, disp, affine, spacing=None,
+               fixed_seg=None, moving_seg=None) -> dict:
+    """Write one pair's files under ``out_dir/pair`` (each atomically).
+
+    Args:
+        fixed, moving: ``(D, H, W)`` (or ``(1, D, H, W)``) images.
+        disp: ``(3, D, H, W)`` voxel pull field (fixed grid -> moving image).
+        affine: ``(4, 4)`` of the fixed grid (used for every file of the pair).
+        spacing: ``(3,)`` mm; default: from the affine.
+        fixed_seg, moving_seg: uint8 label maps or None.
+
+    Returns:
+        The manifest row (paths relative to ``out_dir``).
+    """
+    from .field_io import save_field_itk, save_field_npz
+    from .io import spacing_from_affine
+
+    out_dir = Path(out_dir)
+    folder = out_dir / pair
+    affine = _np(affine).astype(np.float64)
+    disp = _np(disp).astype(np.float32)
+    if disp.ndim == 5:
+        disp = disp[0]
+    spacing = spacing_from_affine(affine) if spacing is None else _np(spacing).reshape(3)
+    row = {"pair": pair}
+    save_image(folder / "fixed.nii.gz", _np(fixed), affine)
+    save_image(folder / "moving.nii.gz", _np(moving), affine)
+    row["fixed"], row["moving"] = f"{pair}/fixed.nii.gz", f"{pair}/moving.nii.gz"
+    for key, seg in (("fixed_seg", fixed_seg), ("moving_seg", moving_seg)):
+        if seg is None:
+            row[key] = ""
+        else:
+            save_label_map(folder / f"{key}.nii.gz", _np(seg), affine)
+            row[key] = f"{pair}/{key}.nii.gz"
+    save_field_itk(folder / "disp_true.nii.gz", disp, affine)
+    save_field_npz(folder / "disp_true.npz", disp, spacing, affine)
+    row["disp_true"], row["disp_true_npz"] = f"{pair}/disp_true.nii.gz", f"{pair}/disp_true.npz"
+    return row
+
+
+def finish_testset(out_dir: str | Path, rows: Sequence[dict], meta: dict) -> Path:
+    """Write ``manifest.csv`` and then ``testset.json`` (atomically) for ``rows``."""
+    out_dir = Path(out_dir)
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"test set metadata lacks {missing}")
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in COLUMNS})
+    _write_text(out_dir / MANIFEST, buf.getvalue())
+    _write_text(out_dir / META, json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class PairRecord:
+    """One row of a test set, paths resolved (``None`` for absent segmentations)."""
+
+    pair: str
+    fixed: Path
+    moving: Path
+    fixed_seg: Path | None
+    moving_seg: Path | None
+    disp_true: Path | None
+    disp_true_npz: Path | None
+
+    def load(self) -> dict:
+        """The arrays of this pair (see :func:`load_pair`)."""
+        return load_pair(self)
+
+
+@dataclass
+class TestSet:
+    """A test set folder: its metadata and pair records."""
+
+    root: Path
+    meta: dict
+    records: list = field(default_factory=list)
+
+    @property
+    def labels(self) -> tuple:
+        return tuple(int(v) for v in self.meta.get("labels", ()))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, i) -> PairRecord:
+        return self.records[i]
+
+
+def read_testset(path: str | Path) -> TestSet:
+    """Read ``DIR/testset.json`` and ``DIR/manifest.csv`` (files are not opened yet).
+
+    Raises:
+        DataError: missing folder/files, bad JSON, missing manifest columns.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"test set folder {str(root)!r} not found")
+    meta_path, man_path = root / META, root / MANIFEST
+    for p in (man_path, meta_path):
+        if not p.is_file():
+            raise DataError(f"test set {str(root)!r}: {p.name} not found (build it with `ddmr build-testset`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"test set file {str(meta_path)!r} cannot be read: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"test set file {str(meta_path)!r} is not a JSON object")
+    try:
+        with open(man_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"test set manifest {str(man_path)!r} cannot be read: {exc}") from exc
+    missing = [c for c in ("pair", "fixed", "moving") if c not in header]
+    if missing:
+        raise DataError(f"test set manifest {str(man_path)!r} lacks column(s) {', '.join(missing)}")
+
+    def resolve(value):
+        value = (value or "").strip()
+        if not value:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else root / p
+
+    records = []
+    for line, r in enumerate(rows, start=2):
+        if not (r.get("fixed") or "").strip() or not (r.get("moving") or "").strip():
+            raise DataError(f"test set manifest {str(man_path)!r} line {line}: empty fixed or moving path")
+        records.append(PairRecord(
+            pair=(r.get("pair") or f"pair_{line - 2:04d}").strip(),
+            **{k: resolve(r.get(k)) for k in COLUMNS[1:]},
+        ))
+    return TestSet(root, meta, records)
+
+
+def load_pair(record: PairRecord) -> dict:
+    """Arrays of one pair for the evaluator.
+
+    Returns:
+        ``{"pair", "fixed", "moving" (D, H, W) float32, "fixed_seg", "moving_seg" uint8
+        (D, H, W) or None, "disp_true" (3, D, H, W) float32 voxels or None,
+        "spacing" (3,) float32 mm, "affine" (4, 4) float64}`` (the fixed grid).
+
+    Raises:
+        DataError: a missing/unreadable file, or files of the pair on different grids.
+    """
+    from .field_io import load_field_itk, load_field_npz
+    from .io import spacing_from_affine
+
+    fixed, affine = load_image(record.fixed)
+    moving, m_aff = load_image(record.moving)
+    check_same_grid(fixed.shape, affine, moving.shape, m_aff, str(record.fixed), str(record.moving))
+    segs = {}
+    for key in ("fixed_seg", "moving_seg"):
+        p = getattr(record, key)
+        if p is None:
+            segs[key] = None
+            continue
+        seg, s_aff = load_label_map(p)
+        check_same_grid(fixed.shape, affine, seg.shape, s_aff, str(record.fixed), str(p))
+        segs[key] = seg
+    disp = None
+    if record.disp_true_npz is not None:
+        disp, _, _ = load_field_npz(record.disp_true_npz)
+    elif record.disp_true is not None:
+        disp, _ = load_field_itk(record.disp_true)
+    if disp is not None and tuple(disp.shape[1:]) != tuple(fixed.shape):
+        raise DataError(
+            f"test pair {record.pair!r}: disp_true grid {tuple(disp.shape[1:])} differs from "
+            f"the fixed image's {tuple(fixed.shape)}"
+        )
+    return {
+        "pair": record.pair,
+        "fixed": fixed,
+        "moving": moving,
+        "fixed_seg": segs["fixed_seg"],
+        "moving_seg": segs["moving_seg"],
+        "disp_true": disp,
+        "spacing": spacing_from_affine(affine).astype(np.float32),
+        "affine": affine,
+    }
