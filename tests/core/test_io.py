@@ -1,0 +1,120 @@
+"""NIfTI reading/writing: axes and affine kept, uint8 label maps, one clear error per bad file."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ddmr_core.errors import DataError
+from ddmr_core.io import (
+    atomic_path,
+    load_image,
+    load_image_and_seg,
+    load_label_map,
+    save_image,
+    save_label_map,
+    spacing_from_affine,
+)
+
+
+def oblique_affine(spacing=(0.8, 1.2, 2.5), angle=0.3):
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    a = np.eye(4)
+    a[:3, :3] = np.diag([-1, 1, 1]) @ rot @ np.diag(spacing)
+    a[:3, 3] = (10.0, -20.0, 5.0)
+    return a
+
+
+def test_round_trip_keeps_array_axes_and_affine(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(5, 6, 7)).astype(np.uint8)
+    aff = oblique_affine()
+    save_image(tmp_path / "img.nii.gz", image, aff)
+    save_label_map(tmp_path / "seg.nii.gz", labels, aff)
+    # an independent reader (nibabel directly) sees the same array and affine
+    ref = nib.load(str(tmp_path / "img.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(ref.dataobj), image)
+    np.testing.assert_allclose(ref.affine, aff, atol=1e-5)
+    assert ref.header.get_data_dtype() == np.float32
+    img2, seg2, aff2 = load_image_and_seg(tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz")
+    np.testing.assert_array_equal(img2, image)
+    np.testing.assert_array_equal(seg2, labels)
+    assert seg2.dtype == np.uint8
+    assert nib.load(str(tmp_path / "seg.nii.gz")).header.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(spacing_from_affine(aff2), (0.8, 1.2, 2.5), atol=1e-5)
+
+
+def test_trailing_singleton_axis_is_accepted(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6, 1), np.float32), np.eye(4)), str(tmp_path / "a.nii"))
+    image, _ = load_image(tmp_path / "a.nii")
+    assert image.shape == (4, 5, 6)
+
+
+def test_float_label_map_with_whole_values_is_converted(tmp_path):
+    nib.save(nib.Nifti1Image(np.array([0, 1, 2, 7], np.float32).reshape(1, 2, 2).repeat(3, 0), np.eye(4)),
+             str(tmp_path / "s.nii.gz"))
+    seg, _ = load_label_map(tmp_path / "s.nii.gz")
+    assert seg.dtype == np.uint8 and set(np.unique(seg)) == {0, 1, 2, 7}
+
+
+@pytest.mark.parametrize(
+    "shape, message", [((4, 5, 6, 2), "4-D"), ((4, 5), "2-D"), ((4, 5, 1), "3-D volume")]
+)
+def test_wrong_dimensionality_names_the_file(tmp_path, shape, message):
+    p = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(p))
+    with pytest.raises(DataError, match=message) as err:
+        load_image(p)
+    assert "bad.nii.gz" in str(err.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(DataError, match="not found") as err:
+        load_image(tmp_path / "nope.nii.gz")
+    assert "nope.nii.gz" in str(err.value)
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
+    with pytest.raises(DataError, match="cannot be read") as err:
+        load_image(junk)
+    assert "junk.nii.gz" in str(err.value)
+    (tmp_path / "empty.nii").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.nii"):
+        load_label_map(tmp_path / "empty.nii")
+
+
+def test_label_map_with_fractions_or_out_of_range_values(tmp_path):
+    nib.save(nib.Nifti1Image(np.full((3, 3, 3), 0.5, np.float32), np.eye(4)), str(tmp_path / "p.nii.gz"))
+    with pytest.raises(DataError, match="non-integer"):
+        load_label_map(tmp_path / "p.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((3, 3, 3), 300, np.int16), np.eye(4)), str(tmp_path / "big.nii.gz"))
+    with pytest.raises(DataError, match="0..255"):
+        load_label_map(tmp_path / "big.nii.gz")
+
+
+def test_image_and_segmentation_on_different_grids(tmp_path):
+    save_image(tmp_path / "img.nii.gz", np.zeros((4, 5, 6)), np.eye(4))
+    save_label_map(tmp_path / "small.nii.gz", np.zeros((4, 5, 5)), np.eye(4))
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    save_label_map(tmp_path / "shifted.nii.gz", np.zeros((4, 5, 6)), shifted)
+    with pytest.raises(DataError, match="shape") as err:
+        load_image_and_seg(tmp_path / "img.nii.gz", tmp_path / "small.nii.gz")
+    assert "small.nii.gz" in str(err.value)
+    with pytest.raises(DataError, match="affines") as err:
+        load_image_and_seg(tmp_path / "img.nii.gz", tmp_path / "shifted.nii.gz")
+    assert "shifted.nii.gz" in str(err.value)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1
