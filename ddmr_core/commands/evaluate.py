@@ -1,0 +1,41 @@
+"""``ddmr evaluate``: score trained models and baselines on a fixed test set."""
+
+from __future__ import annotations
+
+NAME = "evaluate"
+HELP = "evaluate models and baselines on a test set (per-pair CSV, summary table, figures)"
+ORDER = 40
+
+
+def add_arguments(parser):
+    parser.add_argument("--testset", required=True, metavar="DIR",
+                        help="test set folder written by `ddmr build-testset` (manifest.csv, testset.json)")
+    parser.add_argument("--model", action="append", default=[], metavar="CKPT",
+                        help="checkpoint to evaluate, optionally NAME=CKPT to name its rows; repeatable")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                        help="baseline plugin to evaluate (identity, ants_syn, ants_syncc, ...); repeatable")
+    parser.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    parser.add_argument("--original-resolution", action="store_true",
+                        help="resample each field back to the fixed image's original grid before scoring "
+                             "(when the test set records it)")
+    parser.add_argument("--metric", action="append", default=None, metavar="NAME",
+                        help="metric to compute (default: every registered metric); repeatable")
+    parser.add_argument("--device", default=None, help="torch device for the models (default: cuda if available)")
+    parser.add_argument("--no-figures", action="store_true", help="skip box plots and median-pair figures")
+
+
+def run(args) -> int:
+    from ..evaluate import evaluate
+
+    result = evaluate(
+        args.testset,
+        models=args.model,
+        baselines=args.baseline,
+        out=args.out,
+        original_resolution=args.original_resolution,
+        metrics=args.metric,
+        device=args.device,
+        figures=not args.no_figures,
+    )
+    # files are complete either way; a non-zero status tells scripts that some runs failed
+    return 1 if result.failures else 0

@@ -1,0 +1,546 @@
+"""Evaluation: every method on every pair of a fixed test set, scored by the same code.
+
+::
+
+    from ddmr_core.evaluate import evaluate
+    evaluate("testset/", models=["BL-N=runs/bln/best.pt"], baselines=["identity", "ants_syn"],
+             out="eval/")
+
+Flow (paper, Section 2.6). For each test pair (written in advance by
+``ddmr build-testset``, so all methods see the same pairs) and each method:
+
+1. the method predicts a voxel pull field ``disp (3, D, H, W)`` on the test grid -- a model
+   from a checkpoint (:func:`ddmr_core.checkpoint.load_model`; images resized to its input
+   size and the field resized back when they differ) or a baseline plugin by name;
+2. the field is applied to the moving image (linear) and its label map (nearest
+   neighbour); ``runtime`` times prediction plus application, device synchronised;
+3. with ``original_resolution`` and a test set that records the original grids, the field
+   is carried to the fixed image's original grid through the affines and applied to the
+   original moving image (the paper resampled back to isotropic 1 mm);
+4. every metric plugin scores the pair dict (``docs/ARCHITECTURE.md``).
+
+Outputs in ``out``: ``per_pair.csv`` (one row per method and pair; a column per metric,
+per-label values as ``<metric>_<label>``; an ``error`` column), rewritten atomically after
+every row so that a crash keeps what was computed; then ``summary.md``, box plots and a
+median-pair figure per method (:mod:`ddmr_core.evaluate_report`).
+
+Failures: a checkpoint that does not load, a baseline whose library is missing, a pair
+with missing files, a method that raises on one pair -- each is recorded in the ``error``
+column of the affected rows, reported on the progress stream, and the run goes on.
+
+Test-set format (``docs/ARCHITECTURE.md``): ``DIR/manifest.csv`` with columns
+``pair,fixed,moving,fixed_seg,moving_seg,disp_true,disp_true_npz`` (paths relative to
+``DIR``, empty when absent) and ``DIR/testset.json`` (``dataset, size, seed, pairs,
+labels``). Optional columns ``fixed_original, moving_original, fixed_seg_original,
+moving_seg_original`` name the volumes on their original grids, for
+``original_resolution``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError, DdmrError
+from .io import load_image, load_label_map, spacing_from_affine
+from .spatial import resize_field, resize_image, warp
+
+MANIFEST_COLUMNS = ("pair", "fixed", "moving", "fixed_seg", "moving_seg", "disp_true", "disp_true_npz")
+ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
+#: order of the paper's tables, then the metrics beyond the paper
+METRIC_ORDER = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime", "folding", "sdlogj", "epe")
+
+
+# ===================================================================== test set
+@dataclass
+class Pair:
+    """One loaded test pair. Arrays are ``(D, H, W)``; ``disp_true`` is ``(3, D, H, W)``."""
+
+    name: str
+    fixed: np.ndarray
+    moving: np.ndarray
+    affine: np.ndarray
+    spacing: np.ndarray
+    fixed_seg: np.ndarray | None = None
+    moving_seg: np.ndarray | None = None
+    disp_true: np.ndarray | None = None
+    #: volumes on their original grids (``{"fixed": (array, affine), ...}``) or None
+    original: dict | None = None
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """Images are compared in [0, 1], as the networks see them; a test set written by
+    ``build-testset`` already is, anything else is min-max scaled."""
+    lo, hi = float(image.min()), float(image.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return image.astype(np.float32)
+    return ((image - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+
+class TestSet:
+    """Reader of a test set folder (see the module docstring for the format).
+
+    Raises:
+        DataError: the folder, its ``manifest.csv`` or a required column is missing, or
+            ``testset.json`` cannot be parsed. Files of single pairs are checked when the
+            pair is loaded (:meth:`load`), so one broken pair does not stop a run.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"test set {str(self.root)!r} is not a folder (build one with `ddmr build-testset`)")
+        manifest = self.root / "manifest.csv"
+        if not manifest.is_file():
+            raise DataError(f"test set {str(self.root)!r} has no manifest.csv (build one with `ddmr build-testset`)")
+        with open(manifest, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            self.rows = [dict(r) for r in reader]
+        missing = [c for c in ("pair", "fixed", "moving") if c not in columns]
+        if missing:
+            raise DataError(f"{str(manifest)!r} lacks the column(s) {', '.join(missing)}; it needs {', '.join(MANIFEST_COLUMNS)}")
+        if not self.rows:
+            raise DataError(f"{str(manifest)!r} lists no pairs")
+        self.info: dict = {}
+        info_path = self.root / "testset.json"
+        if info_path.is_file():
+            try:
+                self.info = json.loads(info_path.read_text())
+            except ValueError as exc:
+                raise DataError(f"{str(info_path)!r} is not valid JSON: {exc}") from exc
+        labels = self.info.get("labels")
+        self.labels = tuple(int(v) for v in labels) if labels else None
+        self.has_original = "fixed_original" in columns and "moving_original" in columns
+
+    def __len__(self):
+        return len(self.rows)
+
+    def names(self) -> list[str]:
+        return [r["pair"] or f"pair_{i:03d}" for i, r in enumerate(self.rows)]
+
+    def _path(self, row: dict, key: str) -> Path | None:
+        value = (row.get(key) or "").strip()
+        return (self.root / value) if value else None
+
+    def load(self, index: int, original: bool = False) -> Pair:
+        """Read pair ``index``; ``original`` also reads the original-grid volumes.
+
+        Raises:
+            DataError: naming the missing or unreadable file."""
+        row = self.rows[index]
+        name = self.names()[index]
+        fixed, affine = load_image(self._path(row, "fixed"))
+        moving, _ = load_image(self._path(row, "moving"))
+        if moving.shape != fixed.shape:
+            raise DataError(f"pair {name!r}: moving {moving.shape} and fixed {fixed.shape} grids differ")
+        pair = Pair(name, _normalise(fixed), _normalise(moving), affine, spacing_from_affine(affine))
+        for key in ("fixed_seg", "moving_seg"):
+            path = self._path(row, key)
+            if path is not None:
+                seg, _ = load_label_map(path)
+                if seg.shape != fixed.shape:
+                    raise DataError(f"{str(path)!r} has shape {seg.shape}, its image {fixed.shape}")
+                setattr(pair, key, seg)
+        npz = self._path(row, "disp_true_npz")
+        if npz is not None:
+            pair.disp_true = _load_disp_npz(npz, fixed.shape)
+        if original and self.has_original:
+            pair.original = {}
+            for key in ORIGINAL_COLUMNS:
+                path = self._path(row, key)
+                if path is None:
+                    continue
+                loader = load_label_map if key.endswith("seg_original") else load_image
+                arr, aff = loader(path)
+                pair.original[key.replace("_original", "")] = (arr if "seg" in key else _normalise(arr), aff)
+            if "fixed" not in pair.original or "moving" not in pair.original:
+                pair.original = None
+        return pair
+
+
+def _load_disp_npz(path: Path, shape) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"ground-truth field {str(path)!r} not found")
+    try:
+        with np.load(path) as data:
+            disp = np.asarray(data["disp"], dtype=np.float32)
+    except Exception as exc:
+        raise DataError(f"ground-truth field {str(path)!r} cannot be read: {exc}") from exc
+    if disp.ndim == 5 and disp.shape[0] == 1:
+        disp = disp[0]
+    if disp.shape != (3,) + tuple(shape):
+        raise DataError(f"ground-truth field {str(path)!r} has shape {disp.shape}, expected {(3,) + tuple(shape)}")
+    return disp
+
+
+# ===================================================================== methods
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ModelMethod:
+    """A trained network from a checkpoint. ``predict`` returns ``(disp, warped, seconds)``."""
+
+    kind = "model"
+
+    def __init__(self, name: str, checkpoint: str | Path, device="cpu", registry=None):
+        self.name, self.checkpoint, self.device = name, str(checkpoint), torch.device(device)
+        self.registry = registry
+        self.model = None
+        self.input_size = None
+
+    def prepare(self) -> None:
+        from .checkpoint import load_model
+
+        loaded = load_model(self.checkpoint, device=self.device, registry=self.registry)
+        self.model, ckpt = loaded if isinstance(loaded, tuple) else (loaded, {})
+        size = ckpt.get("input_size") if isinstance(ckpt, dict) else None
+        self.input_size = tuple(int(s) for s in size) if size else None
+
+    @torch.inference_mode()
+    def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
+        f = torch.from_numpy(fixed)[None, None].to(self.device)
+        m = torch.from_numpy(moving)[None, None].to(self.device)
+        grid = tuple(fixed.shape)
+        _sync(self.device)
+        start = time.perf_counter()
+        if self.input_size and self.input_size != grid:
+            disp = self.model.backbone(resize_image(f, self.input_size), resize_image(m, self.input_size))
+            disp = resize_field(disp, grid)
+        else:
+            disp = self.model.backbone(f, m)
+        warped = warp(m, disp, mode="linear", padding="border")
+        _sync(self.device)
+        seconds = time.perf_counter() - start
+        return disp[0].float().cpu().numpy(), warped[0, 0].float().cpu().numpy(), seconds
+
+
+class BaselineMethod:
+    """A baseline plugin (``register(fixed, moving, spacing) -> disp`` on NumPy arrays)."""
+
+    kind = "baseline"
+
+    def __init__(self, name: str, factory: Callable):
+        self.name, self.factory = name, factory
+        self.method = None
+
+    def prepare(self) -> None:
+        method = self.factory()
+        available = getattr(method, "available", None)
+        if available is not None and not available():
+            hint = getattr(sys.modules.get(type(method).__module__), "INSTALL_HINT", None)
+            raise DdmrError(
+                f"baseline {self.name!r} cannot run: its library is not installed"
+                + (f" (install it with `{hint}`)" if hint else "")
+            )
+        self.method = method
+
+    def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
+        start = time.perf_counter()
+        disp = np.asarray(self.method.register(fixed, moving, tuple(float(s) for s in spacing)), np.float32)
+        if disp.shape != (3,) + fixed.shape:
+            raise ValueError(f"baseline {self.name!r} returned a field of shape {disp.shape}, expected {(3,) + fixed.shape}")
+        warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")
+        seconds = time.perf_counter() - start
+        return disp, warped[0, 0].numpy(), seconds
+
+
+def _model_name(spec: str) -> tuple[str, str]:
+    """``"NAME=PATH"`` or ``"PATH"`` (named after the file's stem)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name.strip(), path.strip()
+    stem = Path(spec).name
+    for suffix in (".pt", ".pth", ".ckpt"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem, spec
+
+
+def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), device="cpu", registry=None) -> list:
+    """Methods in the order given: models first, then baselines. Names must be unique;
+    unknown baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once."""
+    from .registry import Registry
+
+    methods: list = []
+    registry = registry or Registry(bind_gin=False)
+    for spec in models:
+        name, path = _model_name(spec)
+        methods.append(ModelMethod(name, path, device, registry))
+    if baselines:
+        for name in baselines:
+            methods.append(BaselineMethod(name, registry.get("baselines", name)))
+    seen: dict[str, int] = {}
+    for m in methods:  # two checkpoints called best.pt: best, best_2
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            m.name = f"{m.name}_{seen[m.name]}"
+    return methods
+
+
+# ===================================================================== geometry
+def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """Sample ``volume (1, C, *S)`` at voxel coordinates ``coords (1, 3, *T)``."""
+    shape = volume.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=coords.dtype).view(1, 3, 1, 1, 1)
+    grid = (coords * scale - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
+    src = volume if volume.is_floating_point() else volume.float()
+    out = F.grid_sample(src.to(coords.dtype), grid, mode="bilinear" if mode == "linear" else "nearest",
+                        padding_mode=padding, align_corners=True)
+    return out.round().to(volume.dtype) if not volume.is_floating_point() else out.to(volume.dtype)
+
+
+def _apply(m: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
+    m = torch.as_tensor(m, dtype=pts.dtype)
+    return torch.einsum("ij,bj...->bi...", m[:3, :3], pts) + m[:3, 3].view(1, 3, 1, 1, 1)
+
+
+def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_affine, moving0_affine):
+    """Carry a test-grid field to the fixed image's original grid.
+
+    Fixed original voxel ``y`` is the world point ``A0 y``, i.e. test voxel
+    ``x = A^-1 A0 y``; it corresponds to moving test voxel ``x + u(x)`` (field interpolated
+    linearly, border padding), the world point ``q = A (x + u(x))`` (fixed and moving test
+    images share the affine ``A``). Returns ``(v, coords)``: the pull field on the original
+    fixed grid in its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)``, for the metrics), and
+    the sampling coordinates in the original moving image, ``M0^-1 q`` (``(1, 3, *S0)``)."""
+    dtype = torch.float64
+    y = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=dtype) for n in fixed0_shape], indexing="ij"))[None]
+    A_inv = np.linalg.inv(affine)
+    x = _apply(A_inv @ fixed0_affine, y)
+    u = _sample(torch.from_numpy(np.asarray(disp, np.float64))[None], x, "linear", "border")
+    q = _apply(affine, x + u)
+    v = _apply(np.linalg.inv(fixed0_affine), q) - y
+    coords = _apply(np.linalg.inv(moving0_affine), q)
+    return v[0].float().numpy(), coords
+
+
+# ===================================================================== scoring
+def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime: float, metrics: dict,
+               labels=None, original_resolution: bool = False) -> tuple[dict, dict, list]:
+    """Apply ``disp`` to the pair and run every metric on the same pair dict.
+
+    Returns ``(values {column: float}, arrays for figures, metric errors)``."""
+    fixed, moving, fixed_seg, moving_seg = pair.fixed, pair.moving, pair.fixed_seg, pair.moving_seg
+    spacing, disp_true = pair.spacing, pair.disp_true
+    if original_resolution and pair.original is not None:
+        f0, f0_aff = pair.original["fixed"]
+        m0, m0_aff = pair.original["moving"]
+        disp0, coords = to_original_grid(disp, pair.affine, f0.shape, f0_aff, m0_aff)
+        warped = _sample(torch.from_numpy(m0)[None, None].double(), coords, "linear", "border")[0, 0].float().numpy()
+        seg0 = pair.original.get("moving_seg")
+        moving_seg = None
+        if seg0 is not None:
+            moving_seg = _sample(torch.from_numpy(seg0[0])[None, None], coords, "nearest", "zeros")[0, 0].numpy()
+        fixed_seg = pair.original.get("fixed_seg", (None,))[0]
+        if disp_true is not None:
+            disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff, m0_aff)[0]
+        fixed, moving, disp, spacing = f0, m0, disp0, spacing_from_affine(f0_aff)
+        warped_seg = moving_seg
+    else:
+        if warped is None:
+            warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")[0, 0].numpy()
+        warped_seg = None
+        if moving_seg is not None:
+            warped_seg = warp(torch.from_numpy(moving_seg)[None, None], torch.from_numpy(disp)[None], "nearest", "zeros")[0, 0].numpy()
+    if fixed_seg is None:
+        warped_seg = None
+    record = {
+        "fixed": fixed, "moving": moving, "warped": warped,
+        "fixed_seg": fixed_seg, "moving_seg": moving_seg, "warped_seg": warped_seg,
+        "disp": disp, "disp_true": disp_true, "spacing": np.asarray(spacing, np.float64),
+        "labels": labels, "runtime": runtime,
+    }
+    values, errors = {}, []
+    for name, metric in metrics.items():
+        try:
+            out = metric(record)
+        except Exception as exc:  # one broken metric must not lose the others
+            errors.append(f"metric {name}: {type(exc).__name__}: {exc}")
+            out = float("nan")
+        if isinstance(out, dict):
+            for suffix, v in out.items():
+                values[name if suffix == "" else f"{name}_{suffix}"] = float(v)
+        else:
+            values[name] = float(out)
+    return values, record, errors
+
+
+def figure_slices(record: dict) -> dict:
+    """The 2-D slices the median-pair figure needs (middle of the last array axis)."""
+    from .spatial import jacobian_determinant
+
+    k = record["fixed"].shape[2] // 2
+    disp = np.asarray(record["disp"], np.float32)
+    jac = jacobian_determinant(torch.from_numpy(disp)[None])[0].numpy()
+    return {
+        "fixed": record["fixed"][:, :, k], "moving": record["moving"][:, :, k], "warped": record["warped"][:, :, k],
+        "disp": disp[:2, :, :, k], "jacobian": jac[:, :, k],
+    }
+
+
+# ===================================================================== CSV
+class ResultsWriter:
+    """Keeps the rows and rewrites ``per_pair.csv`` atomically after each one."""
+
+    def __init__(self, path: Path, metric_names: Sequence[str]):
+        self.path, self.metric_names, self.rows = Path(path), list(metric_names), []
+
+    def columns(self) -> list[str]:
+        seen = {k for r in self.rows for k in r} - {"method", "kind", "pair", "error"}
+        cols = []
+        for name in self.metric_names:  # main value, then its per-label columns
+            cols.append(name)
+            cols.extend(sorted((c for c in seen if c.startswith(name + "_") and c not in self.metric_names),
+                               key=_natural))
+        cols.extend(sorted(c for c in seen if c not in cols))
+        return ["method", "kind", "pair"] + cols + ["error"]
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".per_pair.", suffix=".csv", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.columns(), restval="")
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow({k: _fmt(v) for k, v in row.items()})
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return v
+
+
+# ===================================================================== loop
+@dataclass
+class EvaluationResult:
+    rows: list
+    out: Path
+    failures: int
+    methods: list = field(default_factory=list)
+
+
+def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequence[str] = (),
+             out: str | Path = "evaluation", original_resolution: bool = False,
+             metrics: Sequence[str] | None = None, device: str | None = None, registry=None,
+             progress: Callable[[str], Any] | None = None, figures: bool = True) -> EvaluationResult:
+    """Evaluate models (checkpoint paths, optionally ``NAME=PATH``) and baselines (plugin
+    names) on a test set; write ``out/per_pair.csv``, ``out/summary.md`` and figures.
+
+    Args:
+        metrics: metric plugin names (default: all registered, paper's order first).
+        device: torch device for the models (default: CUDA when available).
+        progress: called with one line per method and pair (default: print).
+
+    Raises:
+        DataError: the test set folder/manifest is unusable (before anything runs).
+        DdmrError: no method given; UnknownNameError: an unknown baseline or metric.
+    """
+    from .evaluate_report import write_report
+    from .registry import Registry
+
+    say = progress or (lambda line: print(line, flush=True))
+    if not models and not baselines:
+        raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tset = TestSet(testset)
+    registry = registry or Registry(bind_gin=False)
+    names = list(metrics) if metrics else sorted(registry.names("metrics"),
+                                                 key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
+    metric_objs = {n: registry.get("metrics", n)() for n in names}
+    methods = build_methods(models, baselines, device, registry)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if original_resolution and not tset.has_original:
+        say("note: the test set records no original grids (manifest columns fixed_original, "
+            "moving_original); scoring on the test grid")
+    writer = ResultsWriter(out / "per_pair.csv", names)
+    pair_names = tset.names()
+    method_errors: dict[str, str] = {}
+    for m in methods:
+        try:
+            m.prepare()
+            say(f"{m.name}: ready ({m.kind})")
+        except Exception as exc:
+            method_errors[m.name] = _message(exc)
+            say(f"{m.name}: FAILED to load, recorded for every pair: {method_errors[m.name]}")
+    slices: dict = {}
+    failures = 0
+    total = len(pair_names) * len(methods)
+    step = 0
+    for i, pname in enumerate(pair_names):
+        pair, pair_error = None, None
+        try:
+            pair = tset.load(i, original=original_resolution)
+        except Exception as exc:
+            pair_error = _message(exc)
+            say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
+        for m in methods:
+            step += 1
+            row = {"method": m.name, "kind": m.kind, "pair": pname, "error": ""}
+            error = method_errors.get(m.name) or pair_error
+            if error is None:
+                try:
+                    disp, warped, seconds = m.predict(pair.fixed, pair.moving, pair.spacing)
+                    values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
+                                                               tset.labels, original_resolution)
+                    row.update(values)
+                    row["error"] = "; ".join(metric_errors)
+                    if figures:
+                        slices[(m.name, pname)] = figure_slices(record)
+                    key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
+                    shown = f"{key} {values[key]:.3f}, " if key else ""
+                    say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s")
+                except Exception as exc:
+                    error = _message(exc)
+            if error is not None:
+                row["error"] = error
+                failures += 1
+                say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
+            writer.add(row)
+    directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
+    titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
+    units = {n: getattr(metric_objs[n], "unit", "") for n in names}
+    write_report(out, writer.rows, [m.name for m in methods], names, directions, titles, units,
+                 slices if figures else None, tset)
+    say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
+        + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
+    return EvaluationResult(writer.rows, out, failures, [m.name for m in methods])
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, DdmrError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

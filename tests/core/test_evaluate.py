@@ -1,0 +1,196 @@
+"""End-to-end evaluation on a tiny hand-written test set: identity, a model checkpoint,
+an ANTs baseline, a broken checkpoint and a pair with a missing file."""
+
+import csv
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddmr_core.checkpoint import save_checkpoint
+from ddmr_core.cli import main as cli_main
+from ddmr_core.errors import DataError, DdmrError
+from ddmr_core.evaluate import TestSet, evaluate, to_original_grid
+from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins import get_plugin_manager
+from ddmr_core.registry import Registry
+from ddmr_core.spatial import warp
+from ddmr_plugins.datasets.synthetic import make_phantom
+
+SHAPE = (24, 24, 24)
+SPACING = (1.5, 1.0, 1.25)
+SHIFT = np.array([1.5, -1.0, 2.0])  # voxels: the ground-truth pull field of every pair
+NET = (16, 16, 16)  # the test model's input grid differs from the test grid on purpose
+
+
+class ShiftNet(nn.Module):
+    """A 'network' predicting one learned constant field (its weights are the shift)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(3))
+
+    def forward(self, fixed, moving):
+        return self.shift.view(1, 3, 1, 1, 1).expand(fixed.shape[0], 3, *fixed.shape[2:]).contiguous()
+
+
+class _TestPlugin:
+    @hookimpl
+    def ddmr_backbones(self):
+        return {"test_shift": ShiftNet}
+
+
+@pytest.fixture
+def registry():
+    return Registry(get_plugin_manager(autoload=False, extra_plugins=[("test_eval", _TestPlugin())]), bind_gin=False)
+
+
+def _write_testset(root, n_pairs=3):
+    root.mkdir(parents=True, exist_ok=True)
+    affine = np.diag(list(SPACING) + [1.0])
+    rows = []
+    for k in range(n_pairs):
+        fixed, seg = make_phantom(SHAPE, 2, seed=10 + k)
+        t = torch.from_numpy(-SHIFT).float().view(1, 3, 1, 1, 1).expand(1, 3, *SHAPE)
+        # moving(y) = fixed(y - SHIFT): the pull field registering it is +SHIFT
+        moving = warp(torch.from_numpy(fixed)[None, None], t)[0, 0].numpy()
+        moving_seg = warp(torch.from_numpy(seg)[None, None], t, mode="nearest")[0, 0].numpy()
+        name = f"pair_{k:03d}"
+        d = root / name
+        d.mkdir()
+        for fname, arr in (("fixed", fixed), ("moving", moving), ("fixed_seg", seg), ("moving_seg", moving_seg)):
+            nib.save(nib.Nifti1Image(arr, affine), str(d / f"{fname}.nii.gz"))
+        disp = np.broadcast_to(SHIFT.reshape(3, 1, 1, 1), (3,) + SHAPE).astype(np.float32)
+        np.savez(d / "disp_true.npz", disp=disp, spacing=np.asarray(SPACING), affine=affine)
+        rows.append({"pair": name, "fixed": f"{name}/fixed.nii.gz", "moving": f"{name}/moving.nii.gz",
+                     "fixed_seg": f"{name}/fixed_seg.nii.gz", "moving_seg": f"{name}/moving_seg.nii.gz",
+                     "disp_true": "", "disp_true_npz": f"{name}/disp_true.npz"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "testset.json").write_text(
+        '{"dataset": "synthetic", "size": [24, 24, 24], "seed": 0, "pairs": %d, "labels": [1, 2]}' % n_pairs)
+    return root
+
+
+def _checkpoint(path):
+    model = nn.Module()
+    model.backbone = ShiftNet()
+    with torch.no_grad():  # the network grid is 16^3: its field is rescaled by 24/16 to the test grid
+        model.backbone.shift.copy_(torch.from_numpy(SHIFT * 16 / 24).float())
+    save_checkpoint(path, {"model": model.state_dict(), "input_size": list(NET), "labels": [1, 2],
+                           "gin_config": "ddmr.build_model.backbone = @ddmr.backbones.test_shift()\n"})
+    return path
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_end_to_end(tmp_path, registry):
+    root = _write_testset(tmp_path / "ts")
+    (root / "pair_002" / "moving.nii.gz").unlink()  # a broken pair
+    ckpt = _checkpoint(tmp_path / "shift.pt")
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    lines = []
+    res = evaluate(root, models=[f"shift={ckpt}", str(bad)], baselines=["identity", "ants_syn"],
+                   out=tmp_path / "out", registry=registry, progress=lines.append, device="cpu")
+    rows = _read_csv(tmp_path / "out" / "per_pair.csv")
+    assert len(rows) == 4 * 3  # one row per method and pair, failures included
+    by = {(r["method"], r["pair"]): r for r in rows}
+    # the broken checkpoint is recorded on every pair, with a message naming it
+    assert all("broken.pt" in by[("broken", p)]["error"] for p in ("pair_000", "pair_001", "pair_002"))
+    # the pair with a missing file is recorded for every method, naming the file
+    assert all("moving.nii.gz" in by[(m, "pair_002")]["error"] for m in ("shift", "identity", "ants_syn"))
+    assert res.failures == 3 + 3  # broken x 3 pairs, the 3 other methods on the broken pair
+    for p in ("pair_000", "pair_001"):
+        ident, model, syn = by[("identity", p)], by[("shift", p)], by[("ants_syn", p)]
+        assert ident["error"] == model["error"] == syn["error"] == ""
+        # identity: the field is zero, so the EPE is the shift in mm and nothing folds
+        assert float(ident["epe"]) == pytest.approx(np.linalg.norm(SHIFT * SPACING), rel=1e-5)
+        assert float(ident["folding"]) == 0.0
+        # the model predicts the true field through the resize to its 16^3 grid
+        assert float(model["epe"]) == pytest.approx(0.0, abs=1e-4)
+        assert float(model["dsc"]) > float(ident["dsc"]) + 0.2
+        assert float(syn["dsc"]) > float(ident["dsc"])
+        assert float(syn["tre"]) < float(ident["tre"])
+        for col in ("ssim", "ncc", "dsc", "dsc_1", "dsc_2", "hd", "hd95", "tre", "runtime", "sdlogj"):
+            assert math.isfinite(float(model[col])), col
+    # identity's scores agree with metrics computed directly on the unregistered pair
+    pair = TestSet(root).load(0)
+    from ddmr_plugins.metrics.segmentation import dice
+    assert float(by[("identity", "pair_000")]["dsc_1"]) == pytest.approx(dice(pair.fixed_seg == 1, pair.moving_seg == 1))
+    # progress: one line per method and pair
+    assert sum(1 for line in lines if line.startswith("[")) == 12
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    header = next(line for line in summary.splitlines() if line.startswith("| Method"))
+    assert [c.strip() for c in header.strip("|").split("|")][:8] == [
+        "Method", "SSIM", "NCC", "DSC", "HD (mm)", "HD95 (mm)", "TRE (mm)", "Runtime (s)"]
+    table = {}
+    for line in summary.split("## Beyond")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| Method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            table[cells[0]] = cells[1:]
+    assert table["broken"][-1] == "0/3" and table["shift"][-1] == "2/3"
+    assert "±" in table["shift"][2] and "±" not in table["shift"][4]  # DSC mean±std; HD95 one figure
+    # the best mean is in bold: highest DSC (column 2), lowest TRE (column 5)
+    def mean(method, col):
+        return np.mean([float(by[(method, p)][col]) for p in ("pair_000", "pair_001")])
+    ok = ("shift", "identity", "ants_syn")
+    assert table[max(ok, key=lambda m: mean(m, "dsc"))][2].startswith("**")
+    assert table[min(ok, key=lambda m: mean(m, "tre"))][5].startswith("**")
+    assert not table["identity"][2].startswith("**")
+    assert "## Failures" in summary and "broken" in summary
+    for name in ("boxplots.png", "median_pair_shift.png", "median_pair_identity.png", "median_pair_ants_syn.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+
+
+def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
+    root = _write_testset(tmp_path / "ts", n_pairs=1)
+    # a test set folder without a manifest: one clear message, non-zero exit
+    assert cli_main(["evaluate", "--testset", str(tmp_path), "--baseline", "identity", "--out", str(tmp_path / "o")]) == 2
+    assert "manifest.csv" in capsys.readouterr().err
+    # no method at all
+    assert cli_main(["evaluate", "--testset", str(root), "--out", str(tmp_path / "o")]) == 2
+    # a baseline whose library is missing: recorded, the other method's results are kept
+    from ddmr_plugins.baselines import ants as ants_mod
+    monkeypatch.setattr(ants_mod, "ants_available", lambda: False)
+    rc = cli_main(["evaluate", "--testset", str(root), "--baseline", "identity", "--baseline", "ants_syncc",
+                   "--out", str(tmp_path / "o"), "--no-figures", "--metric", "dsc", "--metric", "runtime"])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "antspyx" in out and "ants_syncc" in out
+    rows = {r["method"]: r for r in _read_csv(tmp_path / "o" / "per_pair.csv")}
+    assert "antspyx" in rows["ants_syncc"]["error"] and rows["ants_syncc"]["dsc"] == ""
+    assert rows["identity"]["error"] == "" and float(rows["identity"]["dsc"]) > 0
+    assert list(rows["identity"])[:5] == ["method", "kind", "pair", "dsc", "dsc_1"]
+
+
+def test_testset_errors(tmp_path):
+    with pytest.raises(DataError, match="not a folder"):
+        TestSet(tmp_path / "nope")
+    (tmp_path / "manifest.csv").write_text("pair,fixed\nx,a.nii.gz\n")
+    with pytest.raises(DataError, match="moving"):
+        TestSet(tmp_path)
+
+
+def test_original_resolution_field(tmp_path, registry):
+    """A test grid that is the original grid resized 2x: the field is carried back
+    through the affines, a constant shift in mm stays the same shift in mm."""
+    from ddmr_core.spatial import resize_affine
+    orig_shape = (32, 32, 32)
+    a0 = np.diag([0.75, 0.5, 0.625, 1.0])
+    a = resize_affine(a0, orig_shape, (16, 16, 16))
+    disp = np.broadcast_to(np.array([1.0, -0.5, 0.25]).reshape(3, 1, 1, 1), (3, 16, 16, 16)).astype(np.float32)
+    v, coords = to_original_grid(disp, a, orig_shape, a0, a0)
+    np.testing.assert_allclose(v[:, 4:-4, 4:-4, 4:-4].reshape(3, -1).mean(1), [2.0, -1.0, 0.5], atol=1e-5)
+    # the same as resize_field, the toolkit's own resampling of a field
+    from ddmr_core.spatial import resize_field
+    ref = resize_field(torch.from_numpy(disp)[None], orig_shape)[0].numpy()
+    np.testing.assert_allclose(v, ref, atol=1e-4)
