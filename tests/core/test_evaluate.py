@@ -194,3 +194,90 @@ def test_original_resolution_field(tmp_path, registry):
     from ddmr_core.spatial import resize_field
     ref = resize_field(torch.from_numpy(disp)[None], orig_shape)[0].numpy()
     np.testing.assert_allclose(v, ref, atol=1e-4)
+
+
+def test_evaluate_at_original_resolution(tmp_path, registry):
+    """Originals on a 2x finer grid: with original_resolution the fields are carried
+    there and every metric is computed on the original volumes."""
+    from ddmr_core.spatial import resize_affine, resize_image
+    from ddmr_plugins.metrics.segmentation import dice
+
+    root = tmp_path / "ts"
+    (root / "p0").mkdir(parents=True)
+    big = tuple(2 * n for n in SHAPE)
+    a0 = np.diag([s / 2 for s in SPACING] + [1.0])
+    a = resize_affine(a0, big, SHAPE)
+    fixed0, seg0 = make_phantom(big, 2, seed=3)
+    t = torch.from_numpy(-2 * SHIFT).float().view(1, 3, 1, 1, 1).expand(1, 3, *big)
+    moving0 = warp(torch.from_numpy(fixed0)[None, None], t)[0, 0].numpy()
+    mseg0 = warp(torch.from_numpy(seg0)[None, None], t, mode="nearest")[0, 0].numpy()
+    vols = {"fixed_original": (fixed0, a0), "moving_original": (moving0, a0),
+            "fixed_seg_original": (seg0, a0), "moving_seg_original": (mseg0, a0)}
+    for key, arr0 in (("fixed", fixed0), ("moving", moving0), ("fixed_seg", seg0), ("moving_seg", mseg0)):
+        mode = "nearest" if "seg" in key else "linear"
+        vols[key] = (resize_image(torch.from_numpy(arr0)[None, None], SHAPE, mode)[0, 0].numpy(), a)
+    row = {"pair": "p0"}
+    for key, (arr, aff) in vols.items():
+        nib.save(nib.Nifti1Image(arr, aff), str(root / "p0" / f"{key}.nii.gz"))
+        row[key] = f"p0/{key}.nii.gz"
+    disp = np.broadcast_to(SHIFT.reshape(3, 1, 1, 1), (3,) + SHAPE).astype(np.float32)
+    np.savez(root / "p0" / "disp_true.npz", disp=disp, spacing=np.asarray(SPACING), affine=a)
+    row["disp_true_npz"] = "p0/disp_true.npz"
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        w.writeheader()
+        w.writerow(row)
+    ckpt = _checkpoint(tmp_path / "shift.pt")
+    runs = {}
+    for orig in (False, True):
+        out = tmp_path / f"out_{orig}"
+        evaluate(root, models=[f"shift={ckpt}"], baselines=["identity"], out=out, registry=registry,
+                 original_resolution=orig, metrics=["dsc", "epe", "hd"], progress=lambda s: None, figures=False)
+        runs[orig] = {r["method"]: r for r in _read_csv(out / "per_pair.csv")}
+    ident, model = runs[True]["identity"], runs[True]["shift"]
+    assert ident["error"] == model["error"] == ""
+    # identity at the original resolution: the Dice of the original label maps themselves
+    assert float(ident["dsc_1"]) == pytest.approx(dice(seg0 == 1, mseg0 == 1))
+    assert float(ident["dsc_1"]) != pytest.approx(float(runs[False]["identity"]["dsc_1"]))
+    # the field is physical: its error in mm does not depend on the grid it is scored on
+    assert float(ident["epe"]) == pytest.approx(np.linalg.norm(SHIFT * SPACING), rel=1e-4)
+    assert float(model["epe"]) == pytest.approx(0.0, abs=1e-3)
+    # the finer grid registers the labels better than the coarse one
+    assert float(model["dsc"]) > float(runs[False]["shift"]["dsc"])
+    # HD on the finer grid resolves half-voxels of the test grid
+    assert float(model["hd"]) < float(runs[False]["shift"]["hd"])
+
+
+class _Crash(BaseException):
+    pass
+
+
+class _CrashingBaseline:
+    calls = 0
+
+    def available(self):
+        return True
+
+    def register(self, fixed, moving, spacing):
+        _CrashingBaseline.calls += 1
+        if _CrashingBaseline.calls == 2:
+            raise _Crash("power cut")  # not an Exception: it ends the run, like a kill
+        return np.zeros((3,) + fixed.shape, np.float32)
+
+
+class _CrashPlugin:
+    @hookimpl
+    def ddmr_baselines(self):
+        return {"crashing": _CrashingBaseline}
+
+
+def test_results_survive_a_crash(tmp_path):
+    root = _write_testset(tmp_path / "ts", n_pairs=3)
+    reg = Registry(get_plugin_manager(autoload=False, extra_plugins=[("crash", _CrashPlugin())]), bind_gin=False)
+    with pytest.raises(_Crash):
+        evaluate(root, baselines=["identity", "crashing"], out=tmp_path / "out", registry=reg,
+                 metrics=["dsc"], progress=lambda s: None, figures=False)
+    rows = _read_csv(tmp_path / "out" / "per_pair.csv")
+    assert [(r["method"], r["pair"]) for r in rows] == [
+        ("identity", "pair_000"), ("crashing", "pair_000"), ("identity", "pair_001")]
+    assert all(r["dsc"] for r in rows)
