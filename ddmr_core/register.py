@@ -341,18 +341,23 @@ class Registrar:
         t0 = time.perf_counter()
         self.model, ckpt = load_model(self.path, device=self.device, registry=registry)
         self.load_time = time.perf_counter() - t0
-        size = ckpt.get("input_size")
-        if size is None or len(size) != 3:
-            raise CheckpointError(f"checkpoint {str(self.path)!r} lacks a 3-value 'input_size'")
-        self.input_size = tuple(int(s) for s in size)
         self.labels = tuple(int(v) for v in (ckpt.get("labels") or ()))
+        size = ckpt.get("input_size")
         try:
             # checkpoints without a recipe get the default intensity scaling and are
             # resized to input_size below (no resampling to a spacing: keep the grid)
-            pre = ckpt.get("preprocess") or {"spacing": None, "size": list(self.input_size)}
+            pre = ckpt.get("preprocess") or {"spacing": None, "size": size}
             self.preprocess = Preprocess.from_dict(pre)
         except DdmrError as exc:
             raise CheckpointError(f"checkpoint {str(self.path)!r}: bad 'preprocess': {exc}") from exc
+        if size is None:  # a run that took its grid from the data: the recipe's size
+            size = self.preprocess.size
+        if size is None or len(size) != 3:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} records no network grid ('input_size' or a "
+                "preprocessing size), so inputs cannot be brought to the model's grid"
+            )
+        self.input_size = tuple(int(s) for s in size)
 
     # ----------------------------------------------------------- internals
     def _to_model_grid(self, image, seg, affine, name):

@@ -400,3 +400,22 @@ def test_bad_pairs_csv_writes_nothing(tmp_path, pair_files, stand_in, capsys):
                 "--device", "nonsense") != 0
     assert "nonsense" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_checkpoint_grid_and_architecture_checks(tmp_path, stand_in):
+    from ddmr_core.checkpoint import load_checkpoint
+    from ddmr_core.errors import CheckpointError
+
+    ck = load_checkpoint(make_ckpt(tmp_path / "m.pt", np.zeros((3,) + GRID), dict(spacing=None, size=GRID)))
+    ck.pop("format"), ck.pop("input_size")  # a run that took its grid from the data
+    save_checkpoint(tmp_path / "no_size.pt", ck)
+    assert Registrar(tmp_path / "no_size.pt").input_size == GRID
+    ck["preprocess"]["size"] = None
+    save_checkpoint(tmp_path / "no_grid.pt", ck)
+    with pytest.raises(CheckpointError, match="no_grid.pt.*no network grid"):
+        Registrar(tmp_path / "no_grid.pt")
+    ck["preprocess"]["size"] = list(GRID)
+    ck["model"] = {"backbone.field": torch.zeros(1, 3, 8, 8, 8)}  # weights of another grid
+    save_checkpoint(tmp_path / "other_arch.pt", ck)
+    with pytest.raises(CheckpointError, match="other_arch.pt.*does not match"):
+        Registrar(tmp_path / "other_arch.pt")
