@@ -28,6 +28,7 @@ ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
 ddmr.augmenters.tps.grid = 4
 ddmr.augmenters.tps.max_displacement = 2.0
 ddmr.Trainer.progress = False
+ddmr.datasets.synthetic.subjects = (4, 1, 1)   # 2 optimiser steps per epoch
 """
 
 
@@ -85,7 +86,7 @@ def test_checkpoints_config_and_tensorboard(tmp_path):
             assert key in ck, (name, key)
         assert ck["input_size"] == [16, 16, 16] and ck["labels"] == [1, 2, 3]
     last = torch.load(run / "last.pt", weights_only=True)
-    assert last["counters"]["epoch"] == 2 and last["counters"]["optimizer_steps"] == 8
+    assert last["counters"]["epoch"] == 2 and last["counters"]["optimizer_steps"] == 4
     assert_same(last["model"], weights(t.model), atol=0)
     # the saved config rebuilds the model, and the best checkpoint loads into it
     assert "vxm_unet" in (run / "config.gin").read_text()
@@ -101,7 +102,7 @@ def test_checkpoints_config_and_tensorboard(tmp_path):
                 "weights/dice", "weights/grad_l2", "train/lr", "train/grad_norm", "validation/loss",
                 "validation/dice", "validation/field_error", "validation/terms/ncc"):
         assert tag in scalars, tag
-    assert len(ea.Scalars("train/loss")) == 8 and len(ea.Scalars("validation/loss")) == 2
+    assert len(ea.Scalars("train/loss")) == 4 and len(ea.Scalars("validation/loss")) == 2
     assert ea.Scalars("train/lr")[0].value == pytest.approx(1e-3)
     for name in ("fixed", "moving", "warped", "field_magnitude"):
         assert f"validation/{name}" in images
@@ -140,7 +141,7 @@ def test_mid_epoch_stop_resumes_exactly(tmp_path):
     assert ck["counters"]["batch_in_epoch"] == 2 and ck["counters"]["epoch"] == 0
     c = make(tmp_path, "ddmr.Trainer.max_epochs = 1", run="b", resume=True)
     c.fit()
-    assert c.counters["optimizer_steps"] == 4
+    assert c.counters["optimizer_steps"] == 2
     assert_same(weights(a.model), weights(c.model))
     assert sorted(c.seen_indices) == sorted(a.seen_indices[2:])  # only the rest of the epoch
 
@@ -166,12 +167,12 @@ class _NaNAfter(torch.nn.Module):
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     from ddmr_core.experiment import build_model
 
-    t = make(tmp_path, "ddmr.Trainer.max_nonfinite = 3", "ddmr.Trainer.max_epochs = 5")
+    t = make(tmp_path, "ddmr.Trainer.max_nonfinite = 2", "ddmr.Trainer.max_epochs = 5")
     model = build_model()
-    model.losses["mse"] = _NaNAfter(8)  # epoch 1: 8 good micro-batches (4 steps)
+    model.losses["mse"] = _NaNAfter(4)  # epoch 1: 4 good micro-batches (2 steps)
     model.loss_names.append("mse")
     t.model = model
-    with pytest.raises(TrainingError, match="non-finite in 3 optimiser steps in a row"):
+    with pytest.raises(TrainingError, match="non-finite in 2 optimiser steps in a row"):
         t.fit()
     run = tmp_path / "run"
     ck = torch.load(run / "last.pt", weights_only=True)
@@ -179,7 +180,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     # the skipped steps left the weights as after epoch 1, all finite
     assert_same(weights(t.model), ck["model"], atol=0)
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
-    assert t.counters["nonfinite_total"] == 3 and t.counters["optimizer_steps"] == 4
+    assert t.counters["nonfinite_total"] == 2 and t.counters["optimizer_steps"] == 2
 
 
 def test_two_step_finetuning(tmp_path):
