@@ -1,0 +1,138 @@
+"""Test sets: ``ddmr build-testset`` output, the reader the evaluator uses, and bad input."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ddmr_core.augment import AugmentationPipeline
+from ddmr_core.cli import main
+from ddmr_core.commands.build_testset import build_testset
+from ddmr_core.errors import DataError
+from ddmr_core.field_io import load_field_itk
+from ddmr_core.registry import Registry
+from ddmr_core.spatial import warp
+from ddmr_core.testset import COLUMNS, finish_testset, load_pair, read_testset, write_pair
+from ddmr_plugins.datasets.synthetic import SyntheticDataset
+
+
+class ShiftedAffineSynthetic(SyntheticDataset):
+    """Synthetic subjects with a non-trivial affine, to check it is carried through."""
+
+    AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, 1.5, 0, -10.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+
+    def split(self, name):
+        base = super().split(name)
+
+        class _S(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(base)
+
+            def __getitem__(self, i):
+                s = dict(base[i])
+                s["affine"] = torch.from_numpy(ShiftedAffineSynthetic.AFFINE.copy())
+                s["spacing"] = torch.tensor([1.5, 1.5, 2.0])
+                return s
+
+        return _S()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts")
+    reg = Registry()
+    pipeline = AugmentationPipeline(
+        [reg.create("augmenters", "rigid", max_rotation=5.0, max_translation=3.0),
+         reg.create("augmenters", "tps", grid=4, max_displacement=2.0)], seed=3)
+    ds = ShiftedAffineSynthetic(shape=(20, 20, 20), subjects=(1, 1, 2), n_labels=2)
+    build_testset(ds, pipeline, out, pairs=3, size=(16, 16, 16), seed=3, dataset_name="synthetic", log=lambda *a: None)
+    return out
+
+
+def test_layout_and_metadata(built):
+    rows = list(csv.DictReader(open(built / "manifest.csv")))
+    assert list(rows[0].keys()) == list(COLUMNS)
+    assert [r["pair"] for r in rows] == ["pair_0000", "pair_0001", "pair_0002"]
+    for r in rows:
+        for c in COLUMNS[1:]:
+            assert not r[c].startswith("/") and (built / r[c]).is_file()
+    meta = json.loads((built / "testset.json").read_text())
+    assert meta["dataset"] == "synthetic" and meta["size"] == [16, 16, 16]
+    assert meta["seed"] == 3 and meta["pairs"] == 3 and meta["labels"] == [1, 2]
+
+
+def test_pairs_are_consistent(built):
+    ts = read_testset(built)
+    assert len(ts) == 3 and ts.labels == (1, 2)
+    p = ts[0].load()
+    assert p["fixed"].shape == (16, 16, 16) and p["fixed_seg"].dtype == np.uint8
+    # every file of the pair carries the fixed image's affine (the input resized to 16^3)
+    from ddmr_core.spatial import resize_affine
+
+    expected = resize_affine(ShiftedAffineSynthetic.AFFINE, (20, 20, 20), (16, 16, 16))
+    for key in ("fixed", "moving", "fixed_seg", "moving_seg"):
+        np.testing.assert_allclose(nib.load(str(getattr(ts[0], key))).affine, expected, atol=1e-5)
+    np.testing.assert_allclose(p["spacing"], np.abs(np.diag(expected)[:3]), rtol=1e-5)
+    # the ground truth registers the moving image back onto the fixed one (interior voxels)
+    warped = warp(torch.from_numpy(p["moving"])[None, None], torch.from_numpy(p["disp_true"])[None])[0, 0].numpy()
+    inner = (slice(3, -3),) * 3
+    err_gt = np.abs(warped - p["fixed"])[inner].mean()
+    err_id = np.abs(p["moving"] - p["fixed"])[inner].mean()
+    assert np.abs(p["disp_true"]).max() > 0.2 and err_gt < 0.5 * err_id
+    # the ITK/ANTs file holds the same field as the .npz
+    disp_itk, aff_itk = load_field_itk(ts[0].disp_true)
+    np.testing.assert_allclose(disp_itk, p["disp_true"], atol=1e-4)
+    np.testing.assert_allclose(aff_itk, expected, atol=1e-5)
+    # pairs differ (seeded by pair index)
+    assert not np.allclose(ts[1].load()["disp_true"], p["disp_true"])
+
+
+def test_round_trip_without_segmentations(tmp_path):
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    disp = rng.normal(size=(3, 6, 7, 8)).astype(np.float32)
+    row = write_pair(tmp_path, "p0", rng.random((6, 7, 8)), rng.random((6, 7, 8)), disp, aff)
+    finish_testset(tmp_path, [row], {"dataset": "x", "size": [6, 7, 8], "seed": 0, "pairs": 1, "labels": []})
+    rec = read_testset(tmp_path)[0]
+    assert rec.fixed_seg is None and rec.moving_seg is None
+    p = load_pair(rec)
+    np.testing.assert_allclose(p["disp_true"], disp, atol=1e-6)
+    assert p["fixed_seg"] is None
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_testset(tmp_path / "missing")
+    with pytest.raises(DataError, match="manifest.csv not found"):
+        read_testset(tmp_path)
+    (tmp_path / "manifest.csv").write_text("pair,fixed\np0,p0/fixed.nii.gz\n")
+    (tmp_path / "testset.json").write_text("{}")
+    with pytest.raises(DataError, match="lacks column"):
+        read_testset(tmp_path)
+    (tmp_path / "manifest.csv").write_text("pair,fixed,moving\np0,p0/fixed.nii.gz,p0/moving.nii.gz\n")
+    rec = read_testset(tmp_path)[0]
+    with pytest.raises(DataError, match="fixed.nii.gz"):
+        load_pair(rec)
+
+
+def test_cli_builds_from_a_registered_dataset_and_refuses_to_overwrite(tmp_path, capsys):
+    aug = tmp_path / "aug.gin"
+    aug.write_text("ddmr.build_augmentation.steps = [@ddmr.augmenters.rigid()]\n"
+                   "ddmr.augmenters.rigid.max_translation = 2.0\n")
+    out = tmp_path / "ts"
+    args = ["build-testset", "--dataset", "synthetic", "--pairs", "2", "--size", "12", "--seed", "7",
+            "--out", str(out), "--augment", str(aug)]
+    assert main(args) == 0
+    ts = read_testset(out)
+    assert len(ts) == 2 and ts.meta["size"] == [12, 12, 12] and ts.labels == (1, 2, 3)
+    assert ts[1].load()["fixed"].shape == (12, 12, 12)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["build-testset", "--dataset", "nosuch", "--pairs", "1", "--size", "8", "--seed", "0",
+                 "--out", str(tmp_path / "x"), "--augment", str(aug)]) == 2
+    assert "unknown datasets name 'nosuch'" in capsys.readouterr().err
