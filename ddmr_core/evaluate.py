@@ -58,7 +58,6 @@ from .errors import DataError, DdmrError
 from .io import load_image, load_label_map, spacing_from_affine
 from .spatial import resize_field, resize_image, warp
 
-MANIFEST_COLUMNS = ("pair", "fixed", "moving", "fixed_seg", "moving_seg", "disp_true", "disp_true_npz")
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
 METRIC_ORDER = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime", "folding", "sdlogj", "epe")
@@ -91,102 +90,63 @@ def _normalise(image: np.ndarray) -> np.ndarray:
 
 
 class TestSet:
-    """Reader of a test set folder (see the module docstring for the format).
+    """A test set folder, read with :func:`ddmr_core.testset.read_testset` (the format's
+    owner), plus the optional original-grid columns that the evaluator alone uses.
 
     Raises:
-        DataError: the folder, its ``manifest.csv`` or a required column is missing, or
-            ``testset.json`` cannot be parsed. Files of single pairs are checked when the
-            pair is loaded (:meth:`load`), so one broken pair does not stop a run.
+        DataError: the folder, ``manifest.csv``, ``testset.json`` or a required column is
+            missing. Files of single pairs are checked when the pair is loaded
+            (:meth:`load`), so one broken pair does not stop a run.
     """
 
     __test__ = False  # not a pytest test class, despite its name
 
     def __init__(self, root: str | Path):
+        from .testset import MANIFEST, read_testset
+
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"test set {str(self.root)!r} is not a folder (build one with `ddmr build-testset`)")
-        manifest = self.root / "manifest.csv"
-        if not manifest.is_file():
-            raise DataError(f"test set {str(self.root)!r} has no manifest.csv (build one with `ddmr build-testset`)")
-        with open(manifest, newline="") as fh:
+        self._ts = read_testset(self.root)
+        if len(self._ts) == 0:
+            raise DataError(f"test set {str(self.root)!r}: {MANIFEST} lists no pairs")
+        self.info: dict = dict(self._ts.meta)
+        self.labels = self._ts.labels or None
+        with open(self.root / MANIFEST, newline="") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
-            self.rows = [dict(r) for r in reader]
-        missing = [c for c in ("pair", "fixed", "moving") if c not in columns]
-        if missing:
-            raise DataError(f"{str(manifest)!r} lacks the column(s) {', '.join(missing)}; it needs {', '.join(MANIFEST_COLUMNS)}")
-        if not self.rows:
-            raise DataError(f"{str(manifest)!r} lists no pairs")
-        self.info: dict = {}
-        info_path = self.root / "testset.json"
-        if info_path.is_file():
-            try:
-                self.info = json.loads(info_path.read_text())
-            except ValueError as exc:
-                raise DataError(f"{str(info_path)!r} is not valid JSON: {exc}") from exc
-        labels = self.info.get("labels")
-        self.labels = tuple(int(v) for v in labels) if labels else None
+            self._extra = [{k: (r.get(k) or "").strip() for k in ORIGINAL_COLUMNS} for r in reader]
         self.has_original = "fixed_original" in columns and "moving_original" in columns
 
     def __len__(self):
-        return len(self.rows)
+        return len(self._ts)
 
     def names(self) -> list[str]:
-        return [r["pair"] or f"pair_{i:03d}" for i, r in enumerate(self.rows)]
-
-    def _path(self, row: dict, key: str) -> Path | None:
-        value = (row.get(key) or "").strip()
-        return (self.root / value) if value else None
+        return [r.pair for r in self._ts.records]
 
     def load(self, index: int, original: bool = False) -> Pair:
         """Read pair ``index``; ``original`` also reads the original-grid volumes.
 
         Raises:
             DataError: naming the missing or unreadable file."""
-        row = self.rows[index]
-        name = self.names()[index]
-        fixed, affine = load_image(self._path(row, "fixed"))
-        moving, _ = load_image(self._path(row, "moving"))
-        if moving.shape != fixed.shape:
-            raise DataError(f"pair {name!r}: moving {moving.shape} and fixed {fixed.shape} grids differ")
-        pair = Pair(name, _normalise(fixed), _normalise(moving), affine, spacing_from_affine(affine))
-        for key in ("fixed_seg", "moving_seg"):
-            path = self._path(row, key)
-            if path is not None:
-                seg, _ = load_label_map(path)
-                if seg.shape != fixed.shape:
-                    raise DataError(f"{str(path)!r} has shape {seg.shape}, its image {fixed.shape}")
-                setattr(pair, key, seg)
-        npz = self._path(row, "disp_true_npz")
-        if npz is not None:
-            pair.disp_true = _load_disp_npz(npz, fixed.shape)
+        from .testset import load_pair
+
+        d = load_pair(self._ts[index])
+        pair = Pair(d["pair"], _normalise(d["fixed"]), _normalise(d["moving"]), d["affine"],
+                    np.asarray(d["spacing"], np.float64), d["fixed_seg"], d["moving_seg"], d["disp_true"])
         if original and self.has_original:
             pair.original = {}
-            for key in ORIGINAL_COLUMNS:
-                path = self._path(row, key)
-                if path is None:
+            for key, value in self._extra[index].items():
+                if not value:
                     continue
-                loader = load_label_map if key.endswith("seg_original") else load_image
-                arr, aff = loader(path)
-                pair.original[key.replace("_original", "")] = (arr if "seg" in key else _normalise(arr), aff)
+                path = Path(value) if Path(value).is_absolute() else self.root / value
+                if key.endswith("seg_original"):
+                    arr, aff = load_label_map(path)
+                else:
+                    arr, aff = load_image(path)
+                    arr = _normalise(arr)
+                pair.original[key.replace("_original", "")] = (arr, aff)
             if "fixed" not in pair.original or "moving" not in pair.original:
                 pair.original = None
         return pair
-
-
-def _load_disp_npz(path: Path, shape) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"ground-truth field {str(path)!r} not found")
-    try:
-        with np.load(path) as data:
-            disp = np.asarray(data["disp"], dtype=np.float32)
-    except Exception as exc:
-        raise DataError(f"ground-truth field {str(path)!r} cannot be read: {exc}") from exc
-    if disp.ndim == 5 and disp.shape[0] == 1:
-        disp = disp[0]
-    if disp.shape != (3,) + tuple(shape):
-        raise DataError(f"ground-truth field {str(path)!r} has shape {disp.shape}, expected {(3,) + tuple(shape)}")
-    return disp
 
 
 # ===================================================================== methods

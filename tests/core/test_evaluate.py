@@ -173,10 +173,14 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
 
 
 def test_testset_errors(tmp_path):
-    with pytest.raises(DataError, match="not a folder"):
+    with pytest.raises(DataError, match="not found"):
         TestSet(tmp_path / "nope")
     (tmp_path / "manifest.csv").write_text("pair,fixed\nx,a.nii.gz\n")
+    (tmp_path / "testset.json").write_text('{"labels": [1]}')
     with pytest.raises(DataError, match="moving"):
+        TestSet(tmp_path)
+    (tmp_path / "manifest.csv").write_text("pair,fixed,moving\n")
+    with pytest.raises(DataError, match="no pairs"):
         TestSet(tmp_path)
 
 
@@ -227,6 +231,8 @@ def test_evaluate_at_original_resolution(tmp_path, registry):
         w = csv.DictWriter(fh, fieldnames=list(row))
         w.writeheader()
         w.writerow(row)
+    (root / "testset.json").write_text(
+        '{"dataset": "synthetic", "size": [24, 24, 24], "seed": 0, "pairs": 1, "labels": [1, 2]}')
     ckpt = _checkpoint(tmp_path / "shift.pt")
     runs = {}
     for orig in (False, True):
@@ -281,3 +287,18 @@ def test_results_survive_a_crash(tmp_path):
     assert [(r["method"], r["pair"]) for r in rows] == [
         ("identity", "pair_000"), ("crashing", "pair_000"), ("identity", "pair_001")]
     assert all(r["dsc"] for r in rows)
+
+
+def test_reads_what_the_testset_writer_writes(tmp_path):
+    from ddmr_core.testset import finish_testset, write_pair
+
+    fixed, seg = make_phantom(SHAPE, 2, seed=5)
+    affine = np.diag(list(SPACING) + [1.0])
+    disp = np.broadcast_to(SHIFT.reshape(3, 1, 1, 1), (3,) + SHAPE).astype(np.float32)
+    row = write_pair(tmp_path / "ts", "p0", fixed, fixed, disp, affine, fixed_seg=seg, moving_seg=seg)
+    finish_testset(tmp_path / "ts", [row], {"dataset": "synthetic", "size": 24, "seed": 0, "pairs": 1, "labels": [1, 2]})
+    res = evaluate(tmp_path / "ts", baselines=["identity"], out=tmp_path / "out", metrics=["dsc", "epe"],
+                   progress=lambda s: None, figures=False)
+    (row,) = res.rows
+    assert row["error"] == "" and row["dsc"] == pytest.approx(1.0)
+    assert row["epe"] == pytest.approx(np.linalg.norm(SHIFT * SPACING), rel=1e-5)
