@@ -1,0 +1,45 @@
+"""The shipped experiment configs: each of the six designs for brain, abdomen and the two
+finetuning strategies parses, builds its model, and carries the paper's training schedule."""
+
+import gin
+import pytest
+
+from ddmr_core.config import config_root, parse_config
+from ddmr_core.experiment import build_model, input_size
+
+DESIGNS = ("bl_n", "bl_ns", "sg_nd", "sg_nsd", "uw_nsd", "uw_nsdh")
+GROUPS = ("brain", "abdomen", "finetune_full", "finetune_two_step")
+# build the paper's 6-level U-Net with 4 filters per level so the check stays fast
+SMALL = ["SIZE = (64, 64, 64)", "ddmr.backbones.vxm_unet.widths = [4, 4, 4, 4, 4, 4]",
+         "ddmr.backbones.vxm_unet.head = [4]"]
+
+
+def test_every_design_has_all_experiments():
+    root = config_root() / "experiments"
+    for g in GROUPS:
+        assert sorted(p.stem for p in (root / g).glob("*.gin")) == sorted(DESIGNS), g
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_experiment_configs(group):
+    for design in DESIGNS:
+        parse_config([f"experiments/{group}/{design}.gin"])
+        # the paper's schedule (section 2.4) and grid
+        assert gin.query_parameter("ddmr.Trainer.lr") == 1e-3
+        assert gin.query_parameter("ddmr.Trainer.accumulate") == 8
+        assert gin.query_parameter("ddmr.Trainer.batch_size") == 1
+        assert gin.query_parameter("ddmr.Trainer.plateau_factor") == 0.1
+        assert gin.query_parameter("ddmr.Trainer.plateau_patience") == 10
+        assert input_size() == (128, 128, 128)
+        data = gin.query_parameter("ddmr.build_dataset.dataset").selector
+        assert data == ("ddmr.datasets.mni_brain" if group == "brain" else "ddmr.datasets.abdomen_phantom")
+        if group.startswith("finetune"):
+            assert gin.query_parameter("ddmr.finetune.lr") == 1e-4
+            assert gin.query_parameter("ddmr.finetune.strategy") == group.split("_", 1)[1]
+            assert gin.query_parameter("ddmr.finetune.checkpoint") == f"runs/brain/{design}/best.pt"
+        parse_config([f"experiments/{group}/{design}.gin"], SMALL)
+        model = build_model()
+        # segmentation-guided and uncertainty-weighted designs compare segmentations
+        assert model.needs_segmentations == (not design.startswith("bl")), design
+        assert (model.weighting is not None and sum(p.numel() for p in model.weighting.parameters()) > 0) \
+            == design.startswith("uw"), design
