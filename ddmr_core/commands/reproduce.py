@@ -1,0 +1,92 @@
+"""``ddmr reproduce EXPERIMENT``: the paper's experiments as resumable protocols.
+
+    ddmr reproduce brain             --out paper_runs   # (i)   Table 2: six designs on brain MR
+    ddmr reproduce abdomen           --out paper_runs   # (i)   Table 3: six designs on abdominal CT
+    ddmr reproduce finetune_full     --out paper_runs   # (ii)  Table 4: brain -> abdomen, whole model
+    ddmr reproduce finetune_two_step --out paper_runs   # (ii)  Table 5: decoder first, then all
+    ddmr reproduce baselines         --out paper_runs   # (iii) Table 5: ANTs SyN and SyNCC
+    python benchmarks/augmentation_overhead.py          # (iv)  training-runtime cost of augmentation
+
+All experiments share ``OUT/data/<dataset>`` (prepared caches) and
+``OUT/testsets/<dataset>`` (fixed test pairs: every method is scored on the same pairs),
+and write ``OUT/<experiment>/report/summary.md`` in the paper's table format. The
+finetuning experiments start from the brain runs in ``OUT/brain/runs``.
+
+Defaults are the paper's (128^3, the paper-size U-Net) and need a GPU; ``--size 64
+--light --steps 300`` runs on a CPU (see the README for times). The abdominal data is
+the SYNTHETIC phantom (``abdomen_phantom``), not OSLO-COMET.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DdmrError
+from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
+                        testset_step, train_step)
+
+NAME = "reproduce"
+HELP = "run one of the paper's experiments (six designs, finetuning, ANTs baselines) and write its table"
+ORDER = 60
+
+EXPERIMENTS = {
+    # name: (dataset, config folder, baselines)
+    "brain": ("mni_brain", "brain", ()),
+    "abdomen": ("abdomen_phantom", "abdomen", ()),
+    "finetune_full": ("abdomen_phantom", "finetune_full", ()),
+    "finetune_two_step": ("abdomen_phantom", "finetune_two_step", ()),
+    "baselines": ("abdomen_phantom", None, ("ants_syn", "ants_syncc", "identity")),
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    parser.add_argument("--out", default="paper_runs", metavar="DIR", help="root folder of all experiments")
+    parser.add_argument("--size", type=int, default=128, metavar="S", help="grid S^3 (paper: 128)")
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="optimiser steps per model (default: until early stopping)")
+    parser.add_argument("--pairs", type=int, default=None, metavar="N",
+                        help="test pairs (default: the test split size, 11 for abdomen as OSLO-COMET)")
+    parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
+                        metavar="DESIGN", help="subset of the six designs")
+    parser.add_argument("--light", action="store_true", help="the light CPU U-Net instead of the paper's")
+    parser.add_argument("--device", default=None, help="device (default: cuda if available)")
+
+
+def build_steps(args) -> list:
+    dataset, folder, baselines = EXPERIMENTS[args.experiment]
+    root = Path(args.out)
+    exp_dir = root / args.experiment
+    size = int(args.size)
+    cache = root / "data" / f"{dataset}_{size}"
+    testset = root / "testsets" / f"{dataset}_{size}"
+    pairs = args.pairs or (8 if dataset == "mni_brain" else 11)
+    steps = [prepare_step(dataset, size, cache)]
+    runs = {}
+    if folder is not None:
+        bindings = data_bindings(cache, size, args.light)
+        max_steps = args.steps if args.steps is not None else 10**9
+        for design in args.designs:
+            f = DESIGN_FILES[design]
+            extra = list(bindings)
+            if folder.startswith("finetune"):
+                source = root / "brain" / "runs" / design
+                ckpt = source / "best.pt"
+                extra.append(f"ddmr.finetune.checkpoint = '{ckpt.as_posix()}'")
+                if not source.exists():
+                    raise DdmrError(f"{args.experiment}: needs the brain run of {design} in {source}; "
+                                    f"run `ddmr reproduce brain --out {root}` first")
+            runs[design] = exp_dir / "runs" / design
+            steps.append(train_step(design, f"experiments/{folder}/{f}.gin", runs[design], max_steps,
+                                    extra, args.device))
+    steps.append(testset_step(dataset, pairs, size, 2023, testset))
+    steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device))
+    return steps
+
+
+def run(args) -> int:
+    out = Path(args.out) / args.experiment
+    run_protocol(out, build_steps(args), title=args.experiment)
+    summary = out / "report" / "summary.md"
+    print(summary.read_text() if summary.exists() else "(no summary table was written)")
+    return 0
