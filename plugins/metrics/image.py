@@ -74,8 +74,14 @@ class NCC(Metric):
             return float((i * j).sum() / den) if den > 0 else float("nan")
         ti, tj = torch.from_numpy(i)[None, None], torch.from_numpy(j)[None, None]
 
-        def mean(x):  # window mean with zero padding (count_include_pad)
-            return F.avg_pool3d(x, self.win, stride=1, padding=self.win // 2, count_include_pad=True)
+        w, r = self.win, self.win // 2
+
+        def mean(x):
+            # window mean with zero padding, as three 1-D box means (the box is separable):
+            # 3 * win instead of win^3 operations per voxel
+            x = F.avg_pool3d(x, (w, 1, 1), stride=1, padding=(r, 0, 0), count_include_pad=True)
+            x = F.avg_pool3d(x, (1, w, 1), stride=1, padding=(0, r, 0), count_include_pad=True)
+            return F.avg_pool3d(x, (1, 1, w), stride=1, padding=(0, 0, r), count_include_pad=True)
 
         if self.win % 2 == 0:
             raise ValueError(f"ncc window must be odd, got {self.win}")
