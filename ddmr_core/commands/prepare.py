@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, DdmrError
+from ..errors import ConfigError, DataError, DdmrError
 
 NAME = "prepare"
 HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"
@@ -71,8 +71,12 @@ def build_named_dataset(name: str, configs=(), bindings=(), size: int | None = N
         parse_config(files, list(bindings) + ["SIZE = (128, 128, 128)"], registry=registry)
     try:
         dataset = registry.create("datasets", name)
-    except DdmrError:
-        raise
+    except DdmrError as exc:
+        # gin appends "In call to configurable ..." lines: keep the one-line message
+        # (gin re-raises a proxy subclass: rebuild the ddmr class it derives from)
+        lines = str(exc).splitlines() or [""]
+        cls = next((c for c in (DataError, ConfigError, DdmrError) if isinstance(exc, c)))
+        raise cls(f"dataset {name!r}: {lines[0]}") from exc
     except (TypeError, ValueError) as exc:
         raise DataError(f"dataset {name!r} cannot be built: {exc}") from exc
     return dataset, registry

@@ -83,6 +83,11 @@ class SyntheticDataset:
         if len(shape) != 3 or min(shape) < 4:
             raise ValueError(f"shape must be three sizes of at least 4, got {tuple(shape)}")
         self.shape, self.spacing, self.seed = tuple(shape), tuple(spacing), seed
+        # generated directly on the network grid: the only "preprocessing" to record is
+        # that grid and a min-max to [0, 1] (what a user image needs to look alike)
+        from ddmr_core.preprocess import Preprocess
+
+        self.preprocess = Preprocess(spacing=None, size=self.shape, percentiles=(0.0, 100.0)).to_dict()
         self.labels = tuple(range(1, n_labels + 1))
         counts = [int(c) for c in subjects]
         starts = np.cumsum([0] + counts)

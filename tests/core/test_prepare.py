@@ -95,3 +95,11 @@ def test_prepare_refuses_a_foreign_non_empty_folder(tmp_path):
     ds = AbdomenPhantomDataset(patients=3, splits=(3, 0, 0), spacing=(8.0, 8.0, 8.0), size=(8, 8, 8))
     with pytest.raises(DataError, match="not empty"):
         prepare(ds, tmp_path, "abdomen_phantom", log=lambda *a: None)
+
+
+def test_cli_reports_bad_dataset_settings_in_one_line(tmp_path, capsys):
+    assert main(["prepare", "--dataset", "nifti_folder", "--out", str(tmp_path / "c"),
+                 "--gin", f"ddmr.datasets.nifti_folder.root = '{tmp_path / 'absent'}'"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "absent" in err and "not found" in err
+    assert not (tmp_path / "c").exists()
