@@ -197,12 +197,13 @@ class BaselineMethod:
 
     kind = "baseline"
 
-    def __init__(self, name: str, factory: Callable):
-        self.name, self.factory = name, factory
-        self.method = None
+    def __init__(self, name: str, method):
+        # built up front, while the user's gin bindings are in force (loading a model's
+        # checkpoint later replaces the gin config with the model's own)
+        self.name, self.method = name, method
 
     def prepare(self) -> None:
-        method = self.factory()
+        method = self.method
         available = getattr(method, "available", None)
         if available is not None and not available():
             hint = getattr(sys.modules.get(type(method).__module__), "INSTALL_HINT", None)
@@ -210,7 +211,6 @@ class BaselineMethod:
                 f"baseline {self.name!r} cannot run: its library is not installed"
                 + (f" (install it with `{hint}`)" if hint else "")
             )
-        self.method = method
 
     def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
         start = time.perf_counter()
@@ -234,19 +234,21 @@ def _model_name(spec: str) -> tuple[str, str]:
     return stem, spec
 
 
-def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), device="cpu", registry=None) -> list:
-    """Methods in the order given: models first, then baselines. Names must be unique;
-    unknown baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once."""
+def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), device="cpu", registry=None,
+                  make: Callable | None = None) -> list:
+    """Methods in the order given: models first, then baselines (built at once by
+    ``make(kind, name)``, default: the plain factory). Names are made unique; unknown
+    baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once."""
     from .registry import Registry
 
     methods: list = []
     registry = registry or Registry(bind_gin=False)
+    make = make or (lambda kind, name: registry.get(kind, name)())
     for spec in models:
         name, path = _model_name(spec)
         methods.append(ModelMethod(name, path, device, registry))
-    if baselines:
-        for name in baselines:
-            methods.append(BaselineMethod(name, registry.get("baselines", name)))
+    for name in baselines:
+        methods.append(BaselineMethod(name, make("baselines", name)))
     seen: dict[str, int] = {}
     for m in methods:  # two checkpoints called best.pt: best, best_2
         seen[m.name] = seen.get(m.name, 0) + 1
@@ -414,7 +416,8 @@ class EvaluationResult:
 def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequence[str] = (),
              out: str | Path = "evaluation", original_resolution: bool = False,
              metrics: Sequence[str] | None = None, device: str | None = None, registry=None,
-             progress: Callable[[str], Any] | None = None, figures: bool = True) -> EvaluationResult:
+             progress: Callable[[str], Any] | None = None, figures: bool = True,
+             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> EvaluationResult:
     """Evaluate models (checkpoint paths, optionally ``NAME=PATH``) and baselines (plugin
     names) on a test set; write ``out/per_pair.csv``, ``out/summary.md`` and figures.
 
@@ -422,6 +425,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         metrics: metric plugin names (default: all registered, paper's order first).
         device: torch device for the models (default: CUDA when available).
         progress: called with one line per method and pair (default: print).
+        gin_files, gin_bindings: gin configuration of the baselines and metrics, e.g.
+            ``ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)``.
 
     Raises:
         DataError: the test set folder/manifest is unusable (before anything runs).
@@ -435,11 +440,18 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tset = TestSet(testset)
-    registry = registry or Registry(bind_gin=False)
+    if gin_files or gin_bindings:
+        from .config import parse_config
+
+        registry = parse_config(gin_files, gin_bindings, registry)
+        make = lambda kind, name: registry.gin_wrapper(kind, name)()  # noqa: E731
+    else:
+        registry = registry or Registry(bind_gin=False)
+        make = lambda kind, name: registry.get(kind, name)()  # noqa: E731
     names = list(metrics) if metrics else sorted(registry.names("metrics"),
                                                  key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
-    metric_objs = {n: registry.get("metrics", n)() for n in names}
-    methods = build_methods(models, baselines, device, registry)
+    metric_objs = {n: make("metrics", n) for n in names}
+    methods = build_methods(models, baselines, device, registry, make)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if original_resolution and not tset.has_original:

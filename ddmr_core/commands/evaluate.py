@@ -20,6 +20,10 @@ def add_arguments(parser):
                              "(when the test set records it)")
     parser.add_argument("--metric", action="append", default=None, metavar="NAME",
                         help="metric to compute (default: every registered metric); repeatable")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="gin file configuring baselines and metrics (repeatable)")
+    parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
+                        help="gin binding, e.g. 'ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)' (repeatable)")
     parser.add_argument("--device", default=None, help="torch device for the models (default: cuda if available)")
     parser.add_argument("--no-figures", action="store_true", help="skip box plots and median-pair figures")
 
@@ -36,6 +40,8 @@ def run(args) -> int:
         metrics=args.metric,
         device=args.device,
         figures=not args.no_figures,
+        gin_files=args.config,
+        gin_bindings=args.gin,
     )
     # files are complete either way; a non-zero status tells scripts that some runs failed
     return 1 if result.failures else 0

@@ -170,6 +170,17 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
     assert "antspyx" in rows["ants_syncc"]["error"] and rows["ants_syncc"]["dsc"] == ""
     assert rows["identity"]["error"] == "" and float(rows["identity"]["dsc"]) > 0
     assert list(rows["identity"])[:5] == ["method", "kind", "pair", "dsc", "dsc_1"]
+    # gin bindings configure the metrics: a global NCC instead of the local one
+    rc = cli_main(["evaluate", "--testset", str(root), "--baseline", "identity", "--out", str(tmp_path / "g"),
+                   "--no-figures", "--metric", "ncc", "--gin", "ddmr.metrics.ncc.win = None"])
+    assert rc == 0
+    pair = TestSet(root).load(0)
+    ncc = float(_read_csv(tmp_path / "g" / "per_pair.csv")[0]["ncc"])
+    assert ncc == pytest.approx(np.corrcoef(pair.fixed.ravel(), pair.moving.ravel())[0, 1], abs=1e-5)
+    # a binding naming a parameter that does not exist: one clear message
+    assert cli_main(["evaluate", "--testset", str(root), "--baseline", "identity", "--out", str(tmp_path / "g"),
+                     "--gin", "ddmr.baselines.identity.nope = 1"]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 def test_testset_errors(tmp_path):
