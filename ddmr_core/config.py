@@ -9,6 +9,7 @@ installed package alike.
 from __future__ import annotations
 
 import importlib
+import logging
 import importlib.util  # noqa: F401  gin's include error path needs it imported
 import re
 from pathlib import Path
@@ -28,6 +29,27 @@ GIN_MODULES = (
     "ddmr_core.transfer",
     "ddmr_core.preprocess",
 )
+
+_SEARCH_PATHS: set = set()  # gin appends duplicates; remember what was added
+
+
+class _GinPathProbeFilter(logging.Filter):
+    """Drop gin's "Path not found" errors: gin logs one (to the root logger) for every
+    search-path prefix it probes while looking for an included file, found or not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR and record.getMessage().startswith("Path not found:")
+                    and record.pathname.replace("\\", "/").endswith("gin/resource_reader.py"))
+
+
+logging.getLogger().addFilter(_GinPathProbeFilter())
+
+
+def _add_search_path(path: str) -> None:
+    if path not in _SEARCH_PATHS:
+        gin.add_config_file_search_path(path)
+        _SEARCH_PATHS.add(path)
+
 
 _UNKNOWN_RE = re.compile(r"No configurable matching (?:reference )?'@?(ddmr\.(\w+)\.(\w+))")
 
@@ -82,10 +104,10 @@ def parse_config(
     registry.bind_gin()
     paths = [resolve_config(f) for f in files]
     gin.clear_config()
-    gin.add_config_file_search_path(str(config_root()))
+    _add_search_path(str(config_root()))
     for p in paths:
         # includes may be written relative to the including file too
-        gin.add_config_file_search_path(str(p.parent))
+        _add_search_path(str(p.parent))
     where = ", ".join(str(p) for p in paths) or "bindings"
     try:
         for p in paths:

@@ -1,0 +1,96 @@
+"""Every benchmark in one run, figures side by side (``make bench``).
+
+    python benchmarks/run_all.py [--quick] [--demo-report demo_out/report]
+
+Runs, each in its own process (so peak-memory figures do not mix):
+
+* inference of the default model vs ``ants_syn`` at 128^3, with the ratio;
+* the augmentation overhead of a training step (64^3 on CPU);
+* the trainer's overhead against a bare PyTorch loop (64^3);
+* loader throughput from a ``ddmr prepare`` cache at 128^3;
+* inference of the paper-size and light networks at 64^3 and 128^3 with peak memory.
+
+Then, if the demo has been run, the Dice of the default model and of ``ants_syn`` on the
+brain test set from its report. ``--quick`` uses 64^3 for the ANTs comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> tuple[int, str]:
+    cmd = [sys.executable, str(HERE / script), *args]
+    print(f"\n=== {script} {' '.join(args)}", flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    text = proc.stdout + (proc.stderr if proc.returncode else "")
+    print(text.rstrip())
+    print(f"--- {script}: exit {proc.returncode}, {time.perf_counter() - t:.0f} s", flush=True)
+    return proc.returncode, text
+
+
+def demo_dice(report: Path) -> dict:
+    table = report / "per_pair.csv"
+    if not table.exists():
+        return {}
+    by_method: dict = {}
+    with open(table) as fh:
+        for row in csv.DictReader(fh):
+            try:
+                by_method.setdefault(row["method"], []).append(float(row["dsc"]))
+            except (KeyError, ValueError):
+                continue
+    return {m: (statistics.mean(v), statistics.pstdev(v)) for m, v in by_method.items() if v}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--demo-report", default="demo_out/report")
+    args = ap.parse_args(argv)
+    size = "64" if args.quick else "128"
+    jobs = [
+        ("inference_vs_ants.py", "--size", size),
+        ("augmentation_overhead.py",),
+        ("trainer_overhead.py",),
+        ("loader.py",),
+        ("inference.py",),
+    ]
+    failures = []
+    outputs = {}
+    for job in jobs:
+        if not (HERE / job[0]).exists():
+            print(f"\n=== {job[0]}: not present, skipped")
+            continue
+        code, text = run(*job)
+        outputs[job[0]] = text
+        if code:
+            failures.append(job[0])
+    print("\n=== summary")
+    for name, text in outputs.items():
+        keep = [line for line in text.splitlines()
+                if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median"))]
+        for line in keep[:6]:
+            print(f"{name:26s} {line.strip()}")
+    dice = demo_dice(Path(args.demo_report))
+    if dice:
+        print(f"Dice on the demo's brain test set ({args.demo_report}): "
+              + ", ".join(f"{m} {mu:.3f}±{sd:.3f}" for m, (mu, sd) in sorted(dice.items())))
+    else:
+        print(f"(no demo report in {args.demo_report}: run `make demo` for the Dice comparison)")
+    if failures:
+        print("failed: " + ", ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
