@@ -63,7 +63,6 @@ def _resize(sample: dict, size) -> dict:
 def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: str = "test",
                   dataset_name: str = "", log=print) -> Path:
     """Write ``pairs`` pairs from ``dataset.split(split)`` through ``pipeline`` into ``out``."""
-    from ..spatial import one_hot  # noqa: F401  (label maps go through the pipeline as is)
     from ..testset import finish_testset, write_pair
 
     if pairs < 1:
@@ -78,6 +77,7 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
     for k in range(pairs):
         sample = _resize(subjects[k % len(subjects)], size)
         seg = sample.get("seg")
+        # the label map goes through the pipeline as is: it is warped by nearest neighbour
         res = pipeline(
             sample["image"][None].float(),
             segs=None if seg is None else seg[None].to(torch.uint8),

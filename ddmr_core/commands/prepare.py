@@ -155,16 +155,13 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
     t0, written, skipped = time.perf_counter(), 0, 0
     for split_name in splits:
         split = dataset.split(split_name)
-        entries, todo = [], []
-        for i in range(len(split)):
-            entries.append(None)
-            todo.append(i)
-        # the file name needs the sample index, known only after loading: look for
-        # entries of a previous run by position first (recorded in a sidecar)
+        entries: list = [None] * len(split)
+        # a sample's file name needs its index, known only once loaded: entries of an
+        # earlier run are found through a sidecar mapping split position -> entry
         done_path = out / split_name / ".positions.json"
         done = json.loads(done_path.read_text()) if done_path.is_file() else {}
         remaining = []
-        for i in todo:
+        for i in range(len(split)):
             rel = done.get(str(i))
             if rel and (out / rel["file"]).is_file():
                 entries[i] = rel
