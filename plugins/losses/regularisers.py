@@ -1,0 +1,51 @@
+"""Field regularisers, called ``(disp,)`` on ``(B, 3, D, H, W)`` voxel fields.
+
+* ``grad_l2``: diffusion regulariser, mean over voxels and components of
+  ``sum_j (du_i/dx_j)^2`` (MONAI ``DiffusionLoss``, central differences, interior voxels);
+* ``bending``: bending energy, mean of ``sum_jk (d2u_i/dx_j dx_k)^2`` (MONAI ``BendingEnergyLoss``).
+
+Derivatives are per voxel (field in voxels, so both are unitless).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import check_field
+
+
+class GradL2(nn.Module):
+    inputs = "field"
+
+    def __init__(self):
+        super().__init__()
+        from monai.losses import DiffusionLoss
+
+        self.inner = DiffusionLoss()
+
+    def forward(self, disp: torch.Tensor) -> torch.Tensor:
+        check_field(disp, "grad_l2")
+        return self.inner(disp)
+
+
+class Bending(nn.Module):
+    inputs = "field"
+
+    def __init__(self):
+        super().__init__()
+        from monai.losses import BendingEnergyLoss
+
+        self.inner = BendingEnergyLoss()
+
+    def forward(self, disp: torch.Tensor) -> torch.Tensor:
+        check_field(disp, "bending")
+        return self.inner(disp)
+
+
+def grad_l2() -> GradL2:
+    return GradL2()
+
+
+def bending() -> Bending:
+    return Bending()
