@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .spatial import warp
 
 LOSS_INPUTS = ("image", "segmentation", "field")
@@ -56,6 +56,28 @@ class RegistrationModel(nn.Module):
         """True when a loss term compares segmentations (segmentation-guided designs)."""
         return any(l.inputs == "segmentation" for l in self.losses.values())
 
+    @property
+    def segmentation_losses(self) -> list:
+        """Names of the loss terms that compare segmentations."""
+        return [n for n, l in self.losses.items() if l.inputs == "segmentation"]
+
+    def check_segmentations(self, labels) -> None:
+        """Build-time check that the data can feed the segmentation losses.
+
+        Args:
+            labels: the dataset's foreground labels (``dataset.labels``); empty or None
+                when the data has no label maps.
+
+        Raises:
+            ConfigError: a segmentation loss is configured but the data has no labels.
+        """
+        seg = self.segmentation_losses
+        if seg and not labels:
+            raise ConfigError(
+                f"loss term(s) {seg} compare segmentations, but the dataset has no label maps: "
+                "use a dataset with segmentations or a design without segmentation losses (e.g. bl_n)"
+            )
+
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, moving_segs: torch.Tensor | None = None):
         """Predict and apply the field.
 
@@ -67,7 +89,7 @@ class RegistrationModel(nn.Module):
             ``{"disp": (B, 3, D, H, W), "warped": (B, 1, ...), "warped_segs": (B, L, ...) or None}``
         """
         if fixed.shape != moving.shape:
-            raise ValueError(
+            raise DataError(
                 f"fixed and moving must have the same shape, got {tuple(fixed.shape)} and {tuple(moving.shape)}"
             )
         disp = self.backbone(fixed, moving)
