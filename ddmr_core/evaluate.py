@@ -307,15 +307,14 @@ def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime:
         m0, m0_aff = pair.original["moving"]
         disp0, coords = to_original_grid(disp, pair.affine, f0.shape, f0_aff, m0_aff)
         warped = _sample(torch.from_numpy(m0)[None, None].double(), coords, "linear", "border")[0, 0].float().numpy()
-        seg0 = pair.original.get("moving_seg")
-        moving_seg = None
-        if seg0 is not None:
-            moving_seg = _sample(torch.from_numpy(seg0[0])[None, None], coords, "nearest", "zeros")[0, 0].numpy()
+        moving_seg = pair.original.get("moving_seg", (None,))[0]
         fixed_seg = pair.original.get("fixed_seg", (None,))[0]
+        warped_seg = None
+        if moving_seg is not None:
+            warped_seg = _sample(torch.from_numpy(moving_seg)[None, None], coords, "nearest", "zeros")[0, 0].numpy()
         if disp_true is not None:
             disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff, m0_aff)[0]
         fixed, moving, disp, spacing = f0, m0, disp0, spacing_from_affine(f0_aff)
-        warped_seg = moving_seg
     else:
         if warped is None:
             warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")[0, 0].numpy()
@@ -388,6 +387,7 @@ class ResultsWriter:
                 writer.writeheader()
                 for row in self.rows:
                     writer.writerow({k: _fmt(v) for k, v in row.items()})
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
