@@ -1,0 +1,283 @@
+"""On-the-fly training pairs: the augmentation pipeline (paper section 2.2).
+
+A batch of single images becomes a batch of registration pairs on the training device,
+with the ground-truth field that registers each moving image back onto its fixed image.
+The steps are plugins (``ddmr_plugins.augmenters``: ``tps``, ``rigid``, ``gamma``,
+``brightness``, ``resize``, ``normalize``) composed in any order, usually from gin::
+
+    ddmr.build_augmentation.steps = [@ddmr.augmenters.resize(), @ddmr.augmenters.tps()]
+
+How a pair is built
+-------------------
+The pipeline keeps a *state* dict that every step reads and returns:
+
+``fixed`` ``(B, 1, D, H, W)``
+    the fixed image (intensity steps with ``target="fixed"``/``"both"`` change it).
+``moving`` ``(B, 1, D, H, W)``
+    the *source* of the moving image, on the fixed grid, before any geometric step:
+    intensity steps act on it; it is sampled only once, at the end, so chaining
+    geometric steps never blurs the image twice.
+``fixed_segs`` / ``moving_segs``
+    one-hot float ``(B, L, ...)`` or label map integer ``(B, 1, ...)``, or ``None``.
+``disp_true`` ``(B, 3, D, H, W)`` or ``None`` (identity)
+    the pull field ``U`` with ``moving(x + U(x)) = fixed(x)`` (voxels of the fixed grid).
+``warp`` ``(B, 3, D, H, W)`` or ``None`` (identity)
+    the pull field ``W`` that renders the moving image: ``moving = warp(source, W)``;
+    ``W`` is (approximately) the inverse of ``U``.
+``spacing`` ``(B, 3)`` mm, ``affine`` ``(B, 4, 4)``
+    of the current grid (``resize`` updates both).
+``generators``
+    one CPU ``torch.Generator`` per sample (see :func:`sample_generators`).
+
+A geometric step draws a map ``phi_s`` (fixed side to moving side, pull field ``u_s``)
+and its inverse (pull field ``w_s``), and folds them in with
+:func:`ddmr_core.spatial.compose`::
+
+    U <- compose(u_s, U)   # x + U(x) = phi_s(phi_old(x)): older maps act first
+    W <- compose(W, w_s)   # moving_new = warp(warp(source, W), w_s)
+
+At the end the moving image and segmentations are sampled once,
+``moving = warp(source, W)`` (images: linear, border padding; one-hot: linear, zero
+padding; label maps: nearest). Pointwise intensity steps placed after a geometric step
+therefore act before the sampling, which differs from acting after it only by
+interpolation error.
+
+Randomness
+----------
+Every random number comes from a per-sample ``torch.Generator`` seeded from
+``(seed, index)`` and is drawn on the CPU, then moved to the device, so a pair depends on
+the seed and the sample index only: not on the batch it sits in, nor on the device.
+A trainer that wants a new pair for the same subject in every epoch passes a running
+draw counter (e.g. ``epoch * len(dataset) + i``) as ``index``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .spatial import compose, warp
+
+__all__ = [
+    "AugmentationPipeline",
+    "sample_generators",
+    "draw",
+    "voxel_to_mm",
+    "add_geometric_step",
+    "check_positive",
+    "check_non_negative",
+    "check_target",
+]
+
+State = dict
+
+
+# ---------------------------------------------------------------- randomness
+def sample_generators(seed: int, index: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded from ``(seed, index)``.
+
+    ``numpy.random.SeedSequence`` mixes the two integers, so neighbouring seeds or
+    indices give unrelated streams (a plain ``seed + index`` would make seed 0 /
+    index 1 equal to seed 1 / index 0)."""
+    gens = []
+    for i in index:
+        state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(i) & 0xFFFFFFFFFFFFFFFF])
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0]) & 0x7FFFFFFFFFFFFFFF)
+        gens.append(g)
+    return gens
+
+
+def draw(
+    state: State, fn: Callable[[torch.Generator], torch.Tensor], dtype=torch.float32
+) -> torch.Tensor:
+    """``fn(generator)`` for every sample, stacked to ``(B, ...)`` and moved to the device.
+
+    ``fn`` must draw on the CPU (e.g. ``torch.rand(3, generator=g)``), which keeps the
+    numbers identical on every device."""
+    vals = torch.stack([fn(g) for g in state["generators"]])
+    return vals.to(device=state["fixed"].device, dtype=dtype)
+
+
+# ------------------------------------------------------------------ geometry
+def voxel_to_mm(state: State) -> torch.Tensor:
+    """Spacing as ``(B, 3, 1, 1, 1)``: multiply a voxel field by it to get millimetres."""
+    return state["spacing"].to(state["fixed"].dtype).view(-1, 3, 1, 1, 1)
+
+
+def add_geometric_step(state: State, u: torch.Tensor, w: torch.Tensor) -> State:
+    """Fold one geometric step into the state.
+
+    Args:
+        u: ``(B, 3, D, H, W)`` pull field of the step's map ``phi_s`` (from the grid of the
+            moving image so far to the new moving image), voxels.
+        w: ``(B, 3, D, H, W)`` pull field of its inverse, which renders the new moving
+            image from the previous one.
+    """
+    U, W = state.get("disp_true"), state.get("warp")
+    # U_new(x) = U(x) + u(x + U(x)): the previous maps act first, then this one.
+    state["disp_true"] = u if U is None else compose(u, U)
+    # warp(warp(source, W), w) = warp(source, compose(W, w)).
+    state["warp"] = w if W is None else compose(W, w)
+    return state
+
+
+# --------------------------------------------------------------- validation
+def check_positive(step: str, name: str, value) -> None:
+    if not np.all(np.asarray(value, dtype=float) > 0):
+        raise ConfigError(f"augmenter {step!r}: parameter {name!r} must be positive, got {value!r}")
+
+
+def check_non_negative(step: str, name: str, value) -> None:
+    if not np.all(np.asarray(value, dtype=float) >= 0):
+        raise ConfigError(
+            f"augmenter {step!r}: parameter {name!r} must not be negative, got {value!r}"
+        )
+
+
+TARGETS = ("moving", "fixed", "both")
+
+
+def check_target(step: str, target: str) -> None:
+    if target not in TARGETS:
+        raise ConfigError(
+            f"augmenter {step!r}: parameter 'target' must be one of {TARGETS}, got {target!r}"
+        )
+
+
+def _is_label_map(segs: torch.Tensor) -> bool:
+    return not segs.is_floating_point()
+
+
+# ----------------------------------------------------------------- pipeline
+class AugmentationPipeline(nn.Module):
+    """Turns a batch of images into training pairs with ground-truth fields.
+
+    Args:
+        steps: augmenter modules, applied in order; each maps a state dict to a state
+            dict (see the module docstring).
+        seed: global seed; with the sample index it fixes every random draw.
+
+    Call::
+
+        out = pipeline(image, segs=None, spacing=None, affine=None, index=None)
+
+    with ``image (B, 1, D, H, W)`` float, ``segs`` one-hot float ``(B, L, D, H, W)`` (or an
+    integer label map ``(B, 1, D, H, W)``) or ``None``, ``spacing (B, 3)`` mm (default
+    1 mm), ``affine (B, 4, 4)`` (default ``diag(spacing, 1)``), ``index (B,)`` sample
+    indices (default ``0..B-1``). Returns a dict with ``fixed``, ``moving``
+    ``(B, 1, ...)``, ``fixed_segs``, ``moving_segs`` (same form as ``segs``, or ``None``),
+    ``disp_true (B, 3, ...)`` (voxel pull field on the fixed grid:
+    ``warp(moving, disp_true) ~= fixed``), ``spacing (B, 3)`` and ``affine (B, 4, 4)`` of
+    the output grid. Everything stays on ``image``'s device; nothing is differentiated.
+    """
+
+    def __init__(self, steps: Sequence[nn.Module] = (), seed: int = 0):
+        super().__init__()
+        steps = list(steps)
+        for i, s in enumerate(steps):
+            if not callable(s):
+                raise ConfigError(
+                    f"augmentation step {i} must be an augmenter module, got {type(s).__name__}"
+                )
+        self.steps = nn.ModuleList(steps)
+        self.seed = int(seed)
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}"
+
+    def generators(self, index: Sequence[int]) -> list[torch.Generator]:
+        """The per-sample generators the pipeline uses for ``index``."""
+        return sample_generators(self.seed, index)
+
+    def initial_state(self, image, segs=None, spacing=None, affine=None, index=None) -> State:
+        """Validate the inputs and build the state dict the steps work on."""
+        if not torch.is_tensor(image) or image.dim() != 5 or image.shape[1] != 1:
+            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+            raise DataError(f"augmentation: 'image' must be a (B, 1, D, H, W) tensor, got {shape}")
+        if not image.is_floating_point():
+            image = image.float()
+        B, shape, dev = image.shape[0], tuple(image.shape[2:]), image.device
+        if segs is not None:
+            if not torch.is_tensor(segs) or segs.dim() != 5:
+                raise DataError("augmentation: 'segs' must be a (B, L, D, H, W) tensor")
+            if segs.shape[0] != B or tuple(segs.shape[2:]) != shape:
+                raise DataError(
+                    f"augmentation: 'segs' of shape {tuple(segs.shape)} does not match 'image' of "
+                    f"shape {tuple(image.shape)} (batch and grid must agree)"
+                )
+            if _is_label_map(segs) and segs.shape[1] != 1:
+                raise DataError(
+                    f"augmentation: integer 'segs' must be a label map (B, 1, D, H, W), got "
+                    f"{tuple(segs.shape)}; pass one-hot maps as float"
+                )
+            segs = segs.to(dev)
+        if spacing is None:
+            spacing = torch.ones(B, 3)
+        spacing = torch.as_tensor(spacing, dtype=torch.float32).to(dev)
+        if spacing.dim() == 1:
+            spacing = spacing.expand(B, 3)
+        if tuple(spacing.shape) != (B, 3):
+            raise DataError(f"augmentation: 'spacing' must be (B, 3) = ({B}, 3), got {tuple(spacing.shape)}")
+        if not bool((spacing > 0).all()):
+            raise DataError("augmentation: 'spacing' must be positive (mm)")
+        if affine is None:
+            affine = torch.diag_embed(
+                torch.cat([spacing, torch.ones(B, 1, dtype=spacing.dtype, device=dev)], 1)
+            ).double()
+        affine = torch.as_tensor(affine, dtype=torch.float64).to(dev)
+        if affine.dim() == 2:
+            affine = affine.expand(B, 4, 4)
+        if tuple(affine.shape) != (B, 4, 4):
+            raise DataError(f"augmentation: 'affine' must be (B, 4, 4), got {tuple(affine.shape)}")
+        if index is None:
+            index = torch.arange(B)
+        index = torch.as_tensor(index).reshape(-1)
+        if index.numel() != B:
+            raise DataError(f"augmentation: 'index' must hold {B} sample indices, got {index.numel()}")
+        return {
+            "fixed": image,
+            "moving": image,
+            "fixed_segs": segs,
+            "moving_segs": segs,
+            "disp_true": None,
+            "warp": None,
+            "spacing": spacing,
+            "affine": affine,
+            "generators": self.generators(index.tolist()),
+        }
+
+    @staticmethod
+    def render(state: State) -> dict:
+        """Sample the moving image and segmentations once with ``W``; identity fields
+        become zeros. Returns the pipeline's output dict."""
+        fixed, W, U = state["fixed"], state["warp"], state["disp_true"]
+        moving, msegs = state["moving"], state["moving_segs"]
+        if W is not None:
+            # border: a rotated corner repeats the edge (background), not a black wedge
+            moving = warp(moving, W.to(moving.dtype), mode="linear", padding="border")
+            if msegs is not None:
+                mode = "nearest" if _is_label_map(msegs) else "linear"
+                msegs = warp(msegs, W, mode=mode, padding="zeros")
+        if U is None:
+            U = fixed.new_zeros(fixed.shape[0], 3, *fixed.shape[2:])
+        return {
+            "fixed": fixed,
+            "moving": moving,
+            "fixed_segs": state["fixed_segs"],
+            "moving_segs": msegs,
+            "disp_true": U,
+            "spacing": state["spacing"],
+            "affine": state["affine"],
+        }
+
+    @torch.no_grad()
+    def forward(self, image, segs=None, spacing=None, affine=None, index=None) -> dict:
+        state = self.initial_state(image, segs, spacing, affine, index)
+        for step in self.steps:
+            state = step(state)
+        return self.render(state)
