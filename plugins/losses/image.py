@@ -21,12 +21,12 @@ class NCCLoss(nn.Module):
     averaged. Range [0, 2]; 0 when the images agree up to a positive affine intensity map.
 
     Args:
-        eps: added to the variance product so constant images give NCC 0, not NaN.
+        eps: floor of the variance product, so constant images give NCC 0, not NaN.
     """
 
     inputs = "image"
 
-    def __init__(self, eps: float = 1e-8):
+    def __init__(self, eps: float = 1e-12):
         super().__init__()
         self.eps = eps
 
@@ -37,7 +37,7 @@ class NCCLoss(nn.Module):
         p = p - p.mean(-1, keepdim=True)
         t = t - t.mean(-1, keepdim=True)
         num = (p * t).mean(-1)
-        den = torch.sqrt((p * p).mean(-1) * (t * t).mean(-1) + self.eps)
+        den = torch.sqrt(((p * p).mean(-1) * (t * t).mean(-1)).clamp_min(self.eps))
         return 1.0 - (num / den).mean()
 
 
@@ -86,7 +86,7 @@ class SSIMLoss(nn.Module):
         return self.inner(warped, fixed)
 
 
-def ncc(eps: float = 1e-8) -> NCCLoss:
+def ncc(eps: float = 1e-12) -> NCCLoss:
     return NCCLoss(eps)
 
 
