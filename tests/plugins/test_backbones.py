@@ -1,0 +1,158 @@
+"""Backbone plugins: the paper's architecture, options, parameter groups, bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+from ddmr_core.errors import ConfigError, DataError
+from ddmr_core.registry import Registry
+from ddmr_core.spatial import compose
+from ddmr_plugins.backbones.integration import scaling_and_squaring
+from ddmr_plugins.backbones.vxm_unet import VxmUNet
+
+TINY = dict(widths=(4, 8, 8), head=(4, 4))
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry()
+
+
+def pair(shape=(16, 16, 16), b=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, *shape, generator=g), torch.rand(b, 1, *shape, generator=g)
+
+
+def convs(module):
+    return [m for m in module.modules() if isinstance(m, nn.Conv3d)]
+
+
+def test_paper_architecture():
+    net = VxmUNet()  # defaults are the paper's
+    enc = convs(net.encoder)
+    assert [c.out_channels for c in enc] == [32, 64, 128, 256, 512, 1024]
+    assert all(c.kernel_size == (3, 3, 3) for c in convs(net))
+    assert all(isinstance(b[1], nn.LeakyReLU) for b in net.encoder)
+    assert net.pool.kernel_size == 2 and net.pool.stride == 2
+    dec = convs(net.decoder)
+    assert [c.out_channels for c in dec] == [1024, 512, 256, 128, 64, 32]  # symmetric
+    # decoder input: previous decoder output concatenated with the upsampled skip
+    assert [c.in_channels for c in dec] == [1024, 2048, 1024, 512, 256, 128]
+    assert net.upsample.mode == "nearest" and net.upsample.scale_factor == 2
+    head = convs(net.head)
+    assert [c.out_channels for c in head] == [16, 16, 3]
+    assert isinstance(net.head[1], nn.LeakyReLU) and isinstance(net.head[3], nn.LeakyReLU)
+    assert head[-1].weight.abs().max() < 1e-3 and head[-1].bias.abs().max() == 0  # small init
+
+
+@pytest.mark.parametrize("name,kw", [("vxm_unet", TINY), ("monai_localnet", dict(channels=4, levels=2))])
+def test_backbones_predict_a_near_identity_field_of_the_input_grid(registry, name, kw):
+    net = registry.create("backbones", name, size=(16, 16, 32), **kw)
+    fixed, moving = pair((16, 16, 32), b=2)
+    disp = net(fixed, moving)
+    assert disp.shape == (2, 3, 16, 16, 32) and disp.dtype == torch.float32
+    assert disp.abs().max() < 1e-2  # training starts near the identity
+    disp.pow(2).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_widths_and_depth_are_configurable(registry):
+    net = registry.create("backbones", "vxm_unet", widths=(3, 5), head=(7,))
+    assert [c.out_channels for c in convs(net.encoder)] == [3, 5]
+    assert [c.out_channels for c in convs(net.head)] == [7, 3]
+    assert net.divisor == 4
+    assert net(*pair((8, 12, 4))).shape == (1, 3, 8, 12, 4)
+
+
+@pytest.mark.parametrize("name,kw", [("vxm_unet", TINY), ("monai_localnet", dict(channels=4, levels=2))])
+def test_parameter_groups_partition_the_parameters(registry, name, kw):
+    net = registry.create("backbones", name, **kw)
+    groups = net.parameter_groups()
+    assert set(groups) == {"encoder", "decoder"}
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in net.parameters()}
+    if name == "vxm_unet":
+        assert {id(p) for p in net.head.parameters()} <= {id(p) for p in groups["decoder"]}
+        assert {id(p) for p in net.encoder.parameters()} == {id(p) for p in groups["encoder"]}
+
+
+def _constant_output(net, value):
+    """Make the output convolution predict ``value`` everywhere (zero weights, bias)."""
+    out = convs(net.head)[-1]
+    with torch.no_grad():
+        out.weight.zero_()
+        out.bias.copy_(torch.tensor(value))
+
+
+def test_half_resolution_runs_the_head_at_half_size_and_doubles_vectors():
+    net = VxmUNet(**TINY, half_res=True)
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["shape"] = tuple(output.shape)  # returns None: the output is left as is
+
+    net.head.register_forward_hook(record)
+    _constant_output(net, [0.5, -1.0, 0.25])
+    disp = net(*pair((16, 16, 24)))
+    assert seen["shape"] == (1, 3, 8, 8, 12)
+    assert disp.shape == (1, 3, 16, 16, 24)
+    # resizing a field x2 scales its vectors x2 (DESIGN: voxel units of the fixed grid)
+    assert torch.allclose(disp, torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1, 1).expand_as(disp), atol=1e-6)
+
+
+def test_integration_of_a_constant_velocity_is_that_translation():
+    net = VxmUNet(**TINY, integration_steps=7)
+    _constant_output(net, [0.3, 0.0, -0.6])
+    disp = net(*pair())
+    assert torch.allclose(disp, torch.tensor([0.3, 0.0, -0.6]).view(1, 3, 1, 1, 1).expand_as(disp), atol=1e-5)
+
+
+def test_scaling_and_squaring_gives_an_invertible_map():
+    # exp(v) o exp(-v) = identity for a smooth stationary velocity field
+    g = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 24)] * 3, indexing="ij"))[None]
+    v = 2.0 * torch.sin(3.1416 * g.flip(1))
+    fwd, inv = scaling_and_squaring(v, 7), scaling_and_squaring(-v, 7)
+    inner = (slice(None), slice(None)) + (slice(4, -4),) * 3
+    residual = compose(fwd, inv)[inner].abs().max()
+    assert residual < 0.1 < fwd.abs().max()
+    assert torch.equal(scaling_and_squaring(v, 0), v)
+
+
+def test_backbone_swaps_through_gin(registry):
+    import gin
+
+    from ddmr_core.config import parse_config
+    from ddmr_core.experiment import build_model
+    from ddmr_plugins.backbones.monai_localnet import MonaiLocalNet
+
+    parse_config(["designs/bl_n", "mixins/backbone/monai_localnet"],
+                 bindings=["SIZE = (16, 16, 16)", "ddmr.backbones.monai_localnet.channels = 4"])
+    model = build_model()
+    assert isinstance(model.backbone, MonaiLocalNet)
+    assert model(*pair())["disp"].shape == (1, 3, 16, 16, 16)
+    gin.clear_config()
+
+
+# -------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name,kw,div", [("vxm_unet", {}, 64), ("monai_localnet", {"levels": 3}, 8)])
+def test_size_not_divisible_by_2_to_the_levels_fails_at_build(registry, name, kw, div):
+    with pytest.raises(ConfigError, match=rf"\(96, 96, 36\).*not divisible by {div} = 2\^levels"):
+        registry.create("backbones", name, size=(96, 96, 36), **kw)
+
+
+def test_bad_size_is_caught_when_a_config_builds_the_model():
+    from ddmr_core.config import parse_config
+    from ddmr_core.experiment import build_model
+
+    parse_config(["designs/bl_n"], bindings=["SIZE = (24, 24, 24)"])  # default backbone: 4 levels
+    with pytest.raises(ConfigError, match=r"\(24, 24, 24\).*2\^levels"):
+        build_model()
+
+
+def test_fixed_and_moving_of_different_shapes(registry):
+    net = registry.create("backbones", "vxm_unet", **TINY)
+    with pytest.raises(DataError, match="fixed and moving must have the same shape"):
+        net(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 8))
+    with pytest.raises(DataError, match=r"\(16, 16, 12\) is not divisible by 8"):
+        net(*pair((16, 16, 12)))
