@@ -53,7 +53,8 @@ def test_prepare_with_workers_and_loader(tmp_path):
     assert batch["image"].shape == (3, 1, 8, 8, 8) and batch["affine"].shape == (3, 4, 4)
 
 
-def test_failure_leaves_no_half_written_entry_and_no_index(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failure_leaves_no_half_written_entry_and_no_index(tmp_path, workers):
     data = tmp_path / "data"
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -62,8 +63,9 @@ def test_failure_leaves_no_half_written_entry_and_no_index(tmp_path):
     (data / "images" / "s2.nii.gz").write_bytes(gzip.compress(b"broken" * 50))
     ds = NiftiFolderDataset(str(data), splits=(3, 0, 0), seed=0, labels=(1,), size=(4, 4, 4))
     out = tmp_path / "cache"
-    with pytest.raises(DataError, match="s2.nii.gz"):
-        prepare(ds, out, "nifti_folder", splits=("train",), workers=0, log=lambda *a: None)
+    with pytest.raises(DataError, match="s2.nii.gz") as err:
+        prepare(ds, out, "nifti_folder", splits=("train",), workers=workers, log=lambda *a: None)
+    assert "Traceback" not in str(err.value)  # a worker's error arrives as the one-line DataError
     assert not (out / "index.json").exists()
     files = sorted(p.name for p in (out / "train").iterdir())
     assert not any(".tmp" in f for f in files)  # no temporary leftovers
