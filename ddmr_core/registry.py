@@ -52,6 +52,7 @@ class Registry:
     def __init__(self, pm: PluginManager | None = None, bind_gin: bool = True):
         self.pm = pm if pm is not None else get_plugin_manager()
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._gin_wrappers: dict = {}
         for kind in KINDS:
             self._collect(kind)
         if bind_gin:
@@ -127,8 +128,6 @@ class Registry:
         return factory(*args, **kwargs)
 
     # ------------------------------------------------------------------- gin
-    _gin_wrappers: dict
-
     def bind_gin(self) -> None:
         """Register every factory with gin as ``ddmr.<kind>.<name>``.
 
@@ -152,8 +151,8 @@ class Registry:
 
     def gin_wrapper(self, kind: str, name: str) -> Callable:
         """The gin-configured version of a factory (bindings applied when called)."""
-        self.entry(kind, name)
-        return self._gin_wrappers[(kind, name)]
+        entry = self.entry(kind, name)
+        return self._gin_wrappers.get((kind, name), entry.factory)
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:

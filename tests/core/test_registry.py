@@ -156,3 +156,8 @@ def test_third_party_augmenter_runs_in_the_pipeline(with_third_party):
     assert (out["moving"] - image).abs().std() < 0.1 * 1.5  # ... of sigma <= 0.1
     again = pipe(image, index=torch.tensor([0, 1]))
     assert torch.equal(again["moving"], out["moving"])     # reproducible from (seed, index)
+
+
+def test_registry_without_gin_still_builds_components():
+    reg = Registry(get_plugin_manager(autoload=False), bind_gin=False)
+    assert reg.create("datasets", "synthetic", n_labels=2).labels == (1, 2)
