@@ -329,7 +329,8 @@ class TPS(nn.Module):
             lu, piv, info = torch.linalg.lu_factor_ex(A)
             if int(info) != 0:  # cannot happen for a regular grid of >= 2 points per axis
                 raise RuntimeError(f"tps: singular control-grid system for grid {self.grid}")
-            E = tps_design(pts, lat)[0]
+            # built in float64 (the |q|^2 + |p|^2 - 2 q.p expansion cancels), kept in float32
+            E = tps_design(pts.double(), lat.double())[0].float()
             if len(self._cache) >= 8:  # a handful of geometries per run; keep it bounded
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = (lu, piv, E)
