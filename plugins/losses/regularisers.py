@@ -9,10 +9,16 @@ Derivatives are per voxel (field in voxels, so both are unitless).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from .common import check_field
+
+# MONAI's finite differences index with lists of slices, which torch >= 2.9 warns about
+# on every call; the result is correct (checked in tests/plugins/test_losses.py).
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="monai.losses.deform")
 
 
 class GradL2(nn.Module):
