@@ -13,6 +13,10 @@ dataset has none. All volumes of a pair share the fixed image's grid and affine;
 (``warp(moving, disp_true) ~= fixed``), in voxels in the ``.npz`` and in LPS millimetres in
 the NIfTI (see :mod:`ddmr_core.field_io`). ``manifest.csv`` and ``testset.json`` are written
 last, so a folder holding them is complete.
+
+Optional columns ``fixed_original, moving_original, fixed_seg_original, moving_seg_original``
+(``build-testset --original-grid``) hold the pair on the subject's isotropic 1 mm grid,
+whose field of view the test grid keeps; the evaluator reads them itself.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from .io import check_same_grid, load_image, load_label_map, save_image, save_la
 MANIFEST = "manifest.csv"
 META = "testset.json"
 COLUMNS = ("pair", "fixed", "moving", "fixed_seg", "moving_seg", "disp_true", "disp_true_npz")
+#: optional: the pair on the subject's isotropic grid (``build-testset --original-grid``)
+ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 META_KEYS = ("dataset", "size", "seed", "pairs", "labels")
 
 
@@ -89,11 +95,12 @@ def finish_testset(out_dir: str | Path, rows: Sequence[dict], meta: dict) -> Pat
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"test set metadata lacks {missing}")
+    columns = list(COLUMNS) + [c for c in ORIGINAL_COLUMNS if any(r.get(c) for r in rows)]
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r.get(k, "") for k in COLUMNS})
+        writer.writerow({k: r.get(k, "") for k in columns})
     _write_text(out_dir / MANIFEST, buf.getvalue())
     _write_text(out_dir / META, json.dumps(meta, indent=2) + "\n")
     return out_dir

@@ -41,6 +41,9 @@ def add_arguments(parser):
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="extra gin file (repeatable)")
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING", help="gin binding (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing test set in DIR")
+    parser.add_argument("--original-grid", action="store_true",
+                        help="also write each pair on the subject's isotropic 1 mm grid (manifest columns "
+                             "*_original, for `ddmr evaluate --original-resolution`)")
 
 
 def _resize(sample: dict, size) -> dict:
@@ -60,9 +63,59 @@ def _resize(sample: dict, size) -> dict:
     return out
 
 
+def _original_volumes(dataset, position: int, W, out_affine: np.ndarray, out_shape) -> dict:
+    """The pair on the subject's isotropic grid (the preprocessing without the resize).
+
+    The test grid is a field-of-view-keeping resize of that grid, so the pipeline's
+    rendering field ``W`` (``moving = warp(source, W)``) carries over with
+    :func:`resize_field`: ``moving_original = warp(fixed_original, resize_field(W))``.
+    Pointwise intensity augmentations of the moving image are not replayed there."""
+    from ..spatial import resize_affine, resize_field, warp
+
+    if not (hasattr(dataset, "load_raw") and hasattr(dataset, "preprocessing")):
+        raise ConfigError(
+            f"--original-grid needs a dataset that reads raw subjects ({type(dataset).__name__} "
+            "does not; a `prepared` cache has no original grid)"
+        )
+    raw, seg, aff = dataset.load_raw(position)
+    image1, seg1, aff1 = dataset.preprocessing.replace(size=None).apply(raw, aff, seg, name=f"subject {position}")
+    shape1 = tuple(image1.shape)
+    if not np.allclose(resize_affine(aff1, shape1, out_shape), out_affine, atol=1e-4):
+        raise ConfigError(
+            "--original-grid: the pair's grid is not a resize of the subject's isotropic grid "
+            "(does the augmentation change the field of view?)"
+        )
+    src = torch.from_numpy(np.ascontiguousarray(image1))[None, None]
+    lab = None if seg1 is None else torch.from_numpy(np.ascontiguousarray(seg1))[None, None]
+    if W is None:
+        moving1, mseg1 = src, lab
+    else:
+        W1 = resize_field(W.float().cpu(), shape1)
+        moving1 = warp(src, W1, mode="linear", padding="border")
+        mseg1 = None if lab is None else warp(lab, W1, mode="nearest", padding="zeros")
+    return {"affine": aff1, "fixed": image1, "fixed_seg": seg1, "moving": moving1[0, 0].numpy(),
+            "moving_seg": None if mseg1 is None else mseg1[0, 0].numpy()}
+
+
+def _write_original(out: Path, pair: str, vols: dict) -> dict:
+    from ..io import save_image, save_label_map
+
+    row = {}
+    for key in ("fixed", "moving", "fixed_seg", "moving_seg"):
+        if vols[key] is None:
+            continue
+        rel = f"{pair}/{key}_original.nii.gz"
+        (save_label_map if key.endswith("seg") else save_image)(out / rel, vols[key], vols["affine"])
+        row[f"{key}_original"] = rel
+    return row
+
+
 def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: str = "test",
-                  dataset_name: str = "", log=print) -> Path:
-    """Write ``pairs`` pairs from ``dataset.split(split)`` through ``pipeline`` into ``out``."""
+                  dataset_name: str = "", log=print, original_grid: bool = False) -> Path:
+    """Write ``pairs`` pairs from ``dataset.split(split)`` through ``pipeline`` into ``out``.
+
+    ``original_grid`` also writes each pair on the subject's isotropic (1 mm) grid, as the
+    optional ``*_original`` manifest columns that ``ddmr evaluate --original-resolution`` uses."""
     from ..testset import finish_testset, write_pair
 
     if pairs < 1:
@@ -78,21 +131,26 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
         sample = _resize(subjects[k % len(subjects)], size)
         seg = sample.get("seg")
         # the label map goes through the pipeline as is: it is warped by nearest neighbour
-        res = pipeline(
-            sample["image"][None].float(),
-            segs=None if seg is None else seg[None].to(torch.uint8),
-            spacing=sample["spacing"][None],
-            affine=sample["affine"][None],
-            index=torch.tensor([k]),
-        )
+        args = (sample["image"][None].float(), None if seg is None else seg[None].to(torch.uint8),
+                sample["spacing"][None], sample["affine"][None], torch.tensor([k]))
+        with torch.no_grad():
+            # the pipeline's forward, step by step, to keep its rendering field W
+            state = pipeline.initial_state(*args)
+            for step in pipeline.steps:
+                state = step(state)
+            res = pipeline.render(state)
         affine = res["affine"][0].double().numpy()
         fixed_seg = None if res["fixed_segs"] is None else res["fixed_segs"][0, 0].to(torch.uint8)
         moving_seg = None if res["moving_segs"] is None else res["moving_segs"][0, 0].to(torch.uint8)
-        rows.append(write_pair(
-            out, f"pair_{k:04d}", res["fixed"][0, 0], res["moving"][0, 0], res["disp_true"][0],
-            affine, res["spacing"][0], fixed_seg, moving_seg,
-        ))
-        log(f"  pair_{k:04d} (subject index {int(sample['index'])}) {time.perf_counter() - t0:.1f} s")
+        name = f"pair_{k:04d}"
+        row = write_pair(out, name, res["fixed"][0, 0], res["moving"][0, 0], res["disp_true"][0],
+                         affine, res["spacing"][0], fixed_seg, moving_seg)
+        if original_grid:
+            vols = _original_volumes(dataset, int(sample["index"]), state["warp"], affine,
+                                     tuple(res["fixed"].shape[2:]))
+            row.update(_write_original(out, name, vols))
+        rows.append(row)
+        log(f"  {name} (subject index {int(sample['index'])}) {time.perf_counter() - t0:.1f} s")
     preprocess = getattr(dataset, "preprocess", None)
     meta = {
         "dataset": dataset_name,
@@ -123,5 +181,6 @@ def run(args) -> int:
     bindings = list(args.gin) + [f"ddmr.build_augmentation.seed = {int(args.seed)}"]
     dataset, _ = build_named_dataset(args.dataset, [augment, *args.config], bindings, args.size)
     pipeline = build_augmentation()
-    build_testset(dataset, pipeline, out, args.pairs, (args.size,) * 3, args.seed, args.split, args.dataset)
+    build_testset(dataset, pipeline, out, args.pairs, (args.size,) * 3, args.seed, args.split, args.dataset,
+                  original_grid=args.original_grid)
     return 0

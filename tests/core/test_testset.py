@@ -136,3 +136,42 @@ def test_cli_builds_from_a_registered_dataset_and_refuses_to_overwrite(tmp_path,
     assert main(["build-testset", "--dataset", "nosuch", "--pairs", "1", "--size", "8", "--seed", "0",
                  "--out", str(tmp_path / "x"), "--augment", str(aug)]) == 2
     assert "unknown datasets name 'nosuch'" in capsys.readouterr().err
+
+
+def test_original_grid_columns_hold_the_same_pair_at_1mm(tmp_path):
+    from ddmr_core.io import load_image, load_label_map
+    from ddmr_core.spatial import resize_affine, resize_image
+    from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
+
+    reg = Registry()
+    pipeline = AugmentationPipeline(
+        [reg.create("augmenters", "rigid", max_rotation=10.0, max_translation=30.0),
+         reg.create("augmenters", "tps", grid=4, max_displacement=6.0)], seed=1)
+    ds = AbdomenPhantomDataset(patients=2, splits=(1, 0, 1), spacing=(5.0, 5.0, 5.0), size=(24, 24, 24))
+    build_testset(ds, pipeline, tmp_path, pairs=1, size=(16, 16, 16), seed=1, log=lambda *a: None,
+                  original_grid=True)
+    row = next(csv.DictReader(open(tmp_path / "manifest.csv")))
+    p = read_testset(tmp_path)[0].load()
+    f0, a0 = load_image(tmp_path / row["fixed_original"])
+    m0, m_aff = load_image(tmp_path / row["moving_original"])
+    s0, _ = load_label_map(tmp_path / row["moving_seg_original"])
+    np.testing.assert_allclose(np.linalg.norm(a0[:3, :3], axis=0), 1.0, atol=1e-5)  # isotropic 1 mm
+    np.testing.assert_allclose(m_aff, a0, atol=1e-5)
+    # the test grid is the 1 mm grid resized with its field of view kept
+    np.testing.assert_allclose(resize_affine(a0, f0.shape, (16, 16, 16)), p["affine"], atol=1e-4)
+    # resized down, the 1 mm volumes agree with the test pair
+    down = lambda v: resize_image(torch.from_numpy(v)[None, None], (16, 16, 16))[0, 0].numpy()  # noqa: E731
+    inner = (slice(2, -2),) * 3
+    err = lambda a, b: float(np.abs(a - b)[inner].mean())  # noqa: E731
+    assert err(down(f0), p["fixed"]) < 0.05
+    assert err(down(m0), p["moving"]) < 0.05
+    assert err(down(m0), p["fixed"]) > 2 * err(down(m0), p["moving"])  # it is the moved image
+    # the moved liver label: overlaps the test pair's moving liver, not the fixed one as much
+    s_down = resize_image(torch.from_numpy(s0)[None, None], (16, 16, 16), mode="nearest")[0, 0].numpy()
+    dice = lambda a, b: 2 * ((a == 1) & (b == 1)).sum() / ((a == 1).sum() + (b == 1).sum())  # noqa: E731
+    assert dice(s_down, p["moving_seg"]) > 0.85
+    assert dice(s_down, p["moving_seg"]) > dice(s_down, p["fixed_seg"]) + 0.05
+    # a dataset without raw subjects has no original grid: one clear error
+    with pytest.raises(Exception, match="original"):
+        build_testset(ShiftedAffineSynthetic(shape=(8, 8, 8)), pipeline, tmp_path / "x", pairs=1, size=(8, 8, 8),
+                      seed=0, log=lambda *a: None, original_grid=True)
