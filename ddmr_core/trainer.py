@@ -140,6 +140,19 @@ def check_writable(run_dir: Path) -> None:
         raise DdmrError(f"run directory {str(run_dir)!r} is not writable: {exc.strerror or exc}") from exc
 
 
+def _configured_size(input_size) -> tuple | None:
+    """The network grid if the config sets it (``ddmr.input_size.size`` or ``SIZE``), else None."""
+    try:
+        gin.query_parameter("ddmr.input_size.size")
+        return tuple(input_size())
+    except ValueError:
+        pass
+    try:
+        return tuple(int(n) for n in gin.query_parameter("SIZE/macro.value"))
+    except ValueError:
+        return None
+
+
 @gin.configurable(module="ddmr")
 class Trainer:
     """Gradient-accumulating trainer. ``run_dir``, ``device``, ``max_steps`` and ``resume``
@@ -277,18 +290,19 @@ class Trainer:
         self.model = self.model if self.model is not None else build_model()
         self.dataset = self.dataset if self.dataset is not None else build_dataset()
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
-        try:
-            self.input_size = tuple(input_size())
-        except Exception:  # unbound: take the dataset's grid
-            self.input_size = None
+        self.input_size = _configured_size(input_size)
         self.labels = tuple(getattr(self.dataset, "labels", ()) or ())
         self.model.to(self.device).train()
         self.augmentation.to(self.device)
 
         self.train_set = self.dataset.split("train")
         self.val_set = self.dataset.split("validation")
-        if len(self.train_set) == 0:
-            raise DataError("the dataset's training split is empty")
+        for name, split in (("training", self.train_set), ("validation", self.val_set)):
+            if len(split) == 0:
+                raise DataError(f"the dataset's {name} split is empty; the trainer needs both "
+                                "(validation drives the schedule, early stopping and best.pt)")
+        if self.input_size is None:  # no SIZE in the config: the dataset's own grid
+            self.input_size = tuple(int(n) for n in self.train_set[0]["image"].shape[1:])
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=self.seed, drop_last=False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr)
@@ -333,7 +347,8 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            lines = [l.strip() for l in str(exc).splitlines() if l.strip()] or [type(exc).__name__]
+            first = " ".join(lines[:2])[:400]
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not match the model the config builds "
                 f"(different architecture?): {first}") from exc
@@ -363,7 +378,7 @@ class Trainer:
             save_checkpoint(self.run_dir / name, self.state())
 
     # ------------------------------------------------------------------ data
-    def prepare(self, sample: dict, train: bool, epoch: int = 0) -> dict:
+    def prepare(self, sample: dict, train: bool) -> dict:
         """A loader batch -> the augmented pair dict on the device (no gradients)."""
         dev = self.device
         image = sample["image"].to(dev, non_blocking=True).float()
@@ -397,8 +412,11 @@ class Trainer:
         if not self._setup_done:
             self.setup()
         reason = "max_epochs"
+        c = self.counters
+        if self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience:
+            reason = "early_stopping"  # a resumed run that had already stopped
         try:
-            while self.counters["epoch"] < self.max_epochs:
+            while reason == "max_epochs" and c["epoch"] < self.max_epochs:
                 if not self._train_epoch():
                     reason = "max_steps"
                     break
@@ -406,13 +424,14 @@ class Trainer:
                 if self._end_epoch(metrics):
                     reason = "early_stopping"
                     break
+            if self._owns_process_group:
+                dist.barrier()  # rank 0's last checkpoint is written before anyone leaves
         finally:
             if self.writer is not None:
                 self.writer.flush()
                 self.writer.close()
                 self.writer = None
             if self._owns_process_group and dist.is_initialized():
-                dist.barrier()
                 dist.destroy_process_group()
                 self._owns_process_group = False
         return {"stopped": reason, **self.counters}
@@ -561,7 +580,10 @@ class Trainer:
                 first = (batch, out)
         keys = sorted(set(sums) | {"loss"})
         if self.distributed:
-            # every rank has the same key set: the same losses and the same data kinds
+            # a rank with no validation pair has fewer keys: reduce over the union
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, keys)
+            keys = sorted(set().union(*gathered))
             t = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
             sums = {k: t[i, 0].item() for i, k in enumerate(keys)}
