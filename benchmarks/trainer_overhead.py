@@ -12,7 +12,9 @@ phantoms at 64^3 by default), batch 1 and gradients accumulated over 8 micro-bat
 
 Each variant runs in its own process (so peak memory is its own). The time of an
 optimiser step is the wall time between two consecutive step ends; the first
-``--warmup`` steps are dropped; the median is reported. Peak memory: the process's
+``--warmup`` steps are dropped; the median is reported, of wall time and of the
+process's CPU time (the latter is the fairer figure on a machine shared with other
+work; ``--threads 1``, the default, keeps it comparable). Peak memory: the process's
 peak resident set on CPU, ``torch.cuda.max_memory_allocated`` per step on CUDA.
 
     python benchmarks/trainer_overhead.py                      # CPU, 64^3, light vxm_unet
@@ -95,7 +97,7 @@ def run_bare(args, device) -> tuple[list, list]:
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), time.process_time()))
             mems.append(peak_memory_mb(device))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -118,7 +120,7 @@ def run_trainer(args, device) -> tuple[list, list]:
             out = step(*a, **k)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), time.process_time()))
             mems.append(peak_memory_mb(device))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -137,10 +139,11 @@ def child(args) -> None:
     torch.set_num_threads(args.threads) if args.threads else None
     parse_config([], config(args))
     device = torch.device(args.device)
-    start = time.perf_counter()
     ends, mems = (run_bare if args.variant == "bare" else run_trainer)(args, device)
-    times = [b - a for a, b in zip([start] + ends[:-1], ends)][args.warmup:]
-    print(json.dumps({"times": times, "peak_mb": max(mems[args.warmup:])}))
+    # step k's time: from the end of step k-1 (the warm-up steps are dropped)
+    wall = [b[0] - a[0] for a, b in zip(ends[:-1], ends[1:])][args.warmup - 1:]
+    cpu = [b[1] - a[1] for a, b in zip(ends[:-1], ends[1:])][args.warmup - 1:]
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": max(mems[args.warmup:])}))
 
 
 def main() -> None:
@@ -152,13 +155,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed optimiser steps per run")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="alternating runs of each variant")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--variant", choices=("bare", "trainer"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
         child(args)
         return
-    results = {"bare": [], "trainer": []}
+    results = {"bare": {"wall": [], "cpu": []}, "trainer": {"wall": [], "cpu": []}}
     peaks = {"bare": 0.0, "trainer": 0.0}
     for _ in range(args.repeats):
         for variant in ("bare", "trainer"):
@@ -168,17 +171,20 @@ def main() -> None:
             if r.returncode != 0:
                 sys.exit(f"{variant} run failed:\n{r.stderr[-3000:]}")
             out = json.loads(r.stdout.strip().splitlines()[-1])
-            results[variant] += out["times"]
+            for kind in ("wall", "cpu"):
+                results[variant][kind] += out[kind]
             peaks[variant] = max(peaks[variant], out["peak_mb"])
-    med = {k: statistics.median(v) for k, v in results.items()}
     model = "paper vxm_unet" if args.paper else "light vxm_unet [16,32,32,32]"
-    print(f"{args.size}^3, {model}, {args.device}, batch 1 x {args.accumulate} accumulated; "
-          f"{len(results['bare'])} timed steps each")
-    for k in ("bare", "trainer"):
-        print(f"  {k:8s} step {med[k]:.3f} s (min {min(results[k]):.3f}, max {max(results[k]):.3f}); "
-              f"per micro-batch {med[k] / args.accumulate * 1000:.1f} ms; peak memory {peaks[k]:.0f} MB"
-              f"{' (process RSS)' if args.device == 'cpu' else ' (CUDA allocated)'}")
-    print(f"  ratio trainer/bare: {med['trainer'] / med['bare']:.3f} (target <= 1.05)")
+    print(f"{args.size}^3, {model}, {args.device}, {args.threads or 'default'} thread(s), batch 1 x "
+          f"{args.accumulate} accumulated; {len(results['bare']['wall'])} timed steps each")
+    med = {v: {k: statistics.median(r[k]) for k in r} for v, r in results.items()}
+    for v in ("bare", "trainer"):
+        w = results[v]["wall"]
+        print(f"  {v:8s} step wall {med[v]['wall']:.3f} s (min {min(w):.3f}, max {max(w):.3f}), "
+              f"CPU {med[v]['cpu']:.3f} s; per micro-batch {med[v]['wall'] / args.accumulate * 1000:.0f} ms; "
+              f"peak memory {peaks[v]:.0f} MB{' (process RSS)' if args.device == 'cpu' else ' (CUDA allocated)'}")
+    for k in ("wall", "cpu"):
+        print(f"  ratio trainer/bare ({k}): {med['trainer'][k] / med['bare'][k]:.3f} (target <= 1.05)")
 
 
 if __name__ == "__main__":
