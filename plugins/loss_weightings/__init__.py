@@ -1,5 +1,5 @@
 """Built-in loss weightings: ``fixed`` (eq. 1), ``uw`` (uncertainty weighting), ``dtp``
-(dynamic task prioritisation)."""
+(dynamic task prioritisation), ``dwa`` (dynamic weight average)."""
 
 from ddmr_core.hookspecs import hookimpl
 
@@ -7,7 +7,8 @@ from ddmr_core.hookspecs import hookimpl
 @hookimpl(trylast=True)
 def ddmr_loss_weightings():
     from .dtp import dtp
+    from .dwa import dwa
     from .fixed import fixed
     from .uw import uw
 
-    return {"fixed": fixed, "uw": uw, "dtp": dtp}
+    return {"fixed": fixed, "uw": uw, "dtp": dtp, "dwa": dwa}

@@ -20,7 +20,7 @@ def terms(**kw):
 
 
 def test_registered(registry):
-    assert {"fixed", "uw", "dtp"} <= set(registry.names("loss_weightings"))
+    assert {"fixed", "uw", "dtp", "dwa"} <= set(registry.names("loss_weightings"))
 
 
 # ------------------------------------------------------------------------------ fixed
@@ -142,3 +142,22 @@ def test_dtp_weights_carry_no_gradient(registry):
     w({"a": a, "b": b}).backward()
     wa = w.weights()["a"]
     assert a.grad.item() == pytest.approx(wa, rel=1e-6)  # d total / d a = w_a exactly
+
+
+# -------------------------------------------------------------------------------- dwa
+def test_dwa_weights_the_slowest_falling_term_by_softmax_of_rates(registry):
+    w = registry.create("loss_weightings", "dwa", ["fast", "slow"], ["grad_l2"],
+                        temperature=2.0, period=2, momentum=0.0)  # momentum 0: average = last value
+    w.train()
+    assert w.weights() == pytest.approx({"fast": 0.5, "slow": 0.5, "grad_l2": 5e-3})
+    for fast, slow in [(1.0, 1.0), (1.0, 1.0), (0.5, 0.9), (0.25, 0.8)]:
+        w(terms(fast=fast, slow=slow, grad_l2=1.0))
+    # after 4 steps: rates = value at step 4 / value at step 2 = 0.25 and 0.8
+    e = [math.exp(0.25 / 2.0), math.exp(0.8 / 2.0)]
+    got = w.weights()
+    assert got["fast"] == pytest.approx(e[0] / sum(e), rel=1e-5)
+    assert got["slow"] == pytest.approx(e[1] / sum(e), rel=1e-5)
+    assert got["fast"] + got["slow"] == pytest.approx(1.0)
+    w.eval()
+    w(terms(fast=9.0, slow=0.01, grad_l2=1.0))
+    assert w.weights() == got  # evaluation does not move the weights
