@@ -98,3 +98,15 @@ def test_paper_backbone_mixin_overrides_the_light_default():
     parse_config(["designs/uw_nsd", "mixins/backbone/vxm_paper"], bindings=["SIZE = (32, 32, 32)"])
     with pytest.raises(ConfigError, match=r"\(32, 32, 32\).*64 = 2\^levels"):
         build_model()
+
+
+@pytest.mark.parametrize("weighting,cls", [("fixed", "FixedWeighting"), ("uw", "UncertaintyWeighting"),
+                                            ("dtp", "DynamicTaskPrioritisation"), ("dwa", "DynamicWeightAverage")])
+def test_weighting_mixins_swap_into_a_design(weighting, cls):
+    parse_config(["designs/sg_nsd", f"mixins/weighting/{weighting}"], bindings=TINY)
+    model = build_model()
+    assert type(model.weighting).__name__ == cls
+    total, terms, _ = model.compute_loss(_batch())
+    total.backward()
+    assert torch.isfinite(total)
+    assert set(model.current_weights()) == set(terms)
