@@ -30,6 +30,7 @@ GIN_MODULES = (
     "ddmr_core.preprocess",
 )
 
+_MACRO_RE = re.compile(r"%([A-Za-z_][\w.]*)")
 _SEARCH_PATHS: set = set()  # gin appends duplicates; remember what was added
 
 
@@ -88,10 +89,13 @@ def parse_config(
     bindings: Sequence[str] = (),
     registry: Registry | None = None,
     text: str | None = None,
+    check_macros: bool = False,
 ) -> Registry:
     """Clear gin, register plugins, and parse config files, a config text and bindings.
 
-    Returns the registry used, so callers can build components from it.
+    Returns the registry used, so callers can build components from it. With
+    ``check_macros`` (for complete experiment configs, not mix-ins), a macro used but never
+    bound is an error naming it.
 
     Raises:
         ConfigError: a file is missing or malformed, a binding is malformed, or a
@@ -119,7 +123,27 @@ def parse_config(
     except (ValueError, SyntaxError, IOError, TypeError, AttributeError) as exc:
         gin.clear_config()
         raise translate_gin_error(exc, registry, where) from exc
+    if check_macros:
+        missing = unbound_macros()
+        if missing:
+            gin.clear_config()
+            names = ", ".join(missing)
+            raise ConfigError(
+                f"{where}: the config uses the macro(s) {names} but never sets them; bind them in an "
+                f"experiment config or with --gin, e.g. --gin \"SIZE = (64, 64, 64)\""
+            )
     return registry
+
+
+def unbound_macros() -> list[str]:
+    """Macros (``%NAME``) the current config refers to without binding a value."""
+    missing = []
+    for name in sorted(set(_MACRO_RE.findall(gin.config_str()))):
+        try:
+            gin.query_parameter(f"%{name}")
+        except ValueError:
+            missing.append(name)
+    return missing
 
 
 def import_gin_modules() -> None:

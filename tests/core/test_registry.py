@@ -161,3 +161,11 @@ def test_third_party_augmenter_runs_in_the_pipeline(with_third_party):
 def test_registry_without_gin_still_builds_components():
     reg = Registry(get_plugin_manager(autoload=False), bind_gin=False)
     assert reg.create("datasets", "synthetic", n_labels=2).labels == (1, 2)
+
+
+def test_unbound_macro_is_named(tmp_path):
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text("include 'designs/bl_n.gin'\n")  # uses %SIZE without setting it
+    with pytest.raises(ConfigError, match=r"macro\(s\) SIZE but never sets"):
+        parse_config([cfg], check_macros=True)
+    parse_config([cfg], ["SIZE = (32, 32, 32)"], check_macros=True)
