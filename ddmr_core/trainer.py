@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_text
 from .errors import CheckpointError, ConfigError, DataError, DdmrError
-from .spatial import one_hot, resize_image, warp
+from .spatial import one_hot, warp
 from . import transfer as _transfer
 
 #: Offset between the augmentation seeds of two training epochs (larger than any dataset).
@@ -384,10 +384,8 @@ class Trainer:
         image = sample["image"].to(dev, non_blocking=True).float()
         seg = sample.get("seg")
         want_segs = seg is not None and self.labels and (not train or self.model.needs_segmentations)
-        if self.input_size and tuple(image.shape[2:]) != self.input_size:
-            image = resize_image(image, self.input_size)
-            if seg is not None:
-                seg = resize_image(seg, self.input_size, mode="nearest")
+        # no resizing here: the augmentation's ``resize`` step brings images to the network
+        # grid and keeps spacing and affine consistent with it
         segs = one_hot(seg.to(dev), self.labels) if want_segs else None
         index = torch.as_tensor(sample["index"], dtype=torch.long)
         if train:  # a new draw every epoch; validation pairs stay the same
@@ -658,7 +656,7 @@ def train(config: str | Path | None, bindings=(), run_dir: str | Path = "run", m
     """Parse a config and bindings, then build and run :class:`Trainer` (what ``ddmr train`` does)."""
     from .config import parse_config
 
-    parse_config([config] if config else [], bindings, registry=registry)
+    parse_config([config] if config else [], bindings, registry=registry, check_macros=True)
     trainer = Trainer(run_dir=run_dir, max_steps=max_steps, device=device, resume=resume)
     trainer.fit()
     return trainer
