@@ -3,9 +3,9 @@
     python benchmarks/inference_vs_ants.py [--size 128] [--model CKPT] [--repeats 5] [--device cpu]
 
 The pair is the MNI152 brain template (shipped in nilearn) and a moving image made from it by
-the paper's augmentation (``mixins/augment/paper.gin``). The model is the light default U-Net
-(``mixins/backbone/vxm_small.gin``; random weights unless ``--model`` gives a checkpoint: the
-time does not depend on the weights). Timed: the network's prediction plus warping the
+the paper's augmentation (``mixins/augment/paper.gin``). The model is ddmr's light default
+U-Net (``mixins/backbone/default.gin``: widths 16-32-32-32, field at half resolution), with
+random weights unless ``--model`` gives a checkpoint (the time does not depend on them). Timed: the network's prediction plus warping the
 moving image (device synchronised), median of ``--repeats`` after one warm-up; for ANTs, one
 ``ants_syn`` registration (affine + SyN with mutual information) plus applying its field.
 Prints both times, the ratio, and the process's peak resident memory after each phase.
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
         model, _ = load_model(args.model, device=device)
         what = args.model
     else:
-        parse_config(["mixins/backbone/vxm_small.gin"], [f"SIZE = ({s}, {s}, {s})"])
+        parse_config(["mixins/backbone/default.gin"], [f"SIZE = ({s}, {s}, {s})"])
         model = build_model().to(device).eval()
-        what = "light default vxm_unet (mixins/backbone/vxm_small.gin), random weights"
+        what = "light default vxm_unet (mixins/backbone/default.gin), random weights"
     n_params = sum(p.numel() for p in model.backbone.parameters())
 
     def predict_and_warp():

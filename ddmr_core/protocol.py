@@ -84,14 +84,14 @@ DESIGN_FILES = {
 
 def data_bindings(cache: Path, size: int, light: bool) -> list[str]:
     """Gin bindings that point an experiment config at a prepared cache and a grid size;
-    ``light`` swaps the paper's U-Net for the CPU-sized default."""
+    ``light`` swaps the paper's U-Net for ddmr's light default (``mixins/backbone/default.gin``)."""
     out = [
         f"SIZE = ({size}, {size}, {size})",
         "ddmr.build_dataset.dataset = @ddmr.datasets.prepared()",
         f"ddmr.datasets.prepared.path = '{Path(cache).as_posix()}'",
     ]
     if light:
-        out.append("include 'mixins/backbone/vxm_small.gin'")
+        out.append("include 'mixins/backbone/default.gin'")
     return out
 
 
