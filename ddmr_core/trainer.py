@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_text
 from .errors import CheckpointError, ConfigError, DataError, DdmrError
-from .spatial import one_hot, warp
+from .spatial import jacobian_determinant, one_hot, warp
 from . import transfer as _transfer
 
 #: Offset between the augmentation seeds of two training epochs (larger than any dataset).
@@ -566,8 +566,6 @@ class Trainer:
             if batch.get("disp_true") is not None:
                 # mean end-point error against the synthetic field, voxels
                 vals["field_error"] = (disp - batch["disp_true"]).norm(dim=1).mean()
-            from .spatial import jacobian_determinant
-
             vals["negative_jacobian"] = (jacobian_determinant(disp) <= 0).float().mean()
             for k, v in vals.items():
                 v = float(v)
