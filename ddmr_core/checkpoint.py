@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter on non-checkpoints
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        # torch's own text suggests weights_only=False, which ddmr never does: a ddmr
+        # checkpoint holds only tensors and plain values, so this file is something else.
+        if isinstance(exc, EOFError):
+            why = "empty or truncated file"
+        elif "Weights only load failed" in str(exc):
+            why = "not a ddmr checkpoint: it holds Python objects beyond tensors and plain values"
+            if not zipfile.is_zipfile(path):
+                why = "not a PyTorch checkpoint, or corrupt or truncated"
+        else:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({why})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a ddmr checkpoint")
     for key in ("model", "gin_config"):
