@@ -15,9 +15,10 @@ and ``w`` is the approximation.
 Efficiency and accuracy
 -----------------------
 The spline is evaluated at a coarse lattice -- ``subdivisions`` nodes per control-grid
-interval, ``(grid - 1) * subdivisions + 1`` per axis (at most the image size), nodes on
-image voxels -- and upsampled trilinearly (``align_corners=True``: nodes keep their exact
-values), so the cost does not grow with the image. For the regular grid, the solve
+interval, ``(grid - 1) * subdivisions + 1`` per axis (at most the image size), spanning
+the image from its first to its last voxel -- and upsampled trilinearly
+(``align_corners=True``: nodes keep their exact values), so the cost does not grow with
+the image. For the regular grid, the solve
 (values -> coefficients) and the lattice evaluation (values -> lattice) are linear maps
 that depend on the geometry only: they are computed once per (shape, spacing) with one
 batched ``torch.linalg`` solve and cached, and a batch then costs two small matmuls on the
@@ -248,7 +249,7 @@ class TPS(nn.Module):
         return tuple(min(n, (g - 1) * self.subdivisions + 1) for n, g in zip(shape, self.grid))
 
     def lattice_points(self, shape, device) -> torch.Tensor:
-        """``(1, Q, 3)`` lattice nodes in voxels (image voxels when the lattice divides the grid)."""
+        """``(1, Q, 3)`` lattice nodes in voxel coordinates (first to last voxel per axis)."""
         axes = [torch.linspace(0, n - 1, m, device=device) for n, m in zip(shape, self.lattice_shape(shape))]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
 
@@ -330,7 +331,8 @@ class TPS(nn.Module):
             if int(info) != 0:  # cannot happen for a regular grid of >= 2 points per axis
                 raise RuntimeError(f"tps: singular control-grid system for grid {self.grid}")
             # built in float64 (the |q|^2 + |p|^2 - 2 q.p expansion cancels), kept in float32
-            E = tps_design(pts.double(), lat.double())[0].float()
+            # small blocks: the float64 temporaries of a block are ~5 x 4096 x K x 8 bytes
+            E = torch.cat([tps_design(pts.double(), q)[0].float() for q in lat.double().split(4096, dim=1)])
             if len(self._cache) >= 8:  # a handful of geometries per run; keep it bounded
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = (lu, piv, E)
