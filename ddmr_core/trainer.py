@@ -292,6 +292,8 @@ class Trainer:
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
         self.input_size = _configured_size(input_size)
         self.labels = tuple(getattr(self.dataset, "labels", ()) or ())
+        if hasattr(self.model, "check_segmentations"):  # before anything is written
+            self.model.check_segmentations(self.labels)
         self.model.to(self.device).train()
         self.augmentation.to(self.device)
 
