@@ -66,9 +66,7 @@ __all__ = [
     "AugmentationPipeline",
     "sample_generators",
     "draw",
-    "voxel_to_mm",
     "add_geometric_step",
-    "check_positive",
     "check_non_negative",
     "check_target",
 ]
@@ -104,11 +102,6 @@ def draw(
 
 
 # ------------------------------------------------------------------ geometry
-def voxel_to_mm(state: State) -> torch.Tensor:
-    """Spacing as ``(B, 3, 1, 1, 1)``: multiply a voxel field by it to get millimetres."""
-    return state["spacing"].to(state["fixed"].dtype).view(-1, 3, 1, 1, 1)
-
-
 def add_geometric_step(state: State, u: torch.Tensor, w: torch.Tensor) -> State:
     """Fold one geometric step into the state.
 
@@ -127,11 +120,6 @@ def add_geometric_step(state: State, u: torch.Tensor, w: torch.Tensor) -> State:
 
 
 # --------------------------------------------------------------- validation
-def check_positive(step: str, name: str, value) -> None:
-    if not np.all(np.asarray(value, dtype=float) > 0):
-        raise ConfigError(f"augmenter {step!r}: parameter {name!r} must be positive, got {value!r}")
-
-
 def check_non_negative(step: str, name: str, value) -> None:
     if not np.all(np.asarray(value, dtype=float) >= 0):
         raise ConfigError(
