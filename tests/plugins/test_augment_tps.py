@@ -139,3 +139,13 @@ def test_lattice_spans_the_image():
     lat = tps.lattice_points((40, 30, 20), "cpu")[0]
     assert torch.allclose(lat.amin(0), torch.zeros(3))
     assert torch.allclose(lat.amax(0), torch.tensor([39.0, 29.0, 19.0]))
+
+
+def test_foreground_points_from_intensity_without_segmentations():
+    shape = (16, 16, 16)
+    image = torch.zeros(1, 1, *shape)
+    image[:, :, 2:6, 9:14, 3:7] = 0.8  # the only voxels above foreground_threshold = 0.1
+    tps = TPS(grid=3, foreground_points=25)
+    pts = tps.control_points(_state(tps, shape, (3.0, 3.0, 3.0), image=image))[0, 27:].long()
+    assert bool((image[0, 0][pts[:, 0], pts[:, 1], pts[:, 2]] > 0.1).all())
+    assert len(torch.unique(pts, dim=0)) > 10  # spread over the region, not one voxel
