@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .figures import checkerboard, draw_deformation_grid
+
 PAPER_METRICS = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime")
 #: reported as one number (the paper gives HD95 without a spread)
 SINGLE_FIGURE = ("hd95",)
@@ -156,13 +158,6 @@ def median_pair(rows, method: str, metric_names) -> str | None:
     return None
 
 
-def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Alternate square tiles of ``a`` and ``b`` (2-D, same shape)."""
-    idx = [np.arange(n) * tiles // n for n in a.shape]
-    mask = (idx[0][:, None] + idx[1][None, :]) % 2 == 0
-    return np.where(mask, a, b)
-
-
 def write_median_figure(path: Path, method: str, pair: str, s: dict) -> Path:
     import matplotlib
 
@@ -178,17 +173,7 @@ def write_median_figure(path: Path, method: str, pair: str, s: dict) -> Path:
     axes[1, 0].imshow(checkerboard(s["fixed"], s["warped"]).T, **show)
     axes[1, 0].set_title("Checkerboard fixed/warped")
     ax = axes[1, 1]
-    u = s["disp"]
-    n0, n1 = u.shape[1:]
-    i, j = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
-    px, py = i + u[0], j + u[1]  # where each fixed voxel samples the moving image
-    step = max(1, min(n0, n1) // 16)
-    for a in range(0, n0, step):
-        ax.plot(px[a, :], py[a, :], "b-", lw=0.6)
-    for b in range(0, n1, step):
-        ax.plot(px[:, b], py[:, b], "b-", lw=0.6)
-    ax.set_xlim(-0.5, n0 - 0.5)
-    ax.set_ylim(-0.5, n1 - 0.5)
+    draw_deformation_grid(ax, s["disp"])
     ax.set_aspect("equal")
     ax.set_title("Deformation grid")
     ax = axes[1, 2]

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from .field_io import save_field_itk, save_field_npz
+from .figures import checkerboard, draw_deformation_grid
 
 OUTPUT_FILES = (
     "fixed.nii.gz",
@@ -121,12 +122,6 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
-def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """2-D checkerboard of ``a`` and ``b`` with about ``tiles`` squares per side."""
-    i, j = np.meshgrid(*[np.arange(n) * tiles // max(n, 1) for n in a.shape], indexing="ij")
-    return np.where((i + j) % 2 == 0, a, b)
-
-
 def save_overview(path: str | Path, result, step: int | None = None) -> Path:
     """PNG with five panels on the middle slice of array axis 2: fixed, moving (before),
     warped, fixed/warped checkerboard, and the deformed grid of the field.
@@ -151,17 +146,7 @@ def save_overview(path: str | Path, result, step: int | None = None) -> Path:
         ax.set_title(title)
     ax = axes[4]
     ax.set_title("deformation grid")
-    n0, n1 = result.disp.shape[1:3]
-    step = step or max(1, min(n0, n1) // 16)
-    g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
-    p0 = g0 + result.disp[0, :, :, k]
-    p1 = g1 + result.disp[1, :, :, k]
-    for i in range(0, n0, step):
-        ax.plot(p0[i, :], p1[i, :], "b-", lw=0.6)
-    for j in range(0, n1, step):
-        ax.plot(p0[:, j], p1[:, j], "b-", lw=0.6)
-    ax.set_xlim(-0.5, n0 - 0.5)
-    ax.set_ylim(-0.5, n1 - 0.5)
+    draw_deformation_grid(ax, result.disp[:2, :, :, k], step)
     ax.set_aspect(aspect)
     for ax in axes:
         ax.set_xticks([])
