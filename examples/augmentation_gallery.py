@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from ddmr_core import experiment  # noqa: E402
 from ddmr_core.config import parse_config  # noqa: E402
+from ddmr_core.figures import draw_deformation_grid  # noqa: E402
 from ddmr_core.spatial import warp  # noqa: E402
 
 
@@ -44,20 +45,6 @@ def load_images(dataset: str, size, n: int):
     image = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
     spacing = torch.stack([torch.as_tensor(it["spacing"]).float() for it in items])
     return image, spacing
-
-
-def draw_grid(ax, disp: np.ndarray, step: int = 4):
-    """Lines of the fixed grid moved to where ``disp`` (2, H, W; voxels) sends them.
-
-    Each line of constant row/column is drawn through ``x + u(x)``: where the fixed
-    image's voxel is found in the moving image."""
-    H, W = disp.shape[1:]
-    yy, xx = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    py, px = yy + disp[0], xx + disp[1]
-    for i in range(0, H, step):
-        ax.plot(px[i, :], py[i, :], color="tab:orange", lw=0.6)
-    for j in range(0, W, step):
-        ax.plot(px[:, j], py[:, j], color="tab:orange", lw=0.6)
 
 
 def main(argv=None):
@@ -92,12 +79,13 @@ def main(argv=None):
         mm = (out["disp_true"][r] * out["spacing"][r].view(3, 1, 1, 1)).norm(dim=0).max()
         panels = [f, m, m, b]
         for c, (ax, img) in enumerate(zip(axes[r], panels)):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            # axis 1 horizontal, axis 2 vertical, as every ddmr figure draws slices
+            ax.imshow(img.T, cmap="gray", vmin=0, vmax=1, origin="lower")
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
-        draw_grid(axes[r, 2], u)
-        axes[r, 2].set_xlim(-0.5, f.shape[1] - 0.5), axes[r, 2].set_ylim(f.shape[0] - 0.5, -0.5)
+        # where each fixed voxel is found in the moving image (x + disp_true)
+        draw_deformation_grid(axes[r, 2], u, step=4, color="tab:orange")
         axes[r, 0].set_ylabel(f"pair {r}: max |u| {float(mm):.1f} mm", fontsize=8)
     fig.suptitle(f"{args.config} on {args.dataset} at {size}, slice {z} of axis 0", fontsize=10)
     fig.tight_layout()
