@@ -4,8 +4,9 @@ All are "lower is better": ``1 - similarity``.
 
 * ``ncc``: global normalised cross-correlation per sample and channel (the paper's NCC);
 * ``lncc``: local (windowed) squared NCC, MONAI's ``LocalNormalizedCrossCorrelationLoss``;
-* ``ssim``: 3-D SSIM with a Gaussian window, MONAI's ``SSIMLoss`` (matches scikit-image's
-  ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``).
+* ``ssim``: 3-D SSIM with a Gaussian window, computed separably (the statistics of MONAI's
+  ``SSIMLoss`` and scikit-image's ``structural_similarity(gaussian_weights=True,
+  use_sample_covariance=False)``).
 """
 
 from __future__ import annotations
@@ -63,27 +64,60 @@ class LNCCLoss(nn.Module):
 
 
 class SSIMLoss(nn.Module):
-    """``1 - SSIM`` in 3-D, Gaussian window (MONAI ``SSIMLoss``).
+    """``1 - SSIM`` in 3-D with a Gaussian window, averaged over the valid region.
+
+    The statistics are those of MONAI's ``SSIMLoss`` and of scikit-image's
+    ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``, but the
+    Gaussian window is applied as three 1-D passes (``3 * win`` instead of ``win ** 3``
+    multiplications per voxel): at 64^3 this makes SSIM's forward and backward ~40x
+    cheaper on a CPU, where MONAI's dense 11^3 kernel dominated a training step.
 
     Args:
         win: window size (odd), voxels; 11 with sigma 1.5 is scikit-image's Gaussian window.
         sigma: Gaussian sigma, voxels.
         data_range: intensity range of the images (1 for [0, 1] images).
+        k1, k2: the usual SSIM stabilisers, ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2``.
     """
 
     inputs = "image"
 
-    def __init__(self, win: int = 11, sigma: float = 1.5, data_range: float = 1.0):
+    def __init__(self, win: int = 11, sigma: float = 1.5, data_range: float = 1.0,
+                 k1: float = 0.01, k2: float = 0.03):
         super().__init__()
-        from monai.losses import SSIMLoss as _MonaiSSIM
+        if win < 1 or win % 2 == 0:
+            raise ValueError(f"ssim: win must be a positive odd number of voxels, got {win}")
+        if sigma <= 0 or data_range <= 0:
+            raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma}, {data_range}")
+        x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        self.register_buffer("kernel", (g / g.sum()).float(), persistent=False)
+        self.win = win
+        self.c1, self.c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
 
-        self.inner = _MonaiSSIM(
-            spatial_dims=3, data_range=data_range, kernel_type="gaussian", win_size=win, kernel_sigma=sigma
-        )
+    def _blur(self, maps: torch.Tensor) -> torch.Tensor:
+        """Valid (unpadded) separable Gaussian filtering of every channel."""
+        c = maps.shape[1]
+        k = self.kernel.to(maps.dtype)
+        for axis in range(3):
+            view = [1, 1, 1, 1, 1]
+            view[2 + axis] = self.win
+            weight = k.view(view).expand(c, *view[1:])
+            # groups = channels: one filter per map (also the fast oneDNN path on CPU)
+            maps = torch.nn.functional.conv3d(maps, weight, groups=c)
+        return maps
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_pair(warped, fixed, "ssim")
-        return self.inner(warped, fixed)
+        if min(warped.shape[2:]) < self.win:
+            raise ValueError(f"ssim: images {tuple(warped.shape[2:])} are smaller than the {self.win}-voxel window")
+        c = warped.shape[1]
+        x, y = warped, fixed
+        mu_x, mu_y, xx, yy, xy = self._blur(torch.cat([x, y, x * x, y * y, x * y], 1)).split(c, 1)
+        var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+        ssim = ((2 * mu_x * mu_y + self.c1) * (2 * cov + self.c2)) / (
+            (mu_x**2 + mu_y**2 + self.c1) * (var_x + var_y + self.c2)
+        )
+        return 1.0 - ssim.mean()
 
 
 def ncc(eps: float = 1e-12) -> NCCLoss:
