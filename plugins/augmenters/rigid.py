@@ -23,7 +23,7 @@ from torch import nn
 
 from ddmr_core.augment import add_geometric_step, check_non_negative, draw
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import identity_grid
+from ddmr_core.spatial import compose, identity_grid
 
 
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
@@ -39,10 +39,17 @@ def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     return rot(1, 2, 0) @ rot(2, 0, 1) @ rot(0, 1, 2)
 
 
-def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor) -> torch.Tensor:
-    """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm)."""
+def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor,
+                 points: torch.Tensor | None = None) -> torch.Tensor:
+    """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm).
+
+    By default evaluated at the voxels of the grid; ``points`` ``(B, 3, D, H, W)`` (voxel
+    coordinates) evaluates the displacement there instead, exactly: the composition of an
+    earlier field with this map needs no interpolation."""
     sp = spacing.view(-1, 3, 1, 1, 1)
-    p = identity_grid(shape, device=matrix.device, dtype=matrix.dtype) * sp  # (B, 3, ...)
+    if points is None:
+        points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
+    p = points * sp  # (B, 3, ...) mm
     q = torch.einsum("bij,bj...->bi...", matrix, p) + offset.view(-1, 3, 1, 1, 1)
     return (q - p) / sp
 
@@ -82,20 +89,24 @@ class Rigid(nn.Module):
         return params[:, :3], params[:, 3:]
 
     @staticmethod
-    def fields(angles, translation, shape, spacing, dtype=torch.float32):
-        """``(u, w)`` pull fields of ``phi`` and of its inverse (see module doc), voxels.
-
-        The matrices are built in float64, the fields evaluated in ``dtype``."""
+    def maps(angles, translation, shape, spacing):
+        """``(R, offset, R^T, offset_inv)`` of ``phi`` and its inverse, float64, mm."""
         R = rotation_matrix(angles)
         extent = torch.tensor([n - 1 for n in shape], dtype=torch.float64, device=R.device)
-        sp = spacing.double()
-        c = extent / 2 * sp  # (B, 3) centre in mm
+        c = extent / 2 * spacing.double()  # (B, 3) centre in mm
         t = translation
         # phi(p) = R p + (c - R c + t);  phi^-1(q) = R^T q + (c - R^T (c + t))
         off = c - (R @ c.unsqueeze(-1)).squeeze(-1) + t
         Rt = R.transpose(1, 2)
         off_inv = c - (Rt @ (c + t).unsqueeze(-1)).squeeze(-1)
-        sp = sp.to(dtype)
+        return R, off, Rt, off_inv
+
+    @classmethod
+    def fields(cls, angles, translation, shape, spacing, dtype=torch.float32):
+        """``(u, w)`` pull fields of ``phi`` and of its inverse (see module doc), voxels.
+        The matrices are built in float64, the fields evaluated in ``dtype``."""
+        R, off, Rt, off_inv = cls.maps(angles, translation, shape, spacing)
+        sp = spacing.to(dtype)
         return (
             affine_field(R.to(dtype), off.to(dtype), shape, sp),
             affine_field(Rt.to(dtype), off_inv.to(dtype), shape, sp),
@@ -103,6 +114,20 @@ class Rigid(nn.Module):
 
     def forward(self, state):
         fixed = state["fixed"]
+        shape, dtype = tuple(fixed.shape[2:]), fixed.dtype
         angles, t = self.draw_parameters(state)
-        u, w = self.fields(angles, t, tuple(fixed.shape[2:]), state["spacing"], fixed.dtype)
-        return add_geometric_step(state, u, w)
+        U = state.get("disp_true")
+        if U is None:
+            u, w = self.fields(angles, t, shape, state["spacing"], dtype)
+            return add_geometric_step(state, u, w)
+        # After an earlier geometric step, U_new(x) = U(x) + u(x + U(x)) (the order of
+        # add_geometric_step). u is affine, so it is evaluated at x + U(x) exactly instead
+        # of being interpolated there: cheaper (no grid sampling) and exact at the borders.
+        R, off, Rt, off_inv = self.maps(angles, t, shape, state["spacing"])
+        sp = state["spacing"].to(dtype)
+        points = identity_grid(shape, device=U.device, dtype=dtype) + U
+        state["disp_true"] = U + affine_field(R.to(dtype), off.to(dtype), shape, sp, points=points)
+        w = affine_field(Rt.to(dtype), off_inv.to(dtype), shape, sp)
+        W = state.get("warp")
+        state["warp"] = w if W is None else compose(W, w)
+        return state
