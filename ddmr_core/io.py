@@ -165,6 +165,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file through :func:`atomic_path`: readers never see a partial file."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
 def _check_volume(array: np.ndarray, affine: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[0] == 1:  # (1, D, H, W) tensors from samples

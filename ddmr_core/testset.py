@@ -24,8 +24,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
-from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map
+from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map, write_text_atomic
 
 MANIFEST = "manifest.csv"
 META = "testset.json"
@@ -101,22 +99,9 @@ def finish_testset(out_dir: str | Path, rows: Sequence[dict], meta: dict) -> Pat
     writer.writeheader()
     for r in rows:
         writer.writerow({k: r.get(k, "") for k in columns})
-    _write_text(out_dir / MANIFEST, buf.getvalue())
-    _write_text(out_dir / META, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out_dir / MANIFEST, buf.getvalue())
+    write_text_atomic(out_dir / META, json.dumps(meta, indent=2) + "\n")
     return out_dir
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -17,14 +17,13 @@ half-written entry; a rerun with the same settings skips the entries already the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, DdmrError
+from ..io import atomic_path, write_text_atomic
 
 NAME = "prepare"
 HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"
@@ -83,28 +82,9 @@ def build_named_dataset(name: str, configs=(), bindings=(), size: int | None = N
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)  # uncompressed: loading is a plain read
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Guarded:
@@ -149,7 +129,7 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
             )
     elif any(out.iterdir()):
         raise DataError(f"output folder {str(out)!r} is not empty and is not a ddmr prepare cache")
-    _atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    write_text_atomic(settings_path, json.dumps(settings, indent=2))
     workers = default_workers() if workers is None else max(0, int(workers))
     index = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "splits": {}}
     t0, written, skipped = time.perf_counter(), 0, 0
@@ -182,11 +162,11 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
             _atomic_save_npz(out / rel, **arrays)
             entries[pos] = {"file": rel, "index": idx}
             done[str(pos)] = entries[pos]
-            _atomic_write_text(done_path, json.dumps(done))
+            write_text_atomic(done_path, json.dumps(done))
             written += 1
             log(f"  {rel}  ({written + skipped} samples, {time.perf_counter() - t0:.1f} s)")
         index["splits"][split_name] = entries
-    _atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+    write_text_atomic(out / INDEX, json.dumps(index, indent=2) + "\n")
     log(f"prepared {written} samples ({skipped} already cached) into {out} in {time.perf_counter() - t0:.1f} s")
     return index
 
