@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -453,8 +454,10 @@ class Trainer:
         if self.progress and self.is_main:
             from tqdm.auto import tqdm
 
+            # in a log file (no terminal) every redraw is a new chunk of text: redraw rarely
+            interactive = sys.stderr.isatty()
             bar = tqdm(total=n_micro, initial=start, desc=f"epoch {c['epoch'] + 1}", unit="batch",
-                       dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30.0)
         self.model.train()
         group_losses, group_terms, nonfinite = [], defaultdict(list), torch.zeros((), device=self.device)
         try:
