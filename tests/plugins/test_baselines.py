@@ -52,12 +52,13 @@ def test_ants_recovers_known_translation(factory):
     disp = factory(**FAST).register(fixed, moving, SPACING)
     assert disp.shape == (3,) + SHAPE and disp.dtype == np.float32
     inner = (slice(8, -8),) * 3  # where the image has structure
+    # ANTs' result varies from run to run (its affine stage samples points at random and
+    # ITK's threads do not reduce in a fixed order): about +-0.25 voxel with these few
+    # iterations. A sign, unit or axis-order error would be off by 2 t or a permutation.
     for axis in range(3):
-        assert disp[axis][inner].mean() == pytest.approx(t[axis], abs=0.25)
-    # and warping with the toolkit's own warp undoes the translation (mean error: the
-    # maximum depends on ANTs' thread scheduling, which varies with the machine's load)
-    warped = _warp(moving, disp)
-    assert np.abs(warped - fixed)[inner].mean() < 0.35 * np.abs(moving - fixed)[inner].mean()
+        assert disp[axis][inner].mean() == pytest.approx(t[axis], abs=0.35)
+    # (that the converted field resamples exactly as ANTs' own apply_transforms does is
+    # tested below, deterministically, from one registration's transform files)
 
 
 def test_converted_field_warps_like_ants_apply_transforms():
