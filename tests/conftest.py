@@ -11,6 +11,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: A complete, tiny training config (16^3 synthetic data, a 2-level U-Net, TPS pairs);
+#: trainer tests append their own losses, data counts and schedules.
+TINY_TRAINING = """
+SIZE = (16, 16, 16)
+include 'mixins/data/synthetic.gin'
+include 'mixins/trainer/cpu_small.gin'
+ddmr.input_size.size = %SIZE
+ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
+ddmr.backbones.vxm_unet.widths = (4, 8)
+ddmr.backbones.vxm_unet.head = (4,)
+ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
+ddmr.augmenters.tps.grid = 4
+ddmr.Trainer.progress = False
+"""
+
 
 @pytest.fixture(autouse=True)
 def _clear_gin():

@@ -14,20 +14,12 @@ from torch.utils.data import default_collate
 from ddmr_core.checkpoint import load_model
 from ddmr_core.config import parse_config
 from ddmr_core.trainer import Trainer, TrainingError
+from conftest import TINY_TRAINING
 
-BASE = """
-SIZE = (16, 16, 16)
-include 'mixins/data/synthetic.gin'
-include 'mixins/trainer/cpu_small.gin'
-ddmr.input_size.size = %SIZE
-ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
-ddmr.backbones.vxm_unet.widths = (4, 8)
-ddmr.backbones.vxm_unet.head = (4,)
+BASE = TINY_TRAINING + """
+
 ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'dice': @ddmr.losses.dice(), 'grad_l2': @ddmr.losses.grad_l2()}
-ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
-ddmr.augmenters.tps.grid = 4
 ddmr.augmenters.tps.max_displacement = 2.0
-ddmr.Trainer.progress = False
 ddmr.datasets.synthetic.subjects = (4, 1, 1)   # 2 optimiser steps per epoch
 """
 

@@ -5,21 +5,13 @@ import pytest
 import torch
 
 from ddmr_core.cli import main
+from conftest import TINY_TRAINING
 
-CONFIG = """
-SIZE = (16, 16, 16)
-include 'mixins/data/synthetic.gin'
-include 'mixins/trainer/cpu_small.gin'
-ddmr.input_size.size = %SIZE
+CONFIG = TINY_TRAINING + """
+
 ddmr.datasets.synthetic.subjects = (2, 1, 1)
-ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
-ddmr.backbones.vxm_unet.widths = (4, 8)
-ddmr.backbones.vxm_unet.head = (4,)
 ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'grad_l2': @ddmr.losses.grad_l2()}
-ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
-ddmr.augmenters.tps.grid = 4
 ddmr.Trainer.max_epochs = 1
-ddmr.Trainer.progress = False
 """
 
 

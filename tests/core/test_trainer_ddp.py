@@ -14,23 +14,15 @@ from pathlib import Path
 import torch
 
 from ddmr_core.trainer import train
+from conftest import TINY_TRAINING
 
 HERE = Path(__file__).resolve().parent
-CONFIG = """
-SIZE = (16, 16, 16)
-include 'mixins/data/synthetic.gin'
-include 'mixins/trainer/cpu_small.gin'
-ddmr.input_size.size = %SIZE
+CONFIG = TINY_TRAINING + """
+
 ddmr.datasets.synthetic.subjects = (8, 2, 1)
-ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
-ddmr.backbones.vxm_unet.widths = (4, 8)
-ddmr.backbones.vxm_unet.head = (4,)
 ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'grad_l2': @ddmr.losses.grad_l2()}
-ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
-ddmr.augmenters.tps.grid = 4
 ddmr.augmenters.tps.max_displacement = 2.0
 ddmr.Trainer.max_epochs = 2
-ddmr.Trainer.progress = False
 ddmr.Trainer.log_images = False
 """
 
