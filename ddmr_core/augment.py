@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .spatial import compose, warp
+from .spatial import compose, identity_grid, warp
 
 __all__ = [
     "AugmentationPipeline",
@@ -102,18 +102,30 @@ def draw(
 
 
 # ------------------------------------------------------------------ geometry
-def add_geometric_step(state: State, u: torch.Tensor, w: torch.Tensor) -> State:
+def add_geometric_step(
+    state: State, u: torch.Tensor | None, w: torch.Tensor, u_at: Callable | None = None
+) -> State:
     """Fold one geometric step into the state.
 
     Args:
         u: ``(B, 3, D, H, W)`` pull field of the step's map ``phi_s`` (from the grid of the
-            moving image so far to the new moving image), voxels.
+            moving image so far to the new moving image), voxels. May be ``None`` when
+            ``u_at`` is given.
         w: ``(B, 3, D, H, W)`` pull field of its inverse, which renders the new moving
             image from the previous one.
+        u_at: optional ``points (B, 3, D, H, W) -> u(points)``, the step's displacement
+            evaluated exactly at arbitrary voxel coordinates (closed-form maps such as
+            rigid ones). Composing with it needs no interpolation of ``u``: cheaper, and
+            exact at the borders.
     """
     U, W = state.get("disp_true"), state.get("warp")
     # U_new(x) = U(x) + u(x + U(x)): the previous maps act first, then this one.
-    state["disp_true"] = u if U is None else compose(u, U)
+    if U is None:
+        state["disp_true"] = u if u is not None else u_at(identity_grid(w.shape[2:], w.device, w.dtype))
+    elif u_at is not None:
+        state["disp_true"] = U + u_at(identity_grid(U.shape[2:], U.device, U.dtype) + U)
+    else:
+        state["disp_true"] = compose(u, U)
     # warp(warp(source, W), w) = warp(source, compose(W, w)).
     state["warp"] = w if W is None else compose(W, w)
     return state

@@ -23,7 +23,7 @@ from torch import nn
 
 from ddmr_core.augment import add_geometric_step, check_non_negative, draw
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import compose, identity_grid
+from ddmr_core.spatial import identity_grid
 
 
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
@@ -101,33 +101,13 @@ class Rigid(nn.Module):
         off_inv = c - (Rt @ (c + t).unsqueeze(-1)).squeeze(-1)
         return R, off, Rt, off_inv
 
-    @classmethod
-    def fields(cls, angles, translation, shape, spacing, dtype=torch.float32):
-        """``(u, w)`` pull fields of ``phi`` and of its inverse (see module doc), voxels.
-        The matrices are built in float64, the fields evaluated in ``dtype``."""
-        R, off, Rt, off_inv = cls.maps(angles, translation, shape, spacing)
-        sp = spacing.to(dtype)
-        return (
-            affine_field(R.to(dtype), off.to(dtype), shape, sp),
-            affine_field(Rt.to(dtype), off_inv.to(dtype), shape, sp),
-        )
-
     def forward(self, state):
         fixed = state["fixed"]
         shape, dtype = tuple(fixed.shape[2:]), fixed.dtype
         angles, t = self.draw_parameters(state)
-        U = state.get("disp_true")
-        if U is None:
-            u, w = self.fields(angles, t, shape, state["spacing"], dtype)
-            return add_geometric_step(state, u, w)
-        # After an earlier geometric step, U_new(x) = U(x) + u(x + U(x)) (the order of
-        # add_geometric_step). u is affine, so it is evaluated at x + U(x) exactly instead
-        # of being interpolated there: cheaper (no grid sampling) and exact at the borders.
         R, off, Rt, off_inv = self.maps(angles, t, shape, state["spacing"])
         sp = state["spacing"].to(dtype)
-        points = identity_grid(shape, device=U.device, dtype=dtype) + U
-        state["disp_true"] = U + affine_field(R.to(dtype), off.to(dtype), shape, sp, points=points)
+        R, off = R.to(dtype), off.to(dtype)
         w = affine_field(Rt.to(dtype), off_inv.to(dtype), shape, sp)
-        W = state.get("warp")
-        state["warp"] = w if W is None else compose(W, w)
-        return state
+        # the map is affine: let the pipeline evaluate it exactly wherever it needs it
+        return add_geometric_step(state, None, w, u_at=lambda p: affine_field(R, off, shape, sp, points=p))
