@@ -33,6 +33,17 @@ def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+@lru_cache(maxsize=16)
+def _sampling_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
+    """``(base (1, N, 3), to_xyz (3, 3))`` for :func:`warp`: ``base + disp @ to_xyz`` is the
+    sampling grid of ``grid_sample`` -- voxel coordinates normalised to [-1, 1]
+    (``align_corners=True``) with xyz last, reversed (its x is the last array axis)."""
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
+    base = _base_grid(shape, device, dtype) * scale.view(1, 3, 1, 1, 1) - 1.0
+    base = base.flip(1).reshape(1, 3, -1).transpose(1, 2).contiguous()
+    return base, torch.diag(scale).flip(1)
+
+
 def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
     """Voxel coordinates ``(1, 3, D, H, W)``: channel ``i`` holds the index along axis ``i``."""
     return _base_grid(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)
@@ -73,12 +84,13 @@ def warp(
     src = image if image.is_floating_point() else image.float()
     dtype = disp.dtype if disp.is_floating_point() else torch.float32
     shape = tuple(disp.shape[2:])
-    base = _base_grid(shape, disp.device, dtype)
-    # normalise voxel coordinates to [-1, 1] (align_corners=True) and put xyz last,
-    # reversed, as grid_sample expects (its x is the last array axis).
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=disp.device, dtype=dtype)
-    grid = (base + disp) * scale.view(1, 3, 1, 1, 1) - 1.0
-    grid = grid.permute(0, 2, 3, 4, 1).flip(-1)
+    base, to_xyz = _sampling_grid(shape, disp.device, dtype)
+    b = disp.shape[0]
+    # grid = base + disp @ to_xyz as one batched matmul: the field is read once, as a
+    # transposed view, instead of add, scale, shift and flip passes over it.
+    grid = torch.baddbmm(
+        base.expand(b, -1, -1), disp.to(dtype).reshape(b, 3, -1).transpose(1, 2), to_xyz.expand(b, 3, 3)
+    ).view(b, *shape, 3)
     if grid.shape[0] != src.shape[0]:
         grid = grid.expand(src.shape[0], *grid.shape[1:])
     out = F.grid_sample(
@@ -170,3 +182,33 @@ def labels_from_one_hot(onehot: torch.Tensor, values: Sequence[int], threshold: 
     bg = torch.full_like(onehot[:, :1], threshold)
     idx = torch.cat([bg, onehot], dim=1).argmax(dim=1, keepdim=True)
     return vals[idx].to(torch.uint8)
+
+
+def intensity_centroid(image: torch.Tensor, background_quantile: float = 0.1) -> torch.Tensor:
+    """Intensity-weighted centre of mass of each image, in voxel coordinates.
+
+    Args:
+        image: ``(B, 1, D, H, W)``.
+        background_quantile: intensities up to this quantile of each image count as
+            background and weigh 0; above it a voxel weighs ``I - q``. This keeps an
+            additive brightness shift (which lifts the background) from pulling the
+            centroid towards the middle of the grid.
+
+    Returns:
+        ``(B, 3)`` float: the centroid's index along each array axis. An image with no
+        voxel above the quantile (constant) gets the grid centre.
+    """
+    if image.ndim != 5 or image.shape[1] != 1:
+        raise ValueError(f"image must be (B, 1, D, H, W), got {tuple(image.shape)}")
+    b = image.shape[0]
+    flat = image.detach().reshape(b, -1).float()
+    # kthvalue: torch.quantile refuses inputs above 16 M elements (a 256^3 image)
+    k = max(1, int(round(background_quantile * flat.shape[1])))
+    q = flat.kthvalue(k, dim=1).values
+    w = (image.detach().float() - q.view(b, 1, 1, 1, 1)).clamp_min(0)[:, 0]
+    total = w.reshape(b, -1).sum(dim=1)
+    grid = identity_grid(image.shape[2:], image.device, torch.float32)[0]  # (3, D, H, W)
+    centre = torch.tensor([(n - 1) / 2 for n in image.shape[2:]], device=image.device)
+    num = torch.einsum("bdhw,cdhw->bc", w, grid)
+    safe = total.clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.where((total > 0)[:, None], num / safe[:, None], centre.expand(b, 3))
