@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     def predict_and_warp():
         with torch.inference_mode():
-            disp = model.backbone(fixed, moving)
+            disp = model.predict_field(fixed, moving)
             warped = warp(moving, disp)
         sync(device)
         return warped

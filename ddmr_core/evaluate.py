@@ -182,10 +182,10 @@ class ModelMethod:
         _sync(self.device)
         start = time.perf_counter()
         if self.input_size and self.input_size != grid:
-            disp = self.model.backbone(resize_image(f, self.input_size), resize_image(m, self.input_size))
+            disp = self.model.predict_field(resize_image(f, self.input_size), resize_image(m, self.input_size))
             disp = resize_field(disp, grid)
         else:
-            disp = self.model.backbone(f, m)
+            disp = self.model.predict_field(f, m)
         warped = warp(m, disp, mode="linear", padding="border")
         _sync(self.device)
         seconds = time.perf_counter() - start

@@ -24,9 +24,11 @@ def build_model(
     backbone: nn.Module = gin.REQUIRED,
     losses: Mapping[str, nn.Module] | None = None,
     weighting=None,
+    prealign: str | None = None,
 ) -> RegistrationModel:
-    """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`."""
-    return RegistrationModel(backbone, losses, weighting)
+    """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`
+    (``prealign``: see :class:`RegistrationModel`)."""
+    return RegistrationModel(backbone, losses, weighting, prealign=prealign)
 
 
 @gin.configurable(module="ddmr")

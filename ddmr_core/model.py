@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .spatial import warp
+from .spatial import intensity_centroid, warp
 
 LOSS_INPUTS = ("image", "segmentation", "field")
+PREALIGN = (None, "centroid")
 
 
 class RegistrationModel(nn.Module):
@@ -26,6 +27,14 @@ class RegistrationModel(nn.Module):
         losses: ``{name: loss module}``; each module has ``inputs`` in :data:`LOSS_INPUTS`.
         weighting: a loss-weighting factory ``(loss_names, regulariser_names) -> module``
             or an already built module; ``None`` sums the terms with weight 1.
+        prealign: ``None`` (the paper) or ``"centroid"``: before the backbone runs, the
+            moving image is translated so that its intensity centroid
+            (:func:`~ddmr_core.spatial.intensity_centroid`) lands on the fixed one's, and
+            the backbone predicts the residual. The returned field is the total one
+            (residual plus the constant shift), so it is used exactly like any other.
+            The same initialisation ANTs and ITK start from (centre of mass): it takes
+            the bulk translation off the network, which is what a small network trained
+            briefly learns last.
     """
 
     def __init__(
@@ -33,8 +42,12 @@ class RegistrationModel(nn.Module):
         backbone: nn.Module,
         losses: Mapping[str, nn.Module] | None = None,
         weighting: Callable | nn.Module | None = None,
+        prealign: str | None = None,
     ):
         super().__init__()
+        if prealign not in PREALIGN:
+            raise ConfigError(f"prealign must be one of {PREALIGN}, got {prealign!r}")
+        self.prealign = prealign
         self.backbone = backbone
         losses = dict(losses or {})
         for name, loss in losses.items():
@@ -92,12 +105,24 @@ class RegistrationModel(nn.Module):
             raise DataError(
                 f"fixed and moving must have the same shape, got {tuple(fixed.shape)} and {tuple(moving.shape)}"
             )
-        disp = self.backbone(fixed, moving)
+        disp = self.predict_field(fixed, moving)
         warped = warp(moving, disp, mode="linear", padding="border")
         warped_segs = None
         if moving_segs is not None:
             warped_segs = warp(moving_segs, disp, mode="linear", padding="zeros")
         return {"disp": disp, "warped": warped, "warped_segs": warped_segs}
+
+    def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """The pull field ``(B, 3, D, H, W)`` (voxels of the fixed grid) for ``(B, 1, D, H, W)``
+        fixed and moving images: the backbone's prediction, after :attr:`prealign`."""
+        if self.prealign is None:
+            return self.backbone(fixed, moving)
+        # pull convention: warped(x) = moving(x + t) puts the moving centroid on the fixed one
+        shift = (intensity_centroid(moving) - intensity_centroid(fixed)).to(fixed.dtype)
+        shift = shift[:, :, None, None, None]
+        shifted = warp(moving, shift.expand(-1, -1, *moving.shape[2:]), mode="linear", padding="border")
+        # moving(x + r(x) + t) = shifted(x + r(x)): the total field is the sum, exactly
+        return self.backbone(fixed, shifted) + shift
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:
         """Every loss term, ``{name: scalar}``, from a batch and the model's output."""

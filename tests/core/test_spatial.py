@@ -159,3 +159,20 @@ def test_warp_rejects_mismatched_grids():
         spatial.warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 5))
     with pytest.raises(ValueError, match="mode"):
         spatial.warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), mode="cubic")
+
+
+def test_intensity_centroid_matches_scipy_center_of_mass():
+    # a blob on a background of 0.3 (a brightness shift): the quantile keeps the background
+    # from dragging the centroid to the middle; without a background it is scipy's centroid
+    shape = (20, 24, 28)
+    blob = np.zeros(shape, np.float32)
+    blob[3:9, 14:20, 5:12] = smooth_volume((6, 6, 7), 3) ** 2 + 0.5
+    expected = np.array(ndimage.center_of_mass(blob))
+    for offset in (0.0, 0.3):
+        got = spatial.intensity_centroid(torch.from_numpy(blob + offset)[None, None])[0].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_intensity_centroid_of_constant_image_is_grid_centre():
+    got = spatial.intensity_centroid(torch.full((2, 1, 5, 7, 9), 0.4))
+    np.testing.assert_allclose(got.numpy(), [[2, 3, 4]] * 2)
