@@ -35,13 +35,13 @@ def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.
 
 @lru_cache(maxsize=16)
 def _sampling_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
-    """``(base (1, N, 3), to_xyz (3, 3))`` for :func:`warp`: ``base + disp @ to_xyz`` is the
-    sampling grid of ``grid_sample`` -- voxel coordinates normalised to [-1, 1]
-    (``align_corners=True``) with xyz last, reversed (its x is the last array axis)."""
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
-    base = _base_grid(shape, device, dtype) * scale.view(1, 3, 1, 1, 1) - 1.0
-    base = base.flip(1).reshape(1, 3, -1).transpose(1, 2).contiguous()
-    return base, torch.diag(scale).flip(1)
+    """``(base, scale)``, both ``(1, 3, ...)`` with the channels in xyz order (reversed:
+    grid_sample's x is the last array axis): ``base + disp.flip(1) * scale`` is the
+    sampling grid of ``grid_sample``, channels first -- voxel coordinates normalised to
+    [-1, 1] (``align_corners=True``)."""
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype).view(1, 3, 1, 1, 1)
+    base = _base_grid(shape, device, dtype) * scale - 1.0
+    return base.flip(1).contiguous(), scale.flip(1).contiguous()
 
 
 def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -76,31 +76,85 @@ def warp(
         raise ValueError(
             f"image grid {tuple(image.shape[2:])} and field grid {tuple(disp.shape[2:])} differ"
         )
+    return warp_with_grid(image, sampling_grid(disp), mode, padding)
+
+
+def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(B, D, H, W, 3)`` that :func:`warp` samples with for the
+    pull field ``disp (B, 3, D, H, W)``: ``x + disp(x)`` normalised to [-1, 1]
+    (``align_corners=True``), xyz last (its x is the last array axis); a view of a
+    channels-first tensor.
+
+    With :func:`warp_with_grid`, several images warped by one field share it."""
+    _check_field(disp)
+    dtype = disp.dtype if disp.is_floating_point() else torch.float32
+    base, scale = _sampling_grid(tuple(disp.shape[2:]), disp.device, dtype)
+    # One fused pass (plus the channel flip) over the field, channels first; the xyz-last
+    # layout grid_sample wants is a permuted view, which it reads as fast as a contiguous
+    # grid (measured on the CPU: ~10x cheaper than a (N, 3) @ (3, 3) matmul building it).
+    return torch.addcmul(base, disp.to(dtype).flip(1), scale).permute(0, 2, 3, 4, 1)
+
+
+def warp_with_grid(
+    image: torch.Tensor, grid: torch.Tensor, mode: str = "linear", padding: str = "zeros"
+) -> torch.Tensor:
+    """:func:`warp` with the grid of :func:`sampling_grid` (``grid``'s batch may be 1)."""
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
     if padding not in _PADDINGS:
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    if tuple(image.shape[2:]) != tuple(grid.shape[1:4]):
+        raise ValueError(f"image grid {tuple(image.shape[2:])} and sampling grid {tuple(grid.shape[1:4])} differ")
     out_dtype = image.dtype
     src = image if image.is_floating_point() else image.float()
-    dtype = disp.dtype if disp.is_floating_point() else torch.float32
-    shape = tuple(disp.shape[2:])
-    base, to_xyz = _sampling_grid(shape, disp.device, dtype)
-    b = disp.shape[0]
-    # grid = base + disp @ to_xyz as one batched matmul: the field is read once, as a
-    # transposed view, instead of add, scale, shift and flip passes over it.
-    grid = torch.baddbmm(
-        base.expand(b, -1, -1), disp.to(dtype).reshape(b, 3, -1).transpose(1, 2), to_xyz.expand(b, 3, 3)
-    ).view(b, *shape, 3)
     if grid.shape[0] != src.shape[0]:
         grid = grid.expand(src.shape[0], *grid.shape[1:])
     out = F.grid_sample(
-        src.to(dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True
+        src.to(grid.dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True
     )
     if not image.is_floating_point():
         out = out.round().to(out_dtype)
     else:
         out = out.to(out_dtype)
     return out
+
+
+@lru_cache(maxsize=32)
+def _lerp_matrix(n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, m)``: linear interpolation from ``m`` nodes spanning ``[0, n - 1]`` (first to
+    last voxel) to the ``n`` voxels, as ``F.interpolate(..., align_corners=True)`` does."""
+    pos = torch.arange(n, dtype=torch.float64) * ((m - 1) / max(n - 1, 1))
+    i0 = pos.floor().clamp(max=max(m - 2, 0)).long()
+    frac = pos - i0
+    rows = torch.arange(n)
+    M = torch.zeros(n, m, dtype=torch.float64)
+    M[rows, i0] += 1 - frac
+    if m > 1:
+        M[rows, i0 + 1] += frac
+    return M.to(device=device, dtype=dtype)
+
+
+def upsample_lattice(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Trilinear upsampling ``(B, C, l0, l1, l2) -> (B, C, *shape)`` from a lattice whose
+    nodes span the grid from its first to its last voxel along every axis
+    (``F.interpolate(field, shape, mode="trilinear", align_corners=True)``, to float
+    rounding). Values are not rescaled: a displacement field on such a lattice holds
+    voxels of the full grid.
+
+    Done as three matmuls with the (two-tap) interpolation matrix of each axis, which is
+    ~4x faster than ``F.interpolate`` on the CPU. Trilinear interpolation reproduces affine
+    functions exactly, and it is linear."""
+    shape = tuple(int(s) for s in shape)
+    lat = tuple(field.shape[2:])
+    if lat == shape:
+        return field
+    if len(lat) != 3 or any(m > n for m, n in zip(lat, shape)):
+        raise ValueError(f"cannot upsample a lattice of shape {lat} to the grid {shape}")
+    B, C = field.shape[:2]
+    M0, M1, M2 = (_lerp_matrix(n, m, field.device, field.dtype) for n, m in zip(shape, lat))
+    x = torch.matmul(field, M2.T)  # (B, C, l0, l1, W)
+    x = torch.matmul(M1, x)  # (B, C, l0, H, W)
+    return torch.matmul(M0, x.reshape(B, C, lat[0], -1)).view(B, C, *shape)
 
 
 def resize_image(image: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:

@@ -176,3 +176,49 @@ def test_intensity_centroid_matches_scipy_center_of_mass():
 def test_intensity_centroid_of_constant_image_is_grid_centre():
     got = spatial.intensity_centroid(torch.full((2, 1, 5, 7, 9), 0.4))
     np.testing.assert_allclose(got.numpy(), [[2, 3, 4]] * 2)
+
+
+@pytest.mark.parametrize(
+    "lattice, shape", [((5, 7, 4), (17, 19, 10)), ((2, 2, 2), (9, 8, 7)), ((1, 3, 6), (4, 9, 6))]
+)
+def test_upsample_lattice_is_trilinear_align_corners(lattice, shape):
+    field = torch.randn(2, 3, *lattice, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(field, size=shape, mode="trilinear", align_corners=True)
+    got = spatial.upsample_lattice(field, shape)
+    assert got.shape == (2, 3, *shape)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert spatial.upsample_lattice(field, lattice) is field
+    with pytest.raises(ValueError, match="lattice"):
+        spatial.upsample_lattice(torch.zeros(1, 3, 8, 8, 8), (4, 8, 8))
+
+
+def test_upsample_lattice_reproduces_affine_fields_exactly():
+    # an affine field on a 2 x 2 x 2 lattice spanning the grid is exact at every voxel
+    shape = (11, 7, 9)
+    A = torch.tensor([[0.1, -0.3, 0.2], [0.05, 0.0, -0.1], [0.2, 0.1, 0.3]])
+    b = torch.tensor([1.0, -2.0, 0.5])
+
+    def field_at(points):  # points (3, ...) voxels -> A p + b
+        return torch.einsum("ij,j...->i...", A, points) + b.view(3, 1, 1, 1)
+
+    corners = torch.stack(torch.meshgrid(*[torch.tensor([0.0, n - 1]) for n in shape], indexing="ij"))
+    got = spatial.upsample_lattice(field_at(corners)[None], shape)[0]
+    assert torch.allclose(got, field_at(spatial.identity_grid(shape)[0]), atol=1e-5)
+
+
+def test_shared_sampling_grid_equals_warp():
+    shape = (12, 10, 14)
+    disp = torch.from_numpy(smooth_field(shape, 3, amplitude=4.0))[None]
+    image = torch.from_numpy(smooth_volume(shape, 1))[None, None]
+    grid = spatial.sampling_grid(disp)
+    assert grid.shape == (1, *shape, 3)
+    for padding in ("zeros", "border"):
+        assert torch.equal(spatial.warp_with_grid(image, grid, padding=padding), spatial.warp(image, disp, padding=padding))
+    # voxel coordinates x + disp, normalised to [-1, 1], xyz (reversed) last
+    pos = spatial.identity_grid(shape) + disp
+    norm = pos / torch.tensor([n - 1 for n in shape]).view(1, 3, 1, 1, 1) * 2 - 1
+    assert torch.allclose(grid, norm.flip(1).permute(0, 2, 3, 4, 1), atol=1e-6)
+    # still differentiable through the field
+    d = disp.clone().requires_grad_()
+    spatial.warp(image, d).sum().backward()
+    assert d.grad is not None and float(d.grad.abs().sum()) > 0
