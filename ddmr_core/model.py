@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .spatial import intensity_centroid, warp
+from .prealign import METHODS as PREALIGN
+from .prealign import prealign_field
+from .spatial import warp
 
 LOSS_INPUTS = ("image", "segmentation", "field")
-PREALIGN = (None, "centroid")
 
 
 class RegistrationModel(nn.Module):
@@ -27,14 +28,12 @@ class RegistrationModel(nn.Module):
         losses: ``{name: loss module}``; each module has ``inputs`` in :data:`LOSS_INPUTS`.
         weighting: a loss-weighting factory ``(loss_names, regulariser_names) -> module``
             or an already built module; ``None`` sums the terms with weight 1.
-        prealign: ``None`` (the paper) or ``"centroid"``: before the backbone runs, the
-            moving image is translated so that its intensity centroid
-            (:func:`~ddmr_core.spatial.intensity_centroid`) lands on the fixed one's, and
-            the backbone predicts the residual. The returned field is the total one
-            (residual plus the constant shift), so it is used exactly like any other.
-            The same initialisation ANTs and ITK start from (centre of mass): it takes
-            the bulk translation off the network, which is what a small network trained
-            briefly learns last.
+        prealign: ``None`` (the paper), ``"centroid"`` or ``"affine"``: a global alignment
+            (:mod:`ddmr_core.prealign`) applied to the moving image before the backbone
+            runs, so that the backbone predicts the residual. The returned field is the
+            total one, used like any other. It is the initialisation ANTs and ITK start
+            from: it takes the bulk motion off the network, which is what a small network
+            trained briefly learns last.
     """
 
     def __init__(
@@ -115,14 +114,13 @@ class RegistrationModel(nn.Module):
     def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """The pull field ``(B, 3, D, H, W)`` (voxels of the fixed grid) for ``(B, 1, D, H, W)``
         fixed and moving images: the backbone's prediction, after :attr:`prealign`."""
-        if self.prealign is None:
+        pre = prealign_field(self.prealign, fixed, moving)
+        if pre is None:
             return self.backbone(fixed, moving)
-        # pull convention: warped(x) = moving(x + t) puts the moving centroid on the fixed one
-        shift = (intensity_centroid(moving) - intensity_centroid(fixed)).to(fixed.dtype)
-        shift = shift[:, :, None, None, None]
-        shifted = warp(moving, shift.expand(-1, -1, *moving.shape[2:]), mode="linear", padding="border")
-        # moving(x + r(x) + t) = shifted(x + r(x)): the total field is the sum, exactly
-        return self.backbone(fixed, shifted) + shift
+        field, matrix = pre
+        residual = self.backbone(fixed, warp(moving, field, mode="linear", padding="border"))
+        # moving(x + r + field(x + r)) and field(x + r) = field(x) + (matrix - I) r (affine)
+        return field + torch.einsum("bij,bj...->bi...", matrix, residual)
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:
         """Every loss term, ``{name: scalar}``, from a batch and the model's output."""
