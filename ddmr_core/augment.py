@@ -19,9 +19,9 @@ The pipeline keeps a *state* dict that every step reads and returns:
     geometric steps never blurs the image twice.
 ``fixed_segs`` / ``moving_segs``
     one-hot float ``(B, L, ...)`` or label map integer ``(B, 1, ...)``, or ``None``.
-``disp_true`` ``(B, 3, D, H, W)`` or ``None`` (identity)
+``disp_true`` ``(B, 3, d, h, w)`` or ``None`` (identity)
     the pull field ``U`` with ``moving(x + U(x)) = fixed(x)`` (voxels of the fixed grid).
-``warp`` ``(B, 3, D, H, W)`` or ``None`` (identity)
+``warp`` ``(B, 3, d, h, w)`` or ``None`` (identity)
     the pull field ``W`` that renders the moving image: ``moving = warp(source, W)``;
     ``W`` is (approximately) the inverse of ``U``.
 ``spacing`` ``(B, 3)`` mm, ``affine`` ``(B, 4, 4)``
@@ -29,18 +29,42 @@ The pipeline keeps a *state* dict that every step reads and returns:
 ``generators``
     one CPU ``torch.Generator`` per sample (see :func:`sample_generators`).
 
-A geometric step draws a map ``phi_s`` (fixed side to moving side, pull field ``u_s``)
-and its inverse (pull field ``w_s``), and folds them in with
-:func:`ddmr_core.spatial.compose`::
+Fields on a lattice
+-------------------
+``U`` and ``W`` share one grid ``(d, h, w)``: the image grid ``(D, H, W)`` itself, or a
+coarser *lattice* whose ``d`` (``h``, ``w``) nodes span the image from its first to its last
+voxel along each axis (``tps`` evaluates its spline there). The field's shape says which;
+values are always voxels of the fixed grid, and the full-resolution field is the trilinear
+upsampling of the lattice one (:func:`ddmr_core.spatial.upsample_lattice`,
+``align_corners=True``). :func:`field_shape` gives the grid, :func:`lattice_nodes` the
+voxel coordinates of its nodes, and :func:`to_full_resolution` upsamples the state's
+fields in place -- what a step that needs voxel fields (``resize``) calls first. The
+render upsamples them once, at the end; :meth:`AugmentationPipeline.render` leaves the
+full-resolution fields in the state.
 
-    U <- compose(u_s, U)   # x + U(x) = phi_s(phi_old(x)): older maps act first
-    W <- compose(W, w_s)   # moving_new = warp(warp(source, W), w_s)
+A geometric step draws a map ``phi_s`` (fixed side to moving side, pull field ``u_s``)
+and its inverse (pull field ``w_s``), and folds them in with :func:`add_geometric_step`::
+
+    U <- U + u_s(x + U(x))   # x + U(x) = phi_s(phi_old(x)): older maps act first
+    W <- w_s + W(x + w_s(x)) # moving_new = warp(warp(source, W), w_s)
+
+Sampled fields (``u_s``, ``w_s`` given as tensors) are composed at full resolution with
+:func:`ddmr_core.spatial.compose`, unless the state is empty (the step's fields, lattice
+or not, become the state). Closed-form maps (``u_at``/``w_at``: rigid, affine) are
+composed on the state's grid, lattice or not, at its nodes: for ``U`` this is exact for
+an affine map (evaluated at ``x + U(x)`` in closed form; trilinear upsampling is linear
+and reproduces affine functions, so upsampling the composed lattice field gives the
+composition of the upsampled field at every voxel); for ``W`` the previous ``W`` is
+sampled at the nodes' targets (trilinear, border padding) and the result interpolated
+between the nodes, an interpolation-level approximation -- ``W`` is the approximate
+direction anyway, ``U`` the ground truth. A first closed-form step, with no field before
+it, is evaluated at every voxel.
 
 At the end the moving image and segmentations are sampled once,
 ``moving = warp(source, W)`` (images: linear, border padding; one-hot: linear, zero
-padding; label maps: nearest). Pointwise intensity steps placed after a geometric step
-therefore act before the sampling, which differs from acting after it only by
-interpolation error.
+padding; label maps: nearest; one sampling grid for all). Pointwise intensity steps
+placed after a geometric step therefore act before the sampling, which differs from
+acting after it only by interpolation error.
 
 Randomness
 ----------
@@ -60,13 +84,16 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .spatial import compose, identity_grid, warp
+from .spatial import compose, identity_grid, sampling_grid, upsample_lattice, warp, warp_with_grid
 
 __all__ = [
     "AugmentationPipeline",
     "sample_generators",
     "draw",
     "add_geometric_step",
+    "field_shape",
+    "lattice_nodes",
+    "to_full_resolution",
     "check_non_negative",
     "check_target",
 ]
@@ -102,32 +129,120 @@ def draw(
 
 
 # ------------------------------------------------------------------ geometry
+def lattice_nodes(shape, lattice, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(1, 3, *lattice)`` voxel coordinates (of the grid ``shape``) of the nodes of a
+    lattice spanning that grid from its first to its last voxel along every axis; the
+    identity grid when ``lattice == shape``."""
+    shape, lattice = tuple(int(n) for n in shape), tuple(int(m) for m in lattice)
+    nodes = identity_grid(lattice, device, dtype)
+    if lattice == shape:
+        return nodes
+    return nodes * _voxels_per_node(shape, lattice, nodes.device, dtype)
+
+
+def _voxels_per_node(shape, lattice, device, dtype) -> torch.Tensor:
+    return torch.tensor(
+        [(n - 1) / (m - 1) if m > 1 else 0.0 for n, m in zip(shape, lattice)], device=device, dtype=dtype
+    ).view(1, 3, 1, 1, 1)
+
+
+def _compose_on_lattice(first: torch.Tensor, second: torch.Tensor, shape) -> torch.Tensor:
+    """:func:`ddmr_core.spatial.compose` of two voxel fields held on the same lattice of the
+    grid ``shape``: ``second + first(x + second(x))`` at the nodes, ``first`` sampled
+    trilinearly between its nodes (border padding)."""
+    lattice = tuple(second.shape[2:])
+    if lattice == tuple(shape):
+        return compose(first, second)
+    # in lattice-node units the lattice is a regular grid, and spatial.warp samples it
+    nodes_per_voxel = torch.tensor(
+        [(m - 1) / (n - 1) if n > 1 else 0.0 for n, m in zip(shape, lattice)], device=second.device, dtype=second.dtype
+    ).view(1, 3, 1, 1, 1)
+    return second + warp(first, second * nodes_per_voxel, mode="linear", padding="border")
+
+
+def field_shape(state: State) -> tuple | None:
+    """The grid the state's fields are held on (the image grid or a coarser lattice, see
+    the module docstring), or ``None`` while there is no field."""
+    for key in ("disp_true", "warp"):
+        if state.get(key) is not None:
+            return tuple(state[key].shape[2:])
+    return None
+
+
+def to_full_resolution(state: State) -> State:
+    """Upsample the state's fields from their lattice to every voxel of the image grid
+    (in place; no-op for fields already there). Returns ``state``."""
+    shape = tuple(state["fixed"].shape[2:])
+    for key in ("disp_true", "warp"):
+        f = state.get(key)
+        if f is not None and tuple(f.shape[2:]) != shape:
+            state[key] = upsample_lattice(f, shape)
+    return state
+
+
 def add_geometric_step(
-    state: State, u: torch.Tensor | None, w: torch.Tensor, u_at: Callable | None = None
+    state: State,
+    u: torch.Tensor | None,
+    w: torch.Tensor | None,
+    u_at: Callable | None = None,
+    w_at: Callable | None = None,
 ) -> State:
     """Fold one geometric step into the state.
 
     Args:
-        u: ``(B, 3, D, H, W)`` pull field of the step's map ``phi_s`` (from the grid of the
-            moving image so far to the new moving image), voxels. May be ``None`` when
-            ``u_at`` is given.
-        w: ``(B, 3, D, H, W)`` pull field of its inverse, which renders the new moving
-            image from the previous one.
-        u_at: optional ``points (B, 3, D, H, W) -> u(points)``, the step's displacement
-            evaluated exactly at arbitrary voxel coordinates (closed-form maps such as
-            rigid ones). Composing with it needs no interpolation of ``u``: cheaper, and
-            exact at the borders.
+        u: ``(B, 3, d, h, w)`` pull field of the step's map ``phi_s`` (from the grid of the
+            moving image so far to the new moving image), voxels of the image grid, held
+            at every voxel (``(d, h, w) = (D, H, W)``) or on a lattice (module docstring).
+            May be ``None`` when ``u_at`` is given.
+        w: the same for its inverse, which renders the new moving image from the previous
+            one (same grid as ``u``). May be ``None`` when ``w_at`` is given.
+        u_at: optional ``points (B or 1, 3, ...) -> u(points)`` (any spatial shape, voxel
+            coordinates), the step's displacement in closed form (rigid and other affine
+            maps). Composing with it needs no interpolation of ``u``: cheaper, and exact
+            at the borders.
+        w_at: the same for the inverse. With ``u_at`` and ``w_at`` both given the step is
+            composed on the grid the state's fields are held on, lattice or not (for
+            ``U`` exactly when the map is affine; see the module docstring).
+
+    Sampled fields are composed at full resolution (the state's fields are upsampled
+    first), so any order of steps works; the first geometric step's fields become the
+    state as given.
     """
+    if (u is None and u_at is None) or (w is None and w_at is None):
+        raise ValueError("add_geometric_step needs u or u_at, and w or w_at")
+    fixed = state["fixed"]
+    shape = tuple(fixed.shape[2:])
     U, W = state.get("disp_true"), state.get("warp")
+    if U is None and W is None:
+        # first geometric step: its fields as given, lattice or not; closed forms at every voxel
+        grid = next((tuple(f.shape[2:]) for f in (u, w) if f is not None), shape)
+        nodes = None if u is not None and w is not None else lattice_nodes(shape, grid, fixed.device, fixed.dtype)
+        state["disp_true"] = u if u is not None else u_at(nodes)
+        state["warp"] = w if w is not None else w_at(nodes)
+        return state
+    grid = field_shape(state)
+    on_grid = (U is None or tuple(U.shape[2:]) == grid) and (W is None or tuple(W.shape[2:]) == grid)
+    if u_at is None or not on_grid or (w_at is None and tuple(w.shape[2:]) != grid):
+        # a sampled map (composing it on a lattice would not be exact), or fields on
+        # different grids: compose at every voxel
+        to_full_resolution(state)
+        U, W, grid = state.get("disp_true"), state.get("warp"), shape
+        u = None if u is None else upsample_lattice(u, shape)
+        w = None if w is None else upsample_lattice(w, shape)
+    nodes = None
+    if U is None or u_at is not None or w is None:
+        nodes = lattice_nodes(shape, grid, fixed.device, fixed.dtype)
     # U_new(x) = U(x) + u(x + U(x)): the previous maps act first, then this one.
     if U is None:
-        state["disp_true"] = u if u is not None else u_at(identity_grid(w.shape[2:], w.device, w.dtype))
+        state["disp_true"] = u if u is not None else u_at(nodes)
     elif u_at is not None:
-        state["disp_true"] = U + u_at(identity_grid(U.shape[2:], U.device, U.dtype) + U)
+        state["disp_true"] = U + u_at(nodes + U)
     else:
         state["disp_true"] = compose(u, U)
     # warp(warp(source, W), w) = warp(source, compose(W, w)).
-    state["warp"] = w if W is None else compose(W, w)
+    if w is None:
+        w = w_at(nodes)
+    state["warp"] = w if W is None else _compose_on_lattice(W, w, shape)
     return state
 
 
@@ -254,15 +369,20 @@ class AugmentationPipeline(nn.Module):
     @staticmethod
     def render(state: State) -> dict:
         """Sample the moving image and segmentations once with ``W``; identity fields
-        become zeros. Returns the pipeline's output dict."""
+        become zeros. Returns the pipeline's output dict.
+
+        Fields held on a lattice are upsampled first, in the state: afterwards
+        ``state["disp_true"]`` and ``state["warp"]`` are the full-resolution ``U`` and ``W``."""
+        to_full_resolution(state)
         fixed, W, U = state["fixed"], state["warp"], state["disp_true"]
         moving, msegs = state["moving"], state["moving_segs"]
         if W is not None:
+            grid = sampling_grid(W.to(moving.dtype))  # one sampling grid for the image and segs
             # border: a rotated corner repeats the edge (background), not a black wedge
-            moving = warp(moving, W.to(moving.dtype), mode="linear", padding="border")
+            moving = warp_with_grid(moving, grid, mode="linear", padding="border")
             if msegs is not None:
                 mode = "nearest" if _is_label_map(msegs) else "linear"
-                msegs = warp(msegs, W, mode=mode, padding="zeros")
+                msegs = warp_with_grid(msegs, grid, mode=mode, padding="zeros")
         if U is None:
             U = fixed.new_zeros(fixed.shape[0], 3, *fixed.shape[2:])
         return {

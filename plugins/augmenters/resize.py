@@ -2,7 +2,8 @@
 
 Images are resized trilinearly, one-hot segmentations trilinearly, label maps by nearest
 neighbour, and the ground-truth and rendering fields with
-:func:`ddmr_core.spatial.resize_field` (vectors rescaled by ``N_new / N_old`` per axis).
+:func:`ddmr_core.spatial.resize_field` (vectors rescaled by ``N_new / N_old`` per axis;
+fields held on a lattice are upsampled to the old grid first).
 Spacing becomes ``spacing * N_old / N_new``; the affine is updated as
 :func:`ddmr_core.spatial.resize_affine` says. Placed first in a pipeline, the geometric
 steps then run at the (usually smaller) network size -- physically the same
@@ -16,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ddmr_core.augment import to_full_resolution
 from ddmr_core.errors import ConfigError
 from ddmr_core.spatial import resize_affine, resize_field, resize_image
 
@@ -45,6 +47,9 @@ class Resize(nn.Module):
         old = tuple(state["fixed"].shape[2:])
         if old == self.size:
             return state
+        # fields held on a lattice (spanning the old grid's first to last voxel) do not
+        # carry over to the new grid as a lattice: upsample them to the old grid first
+        to_full_resolution(state)
         for key in ("fixed", "moving"):
             state[key] = resize_image(state[key], self.size)
         same = state["moving_segs"] is state["fixed_segs"]

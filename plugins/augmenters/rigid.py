@@ -9,8 +9,12 @@ The map from the fixed image to the moving one is
     phi(p) = R (p - c) + c + t,    c = the image centre,
 
 whose pull field is ``disp_true``; its exact inverse ``R^T (q - c - t) + c`` renders the
-moving image. Both are affine, evaluated exactly at every voxel: this step adds no
-approximation beyond image interpolation. ``|t| <= max_translation``; the displacement at
+moving image. Both are affine, ``u(x) = A x + b`` in voxels, and the pipeline evaluates
+them in closed form (:func:`ddmr_core.augment.add_geometric_step` with ``u_at``/``w_at``):
+at every voxel when this is the first geometric step; after ``tps`` at the nodes of the
+lattice its fields are held on -- exact for ``disp_true`` (trilinear upsampling reproduces
+affine maps), an interpolation-level approximation for the rendering field (module
+docstring of :mod:`ddmr_core.augment`). ``|t| <= max_translation``; the displacement at
 the centre is ``t``, elsewhere rotation adds ``|(R - I)(p - c)|``.
 """
 
@@ -39,6 +43,25 @@ def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     return rot(1, 2, 0) @ rot(2, 0, 1) @ rot(0, 1, 2)
 
 
+def voxel_affine(matrix: torch.Tensor, offset: torch.Tensor, spacing: torch.Tensor):
+    """``(A (B, 3, 3), b (B, 3))`` float64 with ``u(x) = A x + b`` the pull field in voxels
+    of the map ``p -> matrix @ p + offset`` (mm; voxel ``x`` sits at ``p = S x``,
+    ``S = diag(spacing)``): ``A = S^-1 matrix S - I``, ``b = S^-1 offset``."""
+    sp = spacing.double()
+    m = matrix.double()
+    A = m * sp[:, None, :] / sp[:, :, None] - torch.eye(3, dtype=torch.float64, device=m.device)
+    return A, offset.double() / sp
+
+
+def affine_displacement(A: torch.Tensor, b: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``A x + b`` at voxel coordinates ``points (B or 1, 3, ...)`` -> ``(B, 3, ...)`` in
+    ``points``' dtype: one batched matmul."""
+    B, shape = A.shape[0], points.shape[2:]
+    p = points.reshape(points.shape[0], 3, -1).expand(B, -1, -1)
+    A, b = A.to(points.dtype), b.to(points.dtype)
+    return torch.baddbmm(b.unsqueeze(-1), A, p).view(B, 3, *shape)
+
+
 def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor,
                  points: torch.Tensor | None = None) -> torch.Tensor:
     """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm).
@@ -46,12 +69,10 @@ def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: tor
     By default evaluated at the voxels of the grid; ``points`` ``(B, 3, D, H, W)`` (voxel
     coordinates) evaluates the displacement there instead, exactly: the composition of an
     earlier field with this map needs no interpolation."""
-    sp = spacing.view(-1, 3, 1, 1, 1)
     if points is None:
         points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
-    p = points * sp  # (B, 3, ...) mm
-    q = torch.einsum("bij,bj...->bi...", matrix, p) + offset.view(-1, 3, 1, 1, 1)
-    return (q - p) / sp
+    A, b = voxel_affine(matrix, offset, spacing.to(matrix.device))
+    return affine_displacement(A, b, points)
 
 
 class Rigid(nn.Module):
@@ -103,11 +124,15 @@ class Rigid(nn.Module):
 
     def forward(self, state):
         fixed = state["fixed"]
-        shape, dtype = tuple(fixed.shape[2:]), fixed.dtype
+        shape = tuple(fixed.shape[2:])
         angles, t = self.draw_parameters(state)
         R, off, Rt, off_inv = self.maps(angles, t, shape, state["spacing"])
-        sp = state["spacing"].to(dtype)
-        R, off = R.to(dtype), off.to(dtype)
-        w = affine_field(Rt.to(dtype), off_inv.to(dtype), shape, sp)
-        # the map is affine: let the pipeline evaluate it exactly wherever it needs it
-        return add_geometric_step(state, None, w, u_at=lambda p: affine_field(R, off, shape, sp, points=p))
+        A, b = voxel_affine(R, off, state["spacing"])
+        Ai, bi = voxel_affine(Rt, off_inv, state["spacing"])
+        # The map is affine: the pipeline evaluates it, and its inverse, in closed form
+        # wherever it needs them -- on the lattice its fields are held on, if any.
+        return add_geometric_step(
+            state, None, None,
+            u_at=lambda p: affine_displacement(A, b, p),
+            w_at=lambda p: affine_displacement(Ai, bi, p),
+        )

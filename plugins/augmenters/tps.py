@@ -24,7 +24,10 @@ that depend on the geometry only: they are computed once per (shape, spacing) wi
 batched ``torch.linalg`` solve and cached, and a batch then costs two small matmuls on the
 device. With foreground points the control points differ per sample, and each batch does
 one batched ``(K + 4)``-square float64 solve plus an exact lattice evaluation.
-The inverse is iterated on the lattice (cheap) and upsampled too.
+The inverse is iterated on the lattice (cheap) too. The step hands both fields to the
+pipeline on the lattice (:meth:`TPS.lattice_fields`); the pipeline keeps them there
+through closed-form steps such as ``rigid`` and upsamples them once, when it renders the
+pair (:mod:`ddmr_core.augment`); :meth:`TPS.fields` gives them at every voxel.
 
 Measured (64^3 image, 8^3 grid, 6 mm bound, ``subdivisions=4``, 5 inverse steps;
 errors scale-free, so the same at 1-3.5 mm spacing): lattice upsampling against the exact
@@ -53,12 +56,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ddmr_core.augment import add_geometric_step, check_non_negative, draw
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import warp
+from ddmr_core.spatial import upsample_lattice, warp
 
 _CHUNK = 16384  # evaluation points per block: caps the (B, P, K) kernel matrix in memory
 
@@ -338,9 +340,11 @@ class TPS(nn.Module):
             self._cache[key] = (lu, piv, E)
         return self._cache[key]
 
-    def fields(self, state):
-        """``(u, w)``: the step's pull field (the spline, upsampled from the lattice)
-        and its inverse, ``(B, 3, D, H, W)`` voxels."""
+    def lattice_fields(self, state):
+        """``(u, w)`` on the evaluation lattice, ``(B, 3, *lattice_shape)``: the step's pull
+        field (the spline at the lattice nodes) and its inverse, in voxels of the image
+        grid. The pipeline keeps them there (see :mod:`ddmr_core.augment`); trilinear
+        upsampling (``align_corners=True``) gives the fields at every voxel."""
         fixed = state["fixed"]
         B, shape = fixed.shape[0], tuple(fixed.shape[2:])
         lattice = self.lattice_shape(shape)
@@ -353,14 +357,15 @@ class TPS(nn.Module):
             [(m - 1) / max(n - 1, 1) for n, m in zip(shape, lattice)], device=fixed.device, dtype=fixed.dtype
         ).view(1, 3, 1, 1, 1)
         w = invert_field(u * node, self.inverse_iterations) / node
+        return u, w
 
-        def up(v):
-            if tuple(lattice) == shape:
-                return v
-            return F.interpolate(v, size=shape, mode="trilinear", align_corners=True)
-
-        return up(u), up(w)
+    def fields(self, state):
+        """``(u, w)``: the step's pull field (the spline, upsampled from the lattice)
+        and its inverse, ``(B, 3, D, H, W)`` voxels."""
+        shape = tuple(state["fixed"].shape[2:])
+        return tuple(upsample_lattice(f, shape) for f in self.lattice_fields(state))
 
     def forward(self, state):
-        u, w = self.fields(state)
+        # the fields stay on the lattice: the pipeline upsamples them once, when rendering
+        u, w = self.lattice_fields(state)
         return add_geometric_step(state, u, w)
