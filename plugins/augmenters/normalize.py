@@ -34,6 +34,10 @@ class Normalize(nn.Module):
         return f"target={self.target}"
 
     def forward(self, state):
+        if self.target == "both" and state["moving"] is state["fixed"]:
+            # still one image (no intensity step before): scale it once
+            state["fixed"] = state["moving"] = min_max(state["fixed"])
+            return state
         for key in ("fixed", "moving"):
             if self.target in (key, "both"):
                 state[key] = min_max(state[key])
