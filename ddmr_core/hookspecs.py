@@ -60,7 +60,9 @@ def ddmr_augmenters():
     """Return ``{name: factory}`` of augmenters (geometric or intensity steps).
 
     An augmenter turns a fixed image into a training pair on the fly. Geometric ones
-    (``tps``, ``rigid``, ``resize``) must compose their field into ``disp_true``.
+    (``tps``, ``rigid``, ``resize``) must compose their field into ``disp_true``, with
+    :func:`ddmr_core.augment.add_geometric_step` (the state may hold its fields on a
+    lattice: see :mod:`ddmr_core.augment`).
     """
 
 
