@@ -160,9 +160,10 @@ class ModelMethod:
 
     kind = "model"
 
-    def __init__(self, name: str, checkpoint: str | Path, device="cpu", registry=None):
+    def __init__(self, name: str, checkpoint: str | Path, device="cpu", registry=None, refine: bool = True):
         self.name, self.checkpoint, self.device = name, str(checkpoint), torch.device(device)
         self.registry = registry
+        self.refine = refine  # False: switch the model's instance optimisation off
         self.model = None
         self.input_size = None
 
@@ -171,6 +172,8 @@ class ModelMethod:
 
         loaded = load_model(self.checkpoint, device=self.device, registry=self.registry)
         self.model, ckpt = loaded if isinstance(loaded, tuple) else (loaded, {})
+        if not self.refine:
+            self.model.refine_iterations = 0
         size = ckpt.get("input_size") if isinstance(ckpt, dict) else None
         self.input_size = tuple(int(s) for s in size) if size else None
 
@@ -235,10 +238,12 @@ def _model_name(spec: str) -> tuple[str, str]:
 
 
 def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), device="cpu", registry=None,
-                  make: Callable | None = None) -> list:
+                  make: Callable | None = None, unrefined: bool = False) -> list:
     """Methods in the order given: models first, then baselines (built at once by
     ``make(kind, name)``, default: the plain factory). Names are made unique; unknown
-    baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once."""
+    baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once.
+    ``unrefined``: each model also runs with its instance optimisation off, as
+    ``"NAME (no refinement)"`` (an ablation: what the network and prealignment give)."""
     from .registry import Registry
 
     methods: list = []
@@ -247,6 +252,8 @@ def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), dev
     for spec in models:
         name, path = _model_name(spec)
         methods.append(ModelMethod(name, path, device, registry))
+        if unrefined:
+            methods.append(ModelMethod(f"{name} (no refinement)", path, device, registry, refine=False))
     for name in baselines:
         methods.append(BaselineMethod(name, make("baselines", name)))
     seen: dict[str, int] = {}
@@ -417,7 +424,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
              out: str | Path = "evaluation", original_resolution: bool = False,
              metrics: Sequence[str] | None = None, device: str | None = None, registry=None,
              progress: Callable[[str], Any] | None = None, figures: bool = True,
-             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> EvaluationResult:
+             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
+             unrefined: bool = False) -> EvaluationResult:
     """Evaluate models (checkpoint paths, optionally ``NAME=PATH``) and baselines (plugin
     names) on a test set; write ``out/per_pair.csv``, ``out/summary.md`` and figures.
 
@@ -427,6 +435,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         progress: called with one line per method and pair (default: print).
         gin_files, gin_bindings: gin configuration of the baselines and metrics, e.g.
             ``ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)``.
+        unrefined: also score each model without its instance optimisation
+            (see :func:`build_methods`).
 
     Raises:
         DataError: the test set folder/manifest is unusable (before anything runs).
@@ -451,7 +461,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     names = list(metrics) if metrics else sorted(registry.names("metrics"),
                                                  key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
     metric_objs = {n: make("metrics", n) for n in names}
-    methods = build_methods(models, baselines, device, registry, make)
+    methods = build_methods(models, baselines, device, registry, make, unrefined=unrefined)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if original_resolution and not tset.has_original:

@@ -25,10 +25,11 @@ def build_model(
     losses: Mapping[str, nn.Module] | None = None,
     weighting=None,
     prealign: str | None = None,
+    refine_iterations: int = 0,
 ) -> RegistrationModel:
     """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`
-    (``prealign``: see :class:`RegistrationModel`)."""
-    return RegistrationModel(backbone, losses, weighting, prealign=prealign)
+    (``prealign``, ``refine_iterations``: see :class:`RegistrationModel`)."""
+    return RegistrationModel(backbone, losses, weighting, prealign=prealign, refine_iterations=refine_iterations)
 
 
 @gin.configurable(module="ddmr")

@@ -17,6 +17,7 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .prealign import METHODS as PREALIGN
 from .prealign import prealign_field
+from .refine import refine_field
 from .spatial import warp
 
 LOSS_INPUTS = ("image", "segmentation", "field")
@@ -34,6 +35,9 @@ class RegistrationModel(nn.Module):
             total one, used like any other. It is the initialisation ANTs and ITK start
             from: it takes the bulk motion off the network, which is what a small network
             trained briefly learns last.
+        refine_iterations: at inference only (``model.eval()``), polish the predicted
+            field for the pair at hand with this many steps of instance optimisation
+            (:func:`~ddmr_core.refine.refine_field`); 0 (the paper) for none.
     """
 
     def __init__(
@@ -42,8 +46,12 @@ class RegistrationModel(nn.Module):
         losses: Mapping[str, nn.Module] | None = None,
         weighting: Callable | nn.Module | None = None,
         prealign: str | None = None,
+        refine_iterations: int = 0,
     ):
         super().__init__()
+        if int(refine_iterations) != refine_iterations or refine_iterations < 0:
+            raise ConfigError(f"refine_iterations must be a non-negative integer, got {refine_iterations!r}")
+        self.refine_iterations = int(refine_iterations)
         if prealign not in PREALIGN:
             raise ConfigError(f"prealign must be one of {PREALIGN}, got {prealign!r}")
         self.prealign = prealign
@@ -90,12 +98,14 @@ class RegistrationModel(nn.Module):
                 "use a dataset with segmentations or a design without segmentation losses (e.g. bl_n)"
             )
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, moving_segs: torch.Tensor | None = None):
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, moving_segs: torch.Tensor | None = None,
+                refine: bool | None = None):
         """Predict and apply the field.
 
         Args:
             fixed, moving: ``(B, 1, D, H, W)`` images in [0, 1] on the same grid.
             moving_segs: optional one-hot ``(B, L, D, H, W)``, warped linearly.
+            refine: apply :attr:`refine_iterations`; ``None``: in evaluation mode only.
 
         Returns:
             ``{"disp": (B, 3, D, H, W), "warped": (B, 1, ...), "warped_segs": (B, L, ...) or None}``
@@ -104,23 +114,31 @@ class RegistrationModel(nn.Module):
             raise DataError(
                 f"fixed and moving must have the same shape, got {tuple(fixed.shape)} and {tuple(moving.shape)}"
             )
-        disp = self.predict_field(fixed, moving)
+        disp = self.predict_field(fixed, moving, refine=refine)
         warped = warp(moving, disp, mode="linear", padding="border")
         warped_segs = None
         if moving_segs is not None:
             warped_segs = warp(moving_segs, disp, mode="linear", padding="zeros")
         return {"disp": disp, "warped": warped, "warped_segs": warped_segs}
 
-    def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor, refine: bool | None = None) -> torch.Tensor:
         """The pull field ``(B, 3, D, H, W)`` (voxels of the fixed grid) for ``(B, 1, D, H, W)``
-        fixed and moving images: the backbone's prediction, after :attr:`prealign`."""
+        fixed and moving images: the backbone's prediction, after :attr:`prealign`, and
+        refined when :attr:`refine_iterations` > 0 and ``refine`` (``None``: the model is in
+        evaluation mode)."""
         pre = prealign_field(self.prealign, fixed, moving)
         if pre is None:
-            return self.backbone(fixed, moving)
-        field, matrix = pre
-        residual = self.backbone(fixed, warp(moving, field, mode="linear", padding="border"))
-        # moving(x + r + field(x + r)) and field(x + r) = field(x) + (matrix - I) r (affine)
-        return field + torch.einsum("bij,bj...->bi...", matrix, residual)
+            disp = self.backbone(fixed, moving)
+        else:
+            field, matrix = pre
+            residual = self.backbone(fixed, warp(moving, field, mode="linear", padding="border"))
+            # moving(x + r + field(x + r)) and field(x + r) = field(x) + (matrix - I) r (affine)
+            disp = field + torch.einsum("bij,bj...->bi...", matrix, residual)
+        if refine is None:
+            refine = not self.training
+        if self.refine_iterations and refine:
+            disp = refine_field(fixed, moving, disp, iterations=self.refine_iterations)
+        return disp
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:
         """Every loss term, ``{name: scalar}``, from a batch and the model's output."""
@@ -152,6 +170,7 @@ class RegistrationModel(nn.Module):
     def compute_loss(self, batch: Mapping[str, torch.Tensor]):
         """Forward pass plus loss: returns ``(total, terms, out)``."""
         segs = batch.get("moving_segs") if self.needs_segmentations else None
-        out = self(batch["fixed"], batch["moving"], segs)
+        # losses judge the network itself: validation (eval mode) does not refine
+        out = self(batch["fixed"], batch["moving"], segs, refine=False)
         terms = self.loss_terms(batch, out)
         return self.combine(terms), terms, out

@@ -25,6 +25,9 @@ def add_arguments(parser):
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
                         help="gin binding, e.g. 'ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)' (repeatable)")
     parser.add_argument("--device", default=None, help="torch device for the models (default: cuda if available)")
+    parser.add_argument("--unrefined", action="store_true",
+                        help="also score each model with its instance optimisation (refine_iterations) "
+                             "off, as 'NAME (no refinement)'")
     parser.add_argument("--no-figures", action="store_true", help="skip box plots and median-pair figures")
 
 
@@ -42,6 +45,7 @@ def run(args) -> int:
         figures=not args.no_figures,
         gin_files=args.config,
         gin_bindings=args.gin,
+        unrefined=args.unrefined,
     )
     # files are complete either way; a non-zero status tells scripts that some runs failed
     return 1 if result.failures else 0

@@ -313,3 +313,25 @@ def test_reads_what_the_testset_writer_writes(tmp_path):
     (row,) = res.rows
     assert row["error"] == "" and row["dsc"] == pytest.approx(1.0)
     assert row["epe"] == pytest.approx(np.linalg.norm(SHIFT * SPACING), rel=1e-5)
+
+
+def test_unrefined_rows_score_the_network_alone(tmp_path, registry):
+    # a network predicting nothing, refined at inference: the refined rows must beat the
+    # "(no refinement)" rows, which are exactly the identity's
+    root = _write_testset(tmp_path / "ts", n_pairs=2)
+    path = tmp_path / "zero.pt"
+    model = nn.Module()
+    model.backbone = ShiftNet()
+    save_checkpoint(path, {"model": model.state_dict(), "input_size": list(NET), "labels": [1, 2],
+                           "gin_config": "ddmr.build_model.backbone = @ddmr.backbones.test_shift()\n"
+                                         "ddmr.build_model.refine_iterations = 40\n"})
+    res = evaluate(root, models=[f"zero={path}"], baselines=["identity"], out=tmp_path / "ev", registry=registry,
+                   metrics=["ncc"], figures=False, unrefined=True, device="cpu", progress=lambda line: None)
+    assert not res.failures
+    rows = _read_csv(tmp_path / "ev" / "per_pair.csv")
+    ncc = {}
+    for r in rows:
+        ncc.setdefault(r["method"], []).append(float(r["ncc"]))
+    assert set(ncc) == {"zero", "zero (no refinement)", "identity"}
+    np.testing.assert_allclose(ncc["zero (no refinement)"], ncc["identity"], atol=1e-6)
+    assert min(ncc["zero"]) > max(ncc["identity"]) + 0.05
