@@ -127,7 +127,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     return best if best.exists() else Path(run_dir) / "last.pt"
 
 
-def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=None) -> Step:
+def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=None, unrefined=False) -> Step:
     def run():
         import shutil
 
@@ -139,7 +139,8 @@ def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=N
         if Path(report).exists():  # an interrupted evaluation is redone from scratch
             shutil.rmtree(report)
         dev = ["--device", device] if device else []
-        cli("evaluate", "--testset", testset, *args, "--out", report, *dev)
+        extra = ["--unrefined"] if unrefined else []
+        cli("evaluate", "--testset", testset, *args, "--out", report, *dev, *extra)
 
     what = ", ".join(list(models) + list(baselines))
     return Step("evaluate", run, f"evaluate {what}")
