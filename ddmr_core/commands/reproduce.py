@@ -50,6 +50,10 @@ def add_arguments(parser):
     parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
                         metavar="DESIGN", help="subset of the six designs")
     parser.add_argument("--light", action="store_true", help="the light CPU U-Net instead of the paper's")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="ddmr's hybrid model (mixins/model/hybrid.gin: affine initialisation, diffeomorphic "
+                             "field, instance optimisation at inference); the report also scores the models "
+                             "without refinement. Not the paper's method")
     parser.add_argument("--device", default=None, help="device (default: cuda if available)")
 
 
@@ -65,6 +69,8 @@ def build_steps(args) -> list:
     runs = {}
     if folder is not None:
         bindings = data_bindings(cache, size, args.light)
+        if getattr(args, "hybrid", False):
+            bindings.append("include 'mixins/model/hybrid.gin'")
         max_steps = args.steps if args.steps is not None else 10**9
         for design in args.designs:
             f = DESIGN_FILES[design]
@@ -80,7 +86,8 @@ def build_steps(args) -> list:
             steps.append(train_step(design, f"experiments/{folder}/{f}.gin", runs[design], max_steps,
                                     extra, args.device))
     steps.append(testset_step(dataset, pairs, size, 2023, testset))
-    steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device))
+    steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device,
+                               unrefined=bool(runs) and getattr(args, "hybrid", False)))
     return steps
 
 

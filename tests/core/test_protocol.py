@@ -54,3 +54,23 @@ def test_demo_rejects_bad_sizes(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--size", "50")
     assert out.returncode == 2 and "multiple of 16" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tmp_path, monkeypatch, hybrid):
+    # the steps call `ddmr ...` sub-commands: record their arguments instead of running them
+    import argparse
+
+    from ddmr_core import protocol
+    from ddmr_core.commands import reproduce
+
+    calls = []
+    monkeypatch.setattr(protocol, "cli", lambda *argv: calls.append([str(a) for a in argv]))
+    args = argparse.Namespace(experiment="brain", out=str(tmp_path), size=32, steps=3, pairs=2,
+                              designs=["BL-N"], light=True, hybrid=hybrid, device=None)
+    for step in reproduce.build_steps(args):
+        step.run()
+    train = next(c for c in calls if c[0] == "train")
+    evaluate = next(c for c in calls if c[0] == "evaluate")
+    assert ("include 'mixins/model/hybrid.gin'" in train) == hybrid
+    assert ("--unrefined" in evaluate) == hybrid
