@@ -36,8 +36,8 @@ def centroid_shift(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     return intensity_centroid(moving) - intensity_centroid(fixed)
 
 
-def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Global NCC per sample, ``(B,)``."""
+def global_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Global normalised cross-correlation per sample of ``(B, C, ...)`` tensors, ``(B,)``."""
     a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
     b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
@@ -102,7 +102,7 @@ def fit_affine(
             for _ in range(int(steps)):
                 grid = F.affine_grid(theta, f.shape, align_corners=True)
                 warped = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
-                loss = -_ncc(warped, f).sum()
+                loss = -global_ncc(warped, f).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .prealign import global_ncc
 from .spatial import resize_field, warp
-
-
-def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Global normalised cross-correlation per sample, ``(B,)``."""
-    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
-    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
 
 
 def refine_field(
@@ -67,7 +61,7 @@ def refine_field(
         for _ in range(int(iterations)):
             warped = warp(m, d + resize_field(c, shape), mode="linear", padding="border")
             smooth = sum(c.diff(dim=k).square().flatten(1).mean(1) for k in (2, 3, 4))
-            loss = (smoothness * smooth - _ncc(warped, f)).sum()
+            loss = (smoothness * smooth - global_ncc(warped, f)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
