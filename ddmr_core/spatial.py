@@ -26,14 +26,27 @@ _MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear",
 _PADDINGS = ("zeros", "border", "reflection")
 
 
-@lru_cache(maxsize=16)
+def _cached(fn):
+    """``lru_cache`` for tensor builders: the tensors are made outside inference mode, so
+    a grid first built under ``torch.inference_mode()`` (evaluation) can still take part
+    in autograd later (training, or the instance optimisation run during inference)."""
+
+    @lru_cache(maxsize=32)
+    def build(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    return build
+
+
+@_cached
 def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Cached: building the identity grid is a noticeable share of a warp at 128^3.
     axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
-@lru_cache(maxsize=16)
+@_cached
 def _sampling_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
     """``(base, scale)``, both ``(1, 3, ...)`` with the channels in xyz order (reversed:
     grid_sample's x is the last array axis): ``base + disp.flip(1) * scale`` is the
@@ -119,7 +132,7 @@ def warp_with_grid(
     return out
 
 
-@lru_cache(maxsize=32)
+@_cached
 def _lerp_matrix(n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``(n, m)``: linear interpolation from ``m`` nodes spanning ``[0, n - 1]`` (first to
     last voxel) to the ``n`` voxels, as ``F.interpolate(..., align_corners=True)`` does."""

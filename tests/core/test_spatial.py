@@ -222,3 +222,15 @@ def test_shared_sampling_grid_equals_warp():
     d = disp.clone().requires_grad_()
     spatial.warp(image, d).sum().backward()
     assert d.grad is not None and float(d.grad.abs().sum()) > 0
+
+
+def test_grids_cached_under_inference_mode_still_support_autograd():
+    # evaluation builds (and caches) grids under torch.inference_mode(); training, or the
+    # instance optimisation run inside an evaluation, must still differentiate through them
+    shape = (7, 9, 11)  # a grid no other test uses, so the first use is the one below
+    image = torch.rand(1, 1, *shape)
+    with torch.inference_mode():
+        spatial.warp(image, torch.zeros(1, 3, *shape))
+    disp = torch.zeros(1, 3, *shape, requires_grad=True)
+    spatial.warp(image, disp).sum().backward()
+    assert disp.grad is not None and torch.isfinite(disp.grad).all()
