@@ -8,9 +8,11 @@ optimises a correction ``c`` on a grid ``factor`` times coarser (smooth, and che
 added to the field::
 
     disp' = disp + resize_field(c)
-    maximise  NCC(warp(moving, disp'), fixed) - smoothness * mean |grad c|^2
+    maximise  NCC(warp(N(moving), disp'), N(fixed)) - smoothness * mean |grad c|^2
 
-with global NCC (the paper's intensity loss) per sample. Used by
+with global NCC per sample of locally normalised images ``N(I) = (I - mean_w(I)) /
+(std_w(I) + 0.05)`` (box window ``w``, computed once per pair): almost what local NCC
+measures, at the cost of global NCC, since only the warp runs in the loop. Used by
 :class:`~ddmr_core.model.RegistrationModel` when ``refine_iterations > 0`` and the
 model is in evaluation mode; training never refines (the network must learn).
 """
@@ -19,8 +21,20 @@ from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
 from .prealign import global_ncc
 from .spatial import resize_field, warp
+
+
+def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
+    """``(I - mean) / (std + eps)`` over a ``window``-voxel box around each voxel
+    (``(B, C, D, H, W)``; the box is clipped at the borders). ``eps`` (intensity units of
+    [0, 1] images) keeps flat background from being amplified into noise."""
+    box = lambda t: F.avg_pool3d(t, window, stride=1, padding=window // 2, count_include_pad=False)  # noqa: E731
+    mean = box(image)
+    var = (box(image * image) - mean * mean).clamp_min(0)
+    return (image - mean) / (var.sqrt() + eps)
 
 
 def refine_field(
@@ -31,6 +45,7 @@ def refine_field(
     lr: float = 0.2,
     smoothness: float = 0.1,
     factor: int = 2,
+    window: int = 5,
 ) -> torch.Tensor:
     """Refine the pull field ``disp`` of ``(fixed, moving)`` by instance optimisation.
 
@@ -41,14 +56,17 @@ def refine_field(
         lr: Adam step, voxels of the coarse grid.
         smoothness: weight of the diffusion penalty on the correction (coarse voxels^2).
         factor: the correction lives on a grid ``factor`` times coarser per axis.
+        window: box size (odd) of the local normalisation; 0 compares the raw images.
 
     Returns:
         The refined field, ``(B, 3, D, H, W)``, detached from any graph.
 
     Measured on the demo's 64^3 brain test pairs (2-core CPU), from the affine
-    initialisation alone: mean Dice 0.65 -> 0.805 with 20 steps (0.56 s per pair),
-    0.814 with 30; a smaller ``smoothness`` (0.02) gives 0.79 (the correction starts to
-    fit noise), a coarser grid (``factor=4``) 0.807.
+    initialisation alone (mean Dice 0.65): 0.836 with the defaults (20 steps, ~0.65 s per
+    pair), 0.845 with 30; raw images (``window=0``) 0.807, ``window`` 3 0.836, 9 0.822;
+    ``smoothness`` 0.05 0.825 (the correction starts to fit noise), ``factor=4`` with raw
+    images 0.807 against 0.805. A real local NCC (five box filters per step) reached 0.84
+    at about ten times the cost.
     """
     if iterations <= 0:
         return disp
@@ -56,6 +74,8 @@ def refine_field(
     coarse = tuple(max(1, n // int(factor)) for n in shape)
     with torch.inference_mode(False), torch.enable_grad():
         f, m, d = fixed.detach().clone(), moving.detach().clone(), disp.detach().clone()
+        if window:
+            f, m = local_normalise(f, int(window)), local_normalise(m, int(window))
         c = torch.zeros(d.shape[0], 3, *coarse, device=d.device, dtype=d.dtype, requires_grad=True)
         opt = torch.optim.Adam([c], lr=lr)
         for _ in range(int(iterations)):
