@@ -1,10 +1,12 @@
 """Every benchmark in one run, figures side by side (``make bench``).
 
-    python benchmarks/run_all.py [--quick] [--demo-report demo_out/report]
+    python benchmarks/run_all.py [--quick] [--demo-report demo_out/report] [--model CKPT]
 
 Runs, each in its own process (so peak-memory figures do not mix):
 
-* inference of the default model vs ``ants_syn`` at 128^3, with the ratio;
+* inference of the default model vs ``ants_syn`` at 128^3, with the ratio; when a trained
+  checkpoint exists (``--model``, default the demo's UW-NSD), that model, and its Dice
+  against ``ants_syn``'s on 8 brain test pairs at the same size (``--dice-pairs``);
 * the augmentation overhead of a training step (64^3 on CPU);
 * the trainer's overhead against a bare PyTorch loop (64^3);
 * loader throughput from a ``ddmr prepare`` cache at 128^3;
@@ -56,10 +58,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--demo-report", default="demo_out/report")
+    ap.add_argument("--model", default="demo_out/runs/UW-NSD/best.pt",
+                    help="trained checkpoint for the inference and Dice comparison (default: the demo's UW-NSD)")
     args = ap.parse_args(argv)
     size = "64" if args.quick else "128"
+    model = ("--model", args.model, "--dice-pairs", "8") if Path(args.model).exists() else ()
+    if not model:
+        print(f"(no checkpoint {args.model}: the inference benchmark times an untrained light model and skips "
+              "the Dice comparison; run `make demo` first)")
     jobs = [
-        ("inference_vs_ants.py", "--size", size),
+        ("inference_vs_ants.py", "--size", size, *model),
         ("augmentation_overhead.py",),
         ("trainer_overhead.py",),
         ("loader.py",),
@@ -78,8 +86,8 @@ def main(argv=None) -> int:
     print("\n=== summary")
     for name, text in outputs.items():
         keep = [line for line in text.splitlines()
-                if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median"))]
-        for line in keep[:6]:
+                if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median", "mean DSC"))]
+        for line in keep[:8]:
             print(f"{name:26s} {line.strip()}")
     dice = demo_dice(Path(args.demo_report))
     if dice:
