@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from ddmr_core.config import parse_config
     from ddmr_core.experiment import build_augmentation, build_model
     from ddmr_core.registry import Registry
-    from ddmr_core.spatial import resize_field, resize_image, warp
+    from ddmr_core.spatial import warp
 
     device = torch.device(args.device)
     s = args.size
@@ -84,10 +84,8 @@ def main(argv=None) -> int:
 
     def predict_and_warp():
         with torch.inference_mode():
-            if grid != (s, s, s):  # as ddmr evaluate/register run a model trained on another grid
-                disp = resize_field(model.predict_field(resize_image(fixed, grid), resize_image(moving, grid)), (s,) * 3)
-            else:
-                disp = model.predict_field(fixed, moving)
+            # as ddmr evaluate runs a model trained on another grid
+            disp = model.predict_on_grid(fixed, moving, grid)
             warped = warp(moving, disp)
         sync(device)
         return warped

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from .errors import DataError, DdmrError
 from .io import load_image, load_label_map, spacing_from_affine
-from .spatial import resize_field, resize_image, warp
+from .spatial import warp
 
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
@@ -181,14 +181,9 @@ class ModelMethod:
     def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
         f = torch.from_numpy(fixed)[None, None].to(self.device)
         m = torch.from_numpy(moving)[None, None].to(self.device)
-        grid = tuple(fixed.shape)
         _sync(self.device)
         start = time.perf_counter()
-        if self.input_size and self.input_size != grid:
-            disp = self.model.predict_field(resize_image(f, self.input_size), resize_image(m, self.input_size))
-            disp = resize_field(disp, grid)
-        else:
-            disp = self.model.predict_field(f, m)
+        disp = self.model.predict_on_grid(f, m, self.input_size)
         warped = warp(m, disp, mode="linear", padding="border")
         _sync(self.device)
         seconds = time.perf_counter() - start

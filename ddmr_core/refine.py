@@ -19,19 +19,29 @@ model is in evaluation mode; training never refines (the network must learn).
 
 from __future__ import annotations
 
-import torch
+import itertools
+import math
 
+import torch
 import torch.nn.functional as F
 
 from .prealign import global_ncc
-from .spatial import resize_field, warp
+from .spatial import identity_grid, resize_field, warp
 
 
 def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
     """``(I - mean) / (std + eps)`` over a ``window``-voxel box around each voxel
     (``(B, C, D, H, W)``; the box is clipped at the borders). ``eps`` (intensity units of
     [0, 1] images) keeps flat background from being amplified into noise."""
-    box = lambda t: F.avg_pool3d(t, window, stride=1, padding=window // 2, count_include_pad=False)  # noqa: E731
+    def box(t):  # separable: three 1-D means, equal to the clipped 3-D box mean, ~8x cheaper
+        for axis in range(3):
+            k = [1, 1, 1]
+            k[axis] = window
+            pad = [0, 0, 0]
+            pad[axis] = window // 2
+            t = F.avg_pool3d(t, tuple(k), stride=1, padding=tuple(pad), count_include_pad=False)
+        return t
+
     mean = box(image)
     var = (box(image * image) - mean * mean).clamp_min(0)
     return (image - mean) / (var.sqrt() + eps)
@@ -46,6 +56,7 @@ def refine_field(
     smoothness: float = 0.1,
     factor: int = 2,
     window: int = 5,
+    max_voxels: int = 64**3,
 ) -> torch.Tensor:
     """Refine the pull field ``disp`` of ``(fixed, moving)`` by instance optimisation.
 
@@ -57,6 +68,10 @@ def refine_field(
         smoothness: weight of the diffusion penalty on the correction (coarse voxels^2).
         factor: the correction lives on a grid ``factor`` times coarser per axis.
         window: box size (odd) of the local normalisation; 0 compares the raw images.
+        max_voxels: on a larger grid each step scores one sub-lattice of every
+            ``stride``-th voxel per axis (the smallest stride that fits), cycling through
+            the ``stride^3`` offsets, so a step costs about the same at any size while the
+            loss still sees full-resolution intensities (as ANTs and elastix sample).
 
     Returns:
         The refined field, ``(B, 3, D, H, W)``, detached from any graph.
@@ -78,11 +93,62 @@ def refine_field(
             f, m = local_normalise(f, int(window)), local_normalise(m, int(window))
         c = torch.zeros(d.shape[0], 3, *coarse, device=d.device, dtype=d.dtype, requires_grad=True)
         opt = torch.optim.Adam([c], lr=lr)
-        for _ in range(int(iterations)):
-            warped = warp(m, d + resize_field(c, shape), mode="linear", padding="border")
+        stride = next(k for k in itertools.count(1) if math.prod(-(-n // k) for n in shape) <= max_voxels)
+        offsets = list(itertools.product(range(stride), repeat=3))
+        for it in range(int(iterations)):
+            if stride == 1:
+                warped = warp(m, d + resize_field(c, shape), mode="linear", padding="border")
+                target = f
+            else:
+                offset = offsets[it % len(offsets)]
+                sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
+                pos = identity_grid(shape, d.device, d.dtype)[sub]  # (1, 3, ...) voxels
+                warped = _sample(m, pos + d[sub] + _coarse_at(c, offset, stride, shape))
+                target = f[sub]
             smooth = sum(c.diff(dim=k).square().flatten(1).mean(1) for k in (2, 3, 4))
-            loss = (smoothness * smooth - global_ncc(warped, f)).sum()
+            loss = (smoothness * smooth - global_ncc(warped, target)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         return (d + resize_field(c.detach(), shape)).detach()
+
+
+def _normalised(coords: torch.Tensor, sizes, align_corners: bool) -> torch.Tensor:
+    """Voxel coordinates ``(B, 3, ...)`` (array order) -> ``grid_sample``'s grid ``(B, ..., 3)``."""
+    n = torch.tensor(sizes, device=coords.device, dtype=coords.dtype).view(1, 3, 1, 1, 1)
+    u = coords * 2 / (n - 1).clamp_min(1) - 1 if align_corners else (2 * coords + 1) / n - 1
+    return u.flip(1).permute(0, 2, 3, 4, 1)
+
+
+def _sample(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``image`` (trilinear, border padding) at voxel coordinates ``coords (B, 3, ...)``."""
+    grid = _normalised(coords, image.shape[2:], align_corners=True)
+    return F.grid_sample(image, grid.expand(image.shape[0], *grid.shape[1:]), mode="bilinear",
+                         padding_mode="border", align_corners=True)
+
+
+def _axis_weights(n_full: int, n_coarse: int, start: int, stride: int, device, dtype) -> torch.Tensor:
+    """``(n_sub, n_coarse)`` trilinear weights (``align_corners=False``, clamped) of the
+    full-grid voxels ``start, start + stride, ...`` on a coarse axis of ``n_coarse`` nodes."""
+    p = torch.arange(start, n_full, stride, dtype=torch.float64)
+    x = ((p + 0.5) * n_coarse / n_full - 0.5).clamp(0, n_coarse - 1)
+    i0 = x.floor().long().clamp(max=max(n_coarse - 2, 0))
+    frac = x - i0
+    w = torch.zeros(len(p), n_coarse, dtype=torch.float64)
+    rows = torch.arange(len(p))
+    w[rows, i0] += 1 - frac
+    if n_coarse > 1:
+        w[rows, i0 + 1] += frac
+    return w.to(device=device, dtype=dtype)
+
+
+def _coarse_at(c: torch.Tensor, offset, stride: int, shape) -> torch.Tensor:
+    """``resize_field(c, shape)[..., o0::s, o1::s, o2::s]`` without the full-size field:
+    one small matrix product per axis (cheap forward and backward, unlike scattering
+    ``grid_sample`` gradients into ``c``)."""
+    out = c
+    for axis, (n, k, o) in enumerate(zip(shape, c.shape[2:], offset)):
+        w = _axis_weights(n, k, o, stride, c.device, c.dtype)
+        out = torch.movedim(torch.tensordot(out, w, dims=([2 + axis], [1])), -1, 2 + axis)
+    ratio = torch.tensor([n / k for n, k in zip(shape, c.shape[2:])], device=c.device, dtype=c.dtype)
+    return out * ratio.view(1, 3, 1, 1, 1)

@@ -7,7 +7,7 @@ from scipy import ndimage
 from ddmr_core.model import RegistrationModel
 from ddmr_core.prealign import global_ncc
 from ddmr_core.refine import refine_field
-from ddmr_core.spatial import warp
+from ddmr_core.spatial import resize_field, warp
 from ddmr_plugins.losses.image import ncc
 
 
@@ -58,3 +58,41 @@ def test_model_refines_in_evaluation_only_and_never_in_its_losses():
         assert model(fixed, moving)["disp"].abs().max() > 0
     _, _, out = model.compute_loss({"fixed": fixed, "moving": moving})
     assert out["disp"].abs().max() == 0  # validation judges the network, unrefined
+
+
+def test_coarse_field_at_points_equals_resize_field():
+    from ddmr_core.refine import _coarse_at
+    c = torch.randn(2, 3, 5, 6, 7)
+    shape = (12, 13, 16)
+    full = resize_field(c, shape)
+    for offset, stride in (((1, 0, 1), 2), ((0, 2, 1), 3)):
+        sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
+        torch.testing.assert_close(_coarse_at(c, offset, stride, shape), full[sub], atol=1e-5, rtol=0)
+
+
+def test_sub_lattice_steps_register_like_dense_steps():
+    # max_voxels below the grid forces stride 2 (one voxel in 8 per step); the result must
+    # still close most of the gap, and stay close to the dense refinement
+    fixed, moving, s = smooth_pair()
+    zero = torch.zeros_like(s)
+    dense = refine_field(fixed, moving, zero, iterations=60, lr=0.1)
+    sparse = refine_field(fixed, moving, zero, iterations=60, lr=0.1, max_voxels=16**3)
+    before = global_ncc(moving, fixed).item()
+    after = global_ncc(warp(moving, sparse, padding="border"), fixed).item()
+    assert after > before + 0.5 * (1 - before)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    assert (sparse - dense)[inner].norm(dim=1).mean() < 0.25 * s[inner].norm(dim=1).mean()
+
+
+def test_local_normalise_matches_a_direct_box_filter():
+    from ddmr_core.refine import local_normalise
+
+    img = torch.rand(1, 1, 9, 10, 11)
+    box = lambda t: torch.nn.functional.avg_pool3d(t, 5, stride=1, padding=2, count_include_pad=False)  # noqa: E731
+    mean = box(img)
+    std = (box(img * img) - mean * mean).clamp_min(0).sqrt()
+    torch.testing.assert_close(local_normalise(img, 5), (img - mean) / (std + 0.05), atol=1e-4, rtol=0)
+    # and by hand at a corner voxel: the box is clipped to the 3 x 3 x 3 voxels inside
+    corner = img[0, 0, :3, :3, :3]
+    expected = (img[0, 0, 0, 0, 0] - corner.mean()) / (corner.std(unbiased=False) + 0.05)
+    torch.testing.assert_close(local_normalise(img, 5)[0, 0, 0, 0, 0], expected, atol=1e-4, rtol=0)
