@@ -93,6 +93,7 @@ __all__ = [
     "add_geometric_step",
     "field_shape",
     "lattice_nodes",
+    "nodes_per_voxel",
     "to_full_resolution",
     "check_non_negative",
     "check_target",
@@ -140,6 +141,15 @@ def lattice_nodes(shape, lattice, device=None, dtype=torch.float32) -> torch.Ten
     return nodes * _voxels_per_node(shape, lattice, nodes.device, dtype)
 
 
+def nodes_per_voxel(shape, lattice, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(1, 3, 1, 1, 1)``: lattice-node spacings per voxel of the grid ``shape`` along each
+    axis, ``(m - 1) / (n - 1)`` -- multiply a voxel field by it to get lattice-node units,
+    in which the lattice is a regular grid that :func:`ddmr_core.spatial.warp` samples."""
+    return torch.tensor(
+        [(m - 1) / (n - 1) if n > 1 else 0.0 for n, m in zip(shape, lattice)], device=device, dtype=dtype
+    ).view(1, 3, 1, 1, 1)
+
+
 def _voxels_per_node(shape, lattice, device, dtype) -> torch.Tensor:
     return torch.tensor(
         [(n - 1) / (m - 1) if m > 1 else 0.0 for n, m in zip(shape, lattice)], device=device, dtype=dtype
@@ -153,11 +163,8 @@ def _compose_on_lattice(first: torch.Tensor, second: torch.Tensor, shape) -> tor
     lattice = tuple(second.shape[2:])
     if lattice == tuple(shape):
         return compose(first, second)
-    # in lattice-node units the lattice is a regular grid, and spatial.warp samples it
-    nodes_per_voxel = torch.tensor(
-        [(m - 1) / (n - 1) if n > 1 else 0.0 for n, m in zip(shape, lattice)], device=second.device, dtype=second.dtype
-    ).view(1, 3, 1, 1, 1)
-    return second + warp(first, second * nodes_per_voxel, mode="linear", padding="border")
+    scale = nodes_per_voxel(shape, lattice, second.device, second.dtype)
+    return second + warp(first, second * scale, mode="linear", padding="border")
 
 
 def field_shape(state: State) -> tuple | None:

@@ -39,7 +39,6 @@ moving_seg_original`` name the volumes on their original grids, for
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -52,11 +51,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import DataError, DdmrError
 from .io import load_image, load_label_map, spacing_from_affine
-from .spatial import warp
+from .spatial import sample_at, warp
 
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
@@ -260,17 +258,6 @@ def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), dev
 
 
 # ===================================================================== geometry
-def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """Sample ``volume (1, C, *S)`` at voxel coordinates ``coords (1, 3, *T)``."""
-    shape = volume.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=coords.dtype).view(1, 3, 1, 1, 1)
-    grid = (coords * scale - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
-    src = volume if volume.is_floating_point() else volume.float()
-    out = F.grid_sample(src.to(coords.dtype), grid, mode="bilinear" if mode == "linear" else "nearest",
-                        padding_mode=padding, align_corners=True)
-    return out.round().to(volume.dtype) if not volume.is_floating_point() else out.to(volume.dtype)
-
-
 def _apply(m: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
     m = torch.as_tensor(m, dtype=pts.dtype)
     return torch.einsum("ij,bj...->bi...", m[:3, :3], pts) + m[:3, 3].view(1, 3, 1, 1, 1)
@@ -289,7 +276,7 @@ def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_
     y = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=dtype) for n in fixed0_shape], indexing="ij"))[None]
     A_inv = np.linalg.inv(affine)
     x = _apply(A_inv @ fixed0_affine, y)
-    u = _sample(torch.from_numpy(np.asarray(disp, np.float64))[None], x, "linear", "border")
+    u = sample_at(torch.from_numpy(np.asarray(disp, np.float64))[None], x, "linear", "border")
     q = _apply(affine, x + u)
     v = _apply(np.linalg.inv(fixed0_affine), q) - y
     coords = _apply(np.linalg.inv(moving0_affine), q)
@@ -308,12 +295,12 @@ def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime:
         f0, f0_aff = pair.original["fixed"]
         m0, m0_aff = pair.original["moving"]
         disp0, coords = to_original_grid(disp, pair.affine, f0.shape, f0_aff, m0_aff)
-        warped = _sample(torch.from_numpy(m0)[None, None].double(), coords, "linear", "border")[0, 0].float().numpy()
+        warped = sample_at(torch.from_numpy(m0)[None, None].double(), coords, "linear", "border")[0, 0].float().numpy()
         moving_seg = pair.original.get("moving_seg", (None,))[0]
         fixed_seg = pair.original.get("fixed_seg", (None,))[0]
         warped_seg = None
         if moving_seg is not None:
-            warped_seg = _sample(torch.from_numpy(moving_seg)[None, None], coords, "nearest", "zeros")[0, 0].numpy()
+            warped_seg = sample_at(torch.from_numpy(moving_seg)[None, None], coords, "nearest", "zeros")[0, 0].numpy()
         if disp_true is not None:
             disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff, m0_aff)[0]
         fixed, moving, disp, spacing = f0, m0, disp0, spacing_from_affine(f0_aff)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .prealign import global_ncc
-from .spatial import identity_grid, resize_field, warp
+from .spatial import identity_grid, linear_weights, resize_field, sample_at, warp
 
 
 def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
@@ -95,6 +95,10 @@ def refine_field(
         opt = torch.optim.Adam([c], lr=lr)
         stride = next(k for k in itertools.count(1) if math.prod(-(-n // k) for n in shape) <= max_voxels)
         offsets = list(itertools.product(range(stride), repeat=3))
+        if stride > 1:  # the interpolation weights of each sub-lattice, built once
+            weights = {o: [_axis_weights(n, k, oi, stride, d.device, d.dtype) for n, k, oi in zip(shape, coarse, o)]
+                       for o in offsets[: int(iterations)]}
+            ratio = torch.tensor([n / k for n, k in zip(shape, coarse)], device=d.device, dtype=d.dtype)
         for it in range(int(iterations)):
             if stride == 1:
                 warped = warp(m, d + resize_field(c, shape), mode="linear", padding="border")
@@ -103,7 +107,7 @@ def refine_field(
                 offset = offsets[it % len(offsets)]
                 sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
                 pos = identity_grid(shape, d.device, d.dtype)[sub]  # (1, 3, ...) voxels
-                warped = _sample(m, pos + d[sub] + _coarse_at(c, offset, stride, shape))
+                warped = sample_at(m, pos + d[sub] + _coarse_at(c, weights[offset], ratio), padding="border")
                 target = f[sub]
             smooth = sum(c.diff(dim=k).square().flatten(1).mean(1) for k in (2, 3, 4))
             loss = (smoothness * smooth - global_ncc(warped, target)).sum()
@@ -113,42 +117,20 @@ def refine_field(
         return (d + resize_field(c.detach(), shape)).detach()
 
 
-def _normalised(coords: torch.Tensor, sizes, align_corners: bool) -> torch.Tensor:
-    """Voxel coordinates ``(B, 3, ...)`` (array order) -> ``grid_sample``'s grid ``(B, ..., 3)``."""
-    n = torch.tensor(sizes, device=coords.device, dtype=coords.dtype).view(1, 3, 1, 1, 1)
-    u = coords * 2 / (n - 1).clamp_min(1) - 1 if align_corners else (2 * coords + 1) / n - 1
-    return u.flip(1).permute(0, 2, 3, 4, 1)
-
-
-def _sample(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """``image`` (trilinear, border padding) at voxel coordinates ``coords (B, 3, ...)``."""
-    grid = _normalised(coords, image.shape[2:], align_corners=True)
-    return F.grid_sample(image, grid.expand(image.shape[0], *grid.shape[1:]), mode="bilinear",
-                         padding_mode="border", align_corners=True)
-
-
 def _axis_weights(n_full: int, n_coarse: int, start: int, stride: int, device, dtype) -> torch.Tensor:
     """``(n_sub, n_coarse)`` trilinear weights (``align_corners=False``, clamped) of the
     full-grid voxels ``start, start + stride, ...`` on a coarse axis of ``n_coarse`` nodes."""
     p = torch.arange(start, n_full, stride, dtype=torch.float64)
-    x = ((p + 0.5) * n_coarse / n_full - 0.5).clamp(0, n_coarse - 1)
-    i0 = x.floor().long().clamp(max=max(n_coarse - 2, 0))
-    frac = x - i0
-    w = torch.zeros(len(p), n_coarse, dtype=torch.float64)
-    rows = torch.arange(len(p))
-    w[rows, i0] += 1 - frac
-    if n_coarse > 1:
-        w[rows, i0 + 1] += frac
-    return w.to(device=device, dtype=dtype)
+    return linear_weights((p + 0.5) * n_coarse / n_full - 0.5, n_coarse).to(device=device, dtype=dtype)
 
 
-def _coarse_at(c: torch.Tensor, offset, stride: int, shape) -> torch.Tensor:
-    """``resize_field(c, shape)[..., o0::s, o1::s, o2::s]`` without the full-size field:
-    one small matrix product per axis (cheap forward and backward, unlike scattering
-    ``grid_sample`` gradients into ``c``)."""
+def _coarse_at(c: torch.Tensor, weights, ratio: torch.Tensor) -> torch.Tensor:
+    """``resize_field(c, shape)[..., o0::s, o1::s, o2::s]`` without the full-size field,
+    from the three per-axis ``weights`` of :func:`_axis_weights` and ``ratio`` ``(3,)``
+    ``N / n`` (the vector rescaling of :func:`resize_field`): one small matrix product
+    per axis (cheap forward and backward, unlike scattering ``grid_sample`` gradients
+    into ``c``)."""
     out = c
-    for axis, (n, k, o) in enumerate(zip(shape, c.shape[2:], offset)):
-        w = _axis_weights(n, k, o, stride, c.device, c.dtype)
+    for axis, w in enumerate(weights):
         out = torch.movedim(torch.tensordot(out, w, dims=([2 + axis], [1])), -1, 2 + axis)
-    ratio = torch.tensor([n / k for n, k in zip(shape, c.shape[2:])], device=c.device, dtype=c.dtype)
     return out * ratio.view(1, 3, 1, 1, 1)

@@ -40,15 +40,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import CheckpointError, DataError, DdmrError
 from .io import check_same_grid, load_image, load_label_map, spacing_from_affine
-from .spatial import resize_affine
+from .spatial import resize_affine, sample_at
 
 # ---------------------------------------------------------------- inputs
 
@@ -137,13 +136,8 @@ def _grid(shape, device) -> torch.Tensor:
 
 def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
     """Sample ``volume`` ``(C, D, H, W)`` at voxel coordinates ``coords`` ``(3, ...)``
-    (voxel centres at integers, like :func:`ddmr_core.spatial.warp`)."""
-    shape = volume.shape[1:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=coords.device)
-    g = coords * scale.view(3, *([1] * (coords.dim() - 1))) - 1.0
-    g = g.permute(*range(1, coords.dim()), 0).flip(-1)[None]
-    out = F.grid_sample(volume[None].float(), g, mode=mode, padding_mode=padding, align_corners=True)
-    return out[0]
+    (as float; :func:`ddmr_core.spatial.sample_at` without the batch axis)."""
+    return sample_at(volume[None].float(), coords[None], mode, padding)[0]
 
 
 # --------------------------------------------------------------- metrics

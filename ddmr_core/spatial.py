@@ -132,19 +132,27 @@ def warp_with_grid(
     return out
 
 
+def linear_weights(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``(n, m)`` float64 two-tap linear interpolation weights of the positions ``x (n,)``
+    (node units, clamped to ``[0, m - 1]``) on an axis of ``m`` nodes: row ``i`` times the
+    node values is the linear interpolant at ``x[i]``."""
+    x = x.double().clamp(0, max(m - 1, 0))
+    i0 = x.floor().long().clamp(max=max(m - 2, 0))
+    frac = x - i0
+    rows = torch.arange(len(x))
+    w = torch.zeros(len(x), m, dtype=torch.float64)
+    w[rows, i0] += 1 - frac
+    if m > 1:
+        w[rows, i0 + 1] += frac
+    return w
+
+
 @_cached
 def _lerp_matrix(n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``(n, m)``: linear interpolation from ``m`` nodes spanning ``[0, n - 1]`` (first to
     last voxel) to the ``n`` voxels, as ``F.interpolate(..., align_corners=True)`` does."""
     pos = torch.arange(n, dtype=torch.float64) * ((m - 1) / max(n - 1, 1))
-    i0 = pos.floor().clamp(max=max(m - 2, 0)).long()
-    frac = pos - i0
-    rows = torch.arange(n)
-    M = torch.zeros(n, m, dtype=torch.float64)
-    M[rows, i0] += 1 - frac
-    if m > 1:
-        M[rows, i0 + 1] += frac
-    return M.to(device=device, dtype=dtype)
+    return linear_weights(pos, m).to(device=device, dtype=dtype)
 
 
 def upsample_lattice(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -168,6 +176,27 @@ def upsample_lattice(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     x = torch.matmul(field, M2.T)  # (B, C, l0, l1, W)
     x = torch.matmul(M1, x)  # (B, C, l0, H, W)
     return torch.matmul(M0, x.reshape(B, C, lat[0], -1)).view(B, C, *shape)
+
+
+def sample_at(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear", padding: str = "zeros") -> torch.Tensor:
+    """Sample ``volume (B, C, *S)`` at voxel coordinates ``coords (B or 1, 3, *T)`` (array
+    order, voxel centres at integers, as in :func:`warp`) -> ``(B, C, *T)``.
+
+    Computed in ``coords``' (floating) dtype; integer volumes are sampled as float,
+    rounded and cast back. ``mode``/``padding`` as in :func:`warp`."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    shape = volume.shape[2:]
+    view = (1, 3) + (1,) * (coords.dim() - 2)
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=coords.device, dtype=coords.dtype)
+    grid = (coords * scale.view(view) - 1.0).flip(1).movedim(1, -1)
+    if grid.shape[0] != volume.shape[0]:
+        grid = grid.expand(volume.shape[0], *grid.shape[1:])
+    src = volume if volume.is_floating_point() else volume.float()
+    out = F.grid_sample(src.to(coords.dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return out.round().to(volume.dtype) if not volume.is_floating_point() else out.to(volume.dtype)
 
 
 def resize_image(image: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:

@@ -62,15 +62,10 @@ def affine_displacement(A: torch.Tensor, b: torch.Tensor, points: torch.Tensor) 
     return torch.baddbmm(b.unsqueeze(-1), A, p).view(B, 3, *shape)
 
 
-def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor,
-                 points: torch.Tensor | None = None) -> torch.Tensor:
-    """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm).
-
-    By default evaluated at the voxels of the grid; ``points`` ``(B, 3, D, H, W)`` (voxel
-    coordinates) evaluates the displacement there instead, exactly: the composition of an
-    earlier field with this map needs no interpolation."""
-    if points is None:
-        points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
+def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor) -> torch.Tensor:
+    """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm),
+    at every voxel of the grid ``shape``."""
+    points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
     A, b = voxel_affine(matrix, offset, spacing.to(matrix.device))
     return affine_displacement(A, b, points)
 

@@ -58,7 +58,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddmr_core.augment import add_geometric_step, check_non_negative, draw
+from ddmr_core.augment import add_geometric_step, check_non_negative, draw, nodes_per_voxel
 from ddmr_core.errors import ConfigError
 from ddmr_core.spatial import upsample_lattice, warp
 
@@ -353,9 +353,7 @@ class TPS(nn.Module):
         u = (u_lat / spacing[:, None]).transpose(1, 2).reshape(B, 3, *lattice)  # voxels
         # Inverse on the lattice, sampling u trilinearly there; in lattice-node units the
         # lattice is a regular grid, so spatial.warp does the sampling.
-        node = torch.tensor(
-            [(m - 1) / max(n - 1, 1) for n, m in zip(shape, lattice)], device=fixed.device, dtype=fixed.dtype
-        ).view(1, 3, 1, 1, 1)
+        node = nodes_per_voxel(shape, lattice, fixed.device, fixed.dtype)
         w = invert_field(u * node, self.inverse_iterations) / node
         return u, w
 

@@ -61,13 +61,16 @@ def test_model_refines_in_evaluation_only_and_never_in_its_losses():
 
 
 def test_coarse_field_at_points_equals_resize_field():
-    from ddmr_core.refine import _coarse_at
+    from ddmr_core.refine import _axis_weights, _coarse_at
+
     c = torch.randn(2, 3, 5, 6, 7)
     shape = (12, 13, 16)
     full = resize_field(c, shape)
     for offset, stride in (((1, 0, 1), 2), ((0, 2, 1), 3)):
         sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
-        torch.testing.assert_close(_coarse_at(c, offset, stride, shape), full[sub], atol=1e-5, rtol=0)
+        weights = [_axis_weights(n, k, o, stride, c.device, c.dtype) for n, k, o in zip(shape, c.shape[2:], offset)]
+        ratio = torch.tensor([n / k for n, k in zip(shape, c.shape[2:])])
+        torch.testing.assert_close(_coarse_at(c, weights, ratio), full[sub], atol=1e-5, rtol=0)
 
 
 def test_sub_lattice_steps_register_like_dense_steps():
