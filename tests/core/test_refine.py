@@ -99,3 +99,12 @@ def test_local_normalise_matches_a_direct_box_filter():
     corner = img[0, 0, :3, :3, :3]
     expected = (img[0, 0, 0, 0, 0] - corner.mean()) / (corner.std(unbiased=False) + 0.05)
     torch.testing.assert_close(local_normalise(img, 5)[0, 0, 0, 0, 0], expected, atol=1e-4, rtol=0)
+
+
+def test_negative_refine_iterations_is_a_config_error():
+    import pytest
+
+    from ddmr_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="refine_iterations"):
+        RegistrationModel(Zero(), refine_iterations=-1)

@@ -234,3 +234,19 @@ def test_grids_cached_under_inference_mode_still_support_autograd():
     disp = torch.zeros(1, 3, *shape, requires_grad=True)
     spatial.warp(image, disp).sum().backward()
     assert disp.grad is not None and torch.isfinite(disp.grad).all()
+
+
+def test_sample_at_matches_scipy_map_coordinates():
+    shape = (10, 12, 14)
+    image = smooth_volume(shape, 4)
+    rng = np.random.default_rng(5)
+    coords = (rng.random((3, 6, 7, 8)) * (np.array(shape) - 1).reshape(3, 1, 1, 1)).astype(np.float64)
+    expected = ndimage.map_coordinates(image.astype(np.float64), coords, order=1)
+    got = spatial.sample_at(torch.from_numpy(image).double()[None, None], torch.from_numpy(coords)[None])
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=1e-10)
+    # a label map keeps its dtype and values under nearest sampling
+    labels = torch.randint(0, 4, (1, 1) + shape, dtype=torch.uint8)
+    near = spatial.sample_at(labels, torch.from_numpy(coords.round())[None].float(), mode="nearest")
+    assert near.dtype == torch.uint8
+    idx = tuple(coords.round().astype(int))
+    np.testing.assert_array_equal(near[0, 0].numpy(), labels[0, 0].numpy()[idx])
