@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .spatial import identity_grid, intensity_centroid
+from .spatial import grid_sample, identity_grid, intensity_centroid
 
 METHODS = (None, "centroid", "affine")
 
@@ -101,7 +101,7 @@ def fit_affine(
             m = F.avg_pool3d(m0, factor) if factor > 1 else m0
             for _ in range(int(steps)):
                 grid = F.affine_grid(theta, f.shape, align_corners=True)
-                warped = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+                warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
                 loss = -global_ncc(warped, f).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError, DataError
+from ddmr_core.layers import Conv3d
 from ddmr_core.spatial import compose, resize_field
 
 
@@ -56,10 +57,10 @@ def check_pair(fixed: torch.Tensor, moving: torch.Tensor, divisor: int, what: st
         )
 
 
-def flow_conv(in_channels: int, std: float = 1e-5) -> nn.Conv3d:
+def flow_conv(in_channels: int, std: float = 1e-5) -> Conv3d:
     """The 3-filter output convolution, initialised small (``N(0, std)``, zero bias) so
     training starts from a near-identity transform, as voxelmorph does."""
-    conv = nn.Conv3d(in_channels, 3, kernel_size=3, padding=1)
+    conv = Conv3d(in_channels, 3, kernel_size=3, padding=1)
     nn.init.normal_(conv.weight, mean=0.0, std=std)
     nn.init.zeros_(conv.bias)
     return conv

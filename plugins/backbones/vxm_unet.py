@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError
+from ddmr_core.layers import Conv3d
 
 from .integration import FieldOutput, check_pair, check_size, flow_conv
 
@@ -33,7 +34,7 @@ PAPER_HEAD = (16, 16)
 
 
 def _conv_act(cin: int, cout: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, kernel_size=3, padding=1), nn.LeakyReLU(slope))
+    return nn.Sequential(Conv3d(cin, cout, kernel_size=3, padding=1), nn.LeakyReLU(slope))
 
 
 class VxmUNet(nn.Module):
@@ -90,7 +91,7 @@ class VxmUNet(nn.Module):
 
         layers = []
         for h in head:
-            layers += [nn.Conv3d(cin, h, kernel_size=3, padding=1), nn.LeakyReLU(slope)]
+            layers += [Conv3d(cin, h, kernel_size=3, padding=1), nn.LeakyReLU(slope)]
             cin = h
         layers.append(flow_conv(cin))
         self.head = nn.Sequential(*layers)

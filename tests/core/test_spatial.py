@@ -250,3 +250,28 @@ def test_sample_at_matches_scipy_map_coordinates():
     assert near.dtype == torch.uint8
     idx = tuple(coords.round().astype(int))
     np.testing.assert_array_equal(near[0, 0].numpy(), labels[0, 0].numpy()[idx])
+
+
+def test_grid_sample_split_over_threads_is_exact():
+    # a batch of one is cut into slabs sampled as a batch; values and both gradients
+    # must equal torch's own grid_sample
+    from ddmr_core.spatial import grid_sample
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.manual_seed(0)
+        vol = torch.rand(1, 2, 10, 11, 12, dtype=torch.float64, requires_grad=True)
+        grid = (torch.rand(1, 12, 5, 7, 3, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
+        for padding in ("zeros", "border"):
+            out = grid_sample(vol, grid, padding_mode=padding)
+            ref = torch.nn.functional.grid_sample(vol, grid, padding_mode=padding, align_corners=True)
+            assert out.shape == ref.shape == (1, 2, 12, 5, 7)
+            torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+            g = torch.randn_like(ref)
+            got = torch.autograd.grad(out, [vol, grid], g)
+            want = torch.autograd.grad(ref, [vol, grid], g)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
