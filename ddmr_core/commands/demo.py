@@ -58,7 +58,7 @@ def build_steps(args) -> list:
         # 2 micro-batches per optimiser step (paper: 8): on a CPU budget, more and
         # noisier steps learn more than fewer, cleaner ones.
         "ddmr.Trainer.accumulate = 2",
-        # affine initialisation, diffeomorphic output and 20 steps of instance
+        # affine initialisation, diffeomorphic output and 40 steps of instance
         # optimisation at inference: what lets minutes of CPU training reach ANTs' Dice
         "include 'mixins/model/hybrid.gin'",
     ]

@@ -108,3 +108,35 @@ def test_negative_refine_iterations_is_a_config_error():
 
     with pytest.raises(ConfigError, match="refine_iterations"):
         RegistrationModel(Zero(), refine_iterations=-1)
+
+
+def test_sub_lattice_stride_by_hand():
+    from ddmr_core.refine import sub_lattice_stride
+
+    assert sub_lattice_stride((64, 64, 64), 64**3) == 1
+    assert sub_lattice_stride((128, 128, 128), 64**3) == 2  # 64^3 points exactly
+    # 182 x 218 x 182 (the paper's brain grid): stride 3 leaves 61 * 73 * 61 = 271633 > 64^3
+    # points, stride 4 leaves 46 * 55 * 46 = 116380
+    assert sub_lattice_stride((182, 218, 182), 64**3) == 4
+
+
+def test_predict_on_grid_refines_on_the_images_grid(monkeypatch):
+    # the network works on its own (smaller) grid; the refinement sees the images' grid
+    import ddmr_core.model as model_module
+
+    seen = []
+
+    def spy(fixed, moving, disp, iterations):
+        seen.append((tuple(fixed.shape[2:]), tuple(disp.shape[2:]), iterations))
+        return disp
+
+    monkeypatch.setattr(model_module, "refine_field", spy)
+    fixed, moving, _ = smooth_pair()
+    model = RegistrationModel(Zero(), refine_iterations=3).eval()
+    with torch.inference_mode():
+        disp = model.predict_on_grid(fixed, moving, (16, 16, 16))
+    assert disp.shape == (1, 3, 32, 32, 32)
+    assert seen == [((32, 32, 32), (32, 32, 32), 3)]
+    seen.clear()
+    model.predict_on_grid(fixed, moving, (16, 16, 16), refine=False)
+    assert seen == []
