@@ -74,12 +74,12 @@ def test_coarse_field_at_points_equals_resize_field():
 
 
 def test_sub_lattice_steps_register_like_dense_steps():
-    # max_voxels below the grid forces stride 2 (one voxel in 8 per step); the result must
+    # step_voxels of 1/8 of the grid gives stride 2 (one voxel in 8 per step); the result must
     # still close most of the gap, and stay close to the dense refinement
     fixed, moving, s = smooth_pair()
     zero = torch.zeros_like(s)
     dense = refine_field(fixed, moving, zero, iterations=60, lr=0.1)
-    sparse = refine_field(fixed, moving, zero, iterations=60, lr=0.1, max_voxels=16**3)
+    sparse = refine_field(fixed, moving, zero, iterations=60, lr=0.1, step_voxels=16**3)
     before = global_ncc(moving, fixed).item()
     after = global_ncc(warp(moving, sparse, padding="border"), fixed).item()
     assert after > before + 0.5 * (1 - before)
@@ -114,10 +114,13 @@ def test_sub_lattice_stride_by_hand():
     from ddmr_core.refine import sub_lattice_stride
 
     assert sub_lattice_stride((64, 64, 64), 64**3) == 1
-    assert sub_lattice_stride((128, 128, 128), 64**3) == 2  # 64^3 points exactly
-    # 182 x 218 x 182 (the paper's brain grid): stride 3 leaves 61 * 73 * 61 = 271633 > 64^3
-    # points, stride 4 leaves 46 * 55 * 46 = 116380
-    assert sub_lattice_stride((182, 218, 182), 64**3) == 4
+    assert sub_lattice_stride((128, 128, 128), 64**3) == 2  # 64^3 voxels exactly
+    # 182 x 218 x 182 (the paper's brain grid): 7221032 / 262144 = 27.55 -> cube root 3.02
+    assert sub_lattice_stride((182, 218, 182), 64**3) == 3
+    # 100^3: ratio 3.81 -> cube root 1.56 -> 2; 80^3: 1.95 -> 1.25 -> 1 (dense)
+    assert sub_lattice_stride((100, 100, 100), 64**3) == 2
+    assert sub_lattice_stride((80, 80, 80), 64**3) == 1
+    assert sub_lattice_stride((8, 8, 8), 64**3) == 1
 
 
 def test_predict_on_grid_refines_on_the_images_grid(monkeypatch):
