@@ -10,7 +10,8 @@ Runs, each in its own process (so peak-memory figures do not mix):
 * the augmentation overhead of a training step (64^3 on CPU);
 * the trainer's overhead against a bare PyTorch loop (64^3);
 * loader throughput from a ``ddmr prepare`` cache at 128^3;
-* inference of the paper-size and light networks at 64^3 and 128^3 with peak memory.
+* inference of the paper-size and light networks at 64^3 and 128^3 with peak memory;
+* ddmr's CPU convolution and volume sampling against PyTorch's own calls.
 
 Then, if the demo has been run, the Dice of the default model and of ``ants_syn`` on the
 brain test set from its report. ``--quick`` uses 64^3 for the ANTs comparison.
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
         ("trainer_overhead.py",),
         ("loader.py",),
         ("inference.py",),
+        ("cpu_kernels.py",),
     ]
     failures = []
     outputs = {}
@@ -86,8 +88,9 @@ def main(argv=None) -> int:
     print("\n=== summary")
     for name, text in outputs.items():
         keep = [line for line in text.splitlines()
-                if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median", "mean DSC"))]
-        for line in keep[:8]:
+                if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median", "mean DSC"))
+                or (name == "inference.py" and "^3" in line)]
+        for line in keep[:12]:
             print(f"{name:26s} {line.strip()}")
     dice = demo_dice(Path(args.demo_report))
     if dice:

@@ -1,0 +1,101 @@
+"""ddmr's two CPU kernel fixes against PyTorch's own calls, one pair (batch 1).
+
+    python benchmarks/cpu_kernels.py [--repeats 10]
+
+* 3-D convolution: ``torch.nn.Conv3d`` against ``ddmr_core.layers.Conv3d`` (oneDNN always)
+  for every distinct layer shape of the light default U-Net at 64^3
+  (``mixins/backbone/default.gin``, read from the built network), forward only (inference)
+  and forward + backward (training), and the whole network's forward pass;
+* volume sampling: ``F.grid_sample`` against ``ddmr_core.spatial.grid_sample`` (a batch of one
+  cut into slabs), 64^3 points in a 128^3 volume as one refinement step samples them, forward
+  and forward + backward.
+
+Prints the median time of each, after one warm-up, and the ratio PyTorch / ddmr. The results
+of both pairs of calls are checked equal before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def report(name: str, ref_ms: float, ddmr_ms: float) -> None:
+    print(f"{name:44s} torch {ref_ms:8.1f} ms   ddmr {ddmr_ms:8.1f} ms   ratio {ref_ms / ddmr_ms:5.1f}x")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args(argv)
+
+    from ddmr_core.layers import Conv3d
+    from ddmr_core.spatial import grid_sample
+
+    torch.manual_seed(0)
+    print(f"# CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, median of {args.repeats}")
+    from ddmr_core.config import parse_config
+    from ddmr_core.experiment import build_model
+
+    parse_config(["mixins/backbone/default.gin"], ["SIZE = (64, 64, 64)"])
+    net = build_model().backbone.eval()
+    shapes = []  # (in, out, grid) of every convolution, in call order
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m.in_channels, m.out_channels, i[0].shape[2])))
+             for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    pair = torch.rand(1, 1, 64, 64, 64), torch.rand(1, 1, 64, 64, 64)
+    with torch.inference_mode():
+        net(*pair)
+    for h in hooks:
+        h.remove()
+    for cin, cout, n in dict.fromkeys(shapes):
+        plain = torch.nn.Conv3d(cin, cout, 3, padding=1)
+        mine = Conv3d(cin, cout, 3, padding=1)
+        mine.load_state_dict(plain.state_dict())
+        x = torch.randn(1, cin, n, n, n)
+        with torch.inference_mode():
+            torch.testing.assert_close(mine(x), plain(x), atol=1e-3, rtol=1e-3)
+            fwd = (median_ms(lambda: plain(x), args.repeats), median_ms(lambda: mine(x), args.repeats))
+        report(f"conv {cin:>2}->{cout:<2} at {n}^3, forward", *fwd)
+        xg = x.clone().requires_grad_()
+        both = (median_ms(lambda: plain(xg).sum().backward(), args.repeats),
+                median_ms(lambda: mine(xg).sum().backward(), args.repeats))
+        report(f"conv {cin:>2}->{cout:<2} at {n}^3, forward + backward", *both)
+    # the whole network with its convolutions swapped back to nn.Conv3d's own dispatch
+    with torch.inference_mode():
+        ours = median_ms(lambda: net(*pair), args.repeats)
+        for m in net.modules():
+            if isinstance(m, Conv3d):
+                m.__class__ = torch.nn.Conv3d
+        theirs = median_ms(lambda: net(*pair), args.repeats)
+    report("light U-Net at 64^3 (whole network), forward", theirs, ours)
+
+    volume = torch.rand(1, 1, 128, 128, 128)
+    grid = (torch.rand(1, 64, 64, 64, 3) * 2 - 1).requires_grad_()
+    kw = dict(mode="bilinear", padding_mode="border", align_corners=True)
+    torch.testing.assert_close(grid_sample(volume, grid, **kw), F.grid_sample(volume, grid, **kw))
+    with torch.inference_mode():
+        fwd = (median_ms(lambda: F.grid_sample(volume, grid, **kw), args.repeats),
+               median_ms(lambda: grid_sample(volume, grid, **kw), args.repeats))
+    report("grid_sample 64^3 points in 128^3, forward", *fwd)
+    both = (median_ms(lambda: F.grid_sample(volume, grid, **kw).sum().backward(), args.repeats),
+            median_ms(lambda: grid_sample(volume, grid, **kw).sum().backward(), args.repeats))
+    report("grid_sample 64^3 points in 128^3, fwd + bwd", *both)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
