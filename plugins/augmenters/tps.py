@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from ddmr_core.augment import add_geometric_step, check_non_negative, draw, nodes_per_voxel
-from ddmr_core.errors import ConfigError
+from ddmr_core.errors import ConfigError, DataError
 from ddmr_core.spatial import upsample_lattice, warp
 
 _CHUNK = 16384  # evaluation points per block: caps the (B, P, K) kernel matrix in memory
@@ -267,6 +267,10 @@ class TPS(nn.Module):
         """
         fixed = state["fixed"]
         B, shape, dev = fixed.shape[0], tuple(fixed.shape[2:]), fixed.device
+        if min(shape) < 2:
+            # a flat axis collapses the control grid onto a plane: the 3-D system is singular
+            raise DataError(f"tps: the image grid {shape} has an axis of fewer than 2 voxels; "
+                            "the 3-D TPS warp needs a volume (leave tps out of the pipeline for 2-D slices)")
         spacing = state["spacing"].to(torch.float32)
         centre, half = self._frame(state)
 

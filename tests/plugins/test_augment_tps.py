@@ -149,3 +149,12 @@ def test_foreground_points_from_intensity_without_segmentations():
     pts = tps.control_points(_state(tps, shape, (3.0, 3.0, 3.0), image=image))[0, 27:].long()
     assert bool((image[0, 0][pts[:, 0], pts[:, 1], pts[:, 2]] > 0.1).all())
     assert len(torch.unique(pts, dim=0)) > 10  # spread over the region, not one voxel
+
+
+def test_flat_axis_is_a_clear_data_error():
+    # a 2-D slice stored as a volume: the 3-D control grid would collapse onto a plane
+    from ddmr_core.errors import DataError
+
+    image = torch.rand(1, 1, 16, 16, 1)
+    with pytest.raises(DataError, match=r"tps: the image grid \(16, 16, 1\)"):
+        AugmentationPipeline([TPS()], seed=3)(image, spacing=torch.ones(1, 3))
