@@ -5,7 +5,8 @@
 * 3-D convolution: ``torch.nn.Conv3d`` against ``ddmr_core.layers.Conv3d`` (oneDNN always)
   for every distinct layer shape of the light default U-Net at 64^3
   (``mixins/backbone/default.gin``, read from the built network), forward only (inference)
-  and forward + backward (training), and the whole network's forward pass;
+  and forward + backward (training), and the whole network's forward pass and forward +
+  backward;
 * volume sampling: ``F.grid_sample`` against ``ddmr_core.spatial.grid_sample`` (a batch of one
   cut into slabs), 64^3 points in a 128^3 volume as one refinement step samples them, forward
   and forward + backward.
@@ -75,13 +76,21 @@ def main(argv=None) -> int:
                 median_ms(lambda: mine(xg).sum().backward(), args.repeats))
         report(f"conv {cin:>2}->{cout:<2} at {n}^3, forward + backward", *both)
     # the whole network with its convolutions swapped back to nn.Conv3d's own dispatch
+    def train_step():
+        net.zero_grad(set_to_none=True)
+        net(*pair).square().mean().backward()
+
     with torch.inference_mode():
         ours = median_ms(lambda: net(*pair), args.repeats)
-        for m in net.modules():
-            if isinstance(m, Conv3d):
-                m.__class__ = torch.nn.Conv3d
+    ours_train = median_ms(train_step, args.repeats)
+    for m in net.modules():
+        if isinstance(m, Conv3d):
+            m.__class__ = torch.nn.Conv3d
+    with torch.inference_mode():
         theirs = median_ms(lambda: net(*pair), args.repeats)
+    theirs_train = median_ms(train_step, args.repeats)
     report("light U-Net at 64^3 (whole network), forward", theirs, ours)
+    report("light U-Net at 64^3, forward + backward", theirs_train, ours_train)
 
     volume = torch.rand(1, 1, 128, 128, 128)
     grid = (torch.rand(1, 64, 64, 64, 3) * 2 - 1).requires_grad_()
