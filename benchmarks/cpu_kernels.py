@@ -5,8 +5,8 @@
 * 3-D convolution: ``torch.nn.Conv3d`` against ``ddmr_core.layers.Conv3d`` (oneDNN always)
   for every distinct layer shape of the light default U-Net at 64^3
   (``mixins/backbone/default.gin``, read from the built network), forward only (inference)
-  and forward + backward (training), and the whole network's forward pass and forward +
-  backward;
+  and forward + backward (training), and the whole light and paper-size networks' forward
+  pass and forward + backward (timed in alternation);
 * volume sampling: ``F.grid_sample`` against ``ddmr_core.spatial.grid_sample`` (a batch of one
   cut into slabs), 64^3 points in a 128^3 volume as one refinement step samples them, forward
   and forward + backward.
@@ -37,6 +37,45 @@ def median_ms(fn, repeats: int) -> float:
 
 def report(name: str, ref_ms: float, ddmr_ms: float) -> None:
     print(f"{name:44s} torch {ref_ms:8.1f} ms   ddmr {ddmr_ms:8.1f} ms   ratio {ref_ms / ddmr_ms:5.1f}x")
+
+
+def whole_network(name: str, gin: str, repeats: int) -> None:
+    """One pair through a whole backbone at 64^3, forward (inference) and forward +
+    backward, with its convolutions as ddmr's Conv3d and swapped back to nn.Conv3d;
+    the two are timed in alternation, so drifts of a noisy machine hit both alike."""
+    from ddmr_core.config import parse_config
+    from ddmr_core.experiment import build_model
+    from ddmr_core.layers import Conv3d
+
+    parse_config([gin], ["SIZE = (64, 64, 64)"])
+    net = build_model().backbone
+    convs = [m for m in net.modules() if isinstance(m, Conv3d)]
+    pair = torch.rand(1, 1, 64, 64, 64), torch.rand(1, 1, 64, 64, 64)
+
+    def forward():
+        with torch.inference_mode():
+            net(*pair)
+
+    def train_step():
+        net.zero_grad(set_to_none=True)
+        net(*pair).square().mean().backward()
+
+    times = {(k, impl): [] for k in ("fwd", "train") for impl in ("torch", "ddmr")}
+    impls = [("torch", torch.nn.Conv3d), ("ddmr", Conv3d)]
+    for r in range(repeats + 1):  # the first round warms up
+        for impl, cls in impls if r % 2 else impls[::-1]:
+            for m in convs:
+                m.__class__ = cls
+            for k, fn in (("fwd", forward), ("train", train_step)):
+                t = time.perf_counter()
+                fn()
+                if r:
+                    times[(k, impl)].append(1000 * (time.perf_counter() - t))
+    for m in convs:
+        m.__class__ = Conv3d
+    med = {key: statistics.median(v) for key, v in times.items()}
+    report(f"{name} at 64^3 (whole network), forward", med[("fwd", "torch")], med[("fwd", "ddmr")])
+    report(f"{name} at 64^3, forward + backward", med[("train", "torch")], med[("train", "ddmr")])
 
 
 def main(argv=None) -> int:
@@ -75,22 +114,8 @@ def main(argv=None) -> int:
         both = (median_ms(lambda: plain(xg).sum().backward(), args.repeats),
                 median_ms(lambda: mine(xg).sum().backward(), args.repeats))
         report(f"conv {cin:>2}->{cout:<2} at {n}^3, forward + backward", *both)
-    # the whole network with its convolutions swapped back to nn.Conv3d's own dispatch
-    def train_step():
-        net.zero_grad(set_to_none=True)
-        net(*pair).square().mean().backward()
-
-    with torch.inference_mode():
-        ours = median_ms(lambda: net(*pair), args.repeats)
-    ours_train = median_ms(train_step, args.repeats)
-    for m in net.modules():
-        if isinstance(m, Conv3d):
-            m.__class__ = torch.nn.Conv3d
-    with torch.inference_mode():
-        theirs = median_ms(lambda: net(*pair), args.repeats)
-    theirs_train = median_ms(train_step, args.repeats)
-    report("light U-Net at 64^3 (whole network), forward", theirs, ours)
-    report("light U-Net at 64^3, forward + backward", theirs_train, ours_train)
+    whole_network("light U-Net", "mixins/backbone/default.gin", args.repeats)
+    whole_network("paper U-Net", "mixins/backbone/vxm_paper.gin", min(args.repeats, 5))
 
     volume = torch.rand(1, 1, 128, 128, 128)
     grid = (torch.rand(1, 64, 64, 64, 3) * 2 - 1).requires_grad_()
