@@ -39,16 +39,21 @@ def report(name: str, ref_ms: float, ddmr_ms: float) -> None:
     print(f"{name:44s} torch {ref_ms:8.1f} ms   ddmr {ddmr_ms:8.1f} ms   ratio {ref_ms / ddmr_ms:5.1f}x")
 
 
-def whole_network(name: str, gin: str, repeats: int) -> None:
+def backbone_at_64(gin: str) -> torch.nn.Module:
+    """The backbone of a ``mixins/backbone/*.gin`` file, built for 64^3."""
+    from ddmr_core.config import parse_config
+    from ddmr_core.experiment import build_model
+
+    parse_config([gin], ["SIZE = (64, 64, 64)"])
+    return build_model().backbone
+
+
+def whole_network(name: str, net: torch.nn.Module, repeats: int) -> None:
     """One pair through a whole backbone at 64^3, forward (inference) and forward +
     backward, with its convolutions as ddmr's Conv3d and swapped back to nn.Conv3d;
     the two are timed in alternation, so drifts of a noisy machine hit both alike."""
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_model
     from ddmr_core.layers import Conv3d
 
-    parse_config([gin], ["SIZE = (64, 64, 64)"])
-    net = build_model().backbone
     convs = [m for m in net.modules() if isinstance(m, Conv3d)]
     pair = torch.rand(1, 1, 64, 64, 64), torch.rand(1, 1, 64, 64, 64)
 
@@ -88,11 +93,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     print(f"# CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, median of {args.repeats}")
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_model
-
-    parse_config(["mixins/backbone/default.gin"], ["SIZE = (64, 64, 64)"])
-    net = build_model().backbone.eval()
+    net = backbone_at_64("mixins/backbone/default.gin")
     shapes = []  # (in, out, grid) of every convolution, in call order
     hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m.in_channels, m.out_channels, i[0].shape[2])))
              for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
@@ -114,8 +115,8 @@ def main(argv=None) -> int:
         both = (median_ms(lambda: plain(xg).sum().backward(), args.repeats),
                 median_ms(lambda: mine(xg).sum().backward(), args.repeats))
         report(f"conv {cin:>2}->{cout:<2} at {n}^3, forward + backward", *both)
-    whole_network("light U-Net", "mixins/backbone/default.gin", args.repeats)
-    whole_network("paper U-Net", "mixins/backbone/vxm_paper.gin", min(args.repeats, 5))
+    whole_network("light U-Net", net, args.repeats)
+    whole_network("paper U-Net", backbone_at_64("mixins/backbone/vxm_paper.gin"), min(args.repeats, 5))
 
     volume = torch.rand(1, 1, 128, 128, 128)
     grid = (torch.rand(1, 64, 64, 64, 3) * 2 - 1).requires_grad_()

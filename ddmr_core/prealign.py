@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .spatial import grid_sample, identity_grid, intensity_centroid
+from .spatial import grid_sample, identity_grid, intensity_centroid, normalised_scale
 
 METHODS = (None, "centroid", "affine")
 
@@ -43,18 +43,11 @@ def global_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
 
 
-def _to_normalised(shape: Sequence[int], device) -> torch.Tensor:
-    """``(3,)`` scale: voxel index ``i`` along array axis ``k`` is ``scale_k * i - 1`` in
-    ``affine_grid``'s normalised coordinates (``align_corners=True``; their x is the last
-    array axis)."""
-    return torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device)
-
-
 def affine_field(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Pull field ``(B, 3, D, H, W)`` in voxels of the normalised-coordinate map ``theta``
     ``(B, 3, 4)`` (``F.affine_grid`` convention, ``align_corners=True``)."""
     grid = F.affine_grid(theta, (theta.shape[0], 1, *shape), align_corners=True)  # xyz, [-1, 1]
-    scale = _to_normalised(shape, theta.device)
+    scale = normalised_scale(shape, theta.device)
     vox = (grid.flip(-1) + 1.0) / scale  # array-axis order, voxels
     return vox.permute(0, 4, 1, 2, 3) - identity_grid(shape, theta.device, theta.dtype)
 
@@ -90,7 +83,7 @@ def fit_affine(
     with torch.inference_mode(False), torch.enable_grad():
         f0, m0 = fixed.detach().clone().float(), moving.detach().clone().float()
         b = f0.shape[0]
-        shift = centroid_shift(f0, m0) * _to_normalised(shape, f0.device)  # normalised, array order
+        shift = centroid_shift(f0, m0) * normalised_scale(shape, f0.device)  # normalised, array order
         theta = torch.zeros(b, 3, 4, device=f0.device)
         theta[:, :, :3] = torch.eye(3, device=f0.device)
         theta[:, :, 3] = shift.flip(-1)  # xyz
@@ -111,7 +104,7 @@ def fit_affine(
 
 def voxel_matrix(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``(B, 3, 3)`` linear part, in voxels and array-axis order, of the map ``theta``."""
-    s = _to_normalised(shape, theta.device).to(theta.dtype)
+    s = normalised_scale(shape, theta.device).to(theta.dtype)
     a = theta[:, :, :3].flip(1).flip(2)  # xyz -> array-axis order
     return a * s.view(1, 1, 3) / s.view(1, 3, 1)
 

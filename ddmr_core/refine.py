@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .prealign import global_ncc
-from .spatial import grid_sample, identity_grid, linear_weights, resize_field
+from .spatial import grid_sample, identity_grid, linear_weights, normalised_scale, resize_field
 
 
 def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
@@ -108,8 +108,9 @@ def refine_field(
         # per sub-lattice, everything but the correction, in grid_sample's normalised
         # (x, y, z) coordinates: built once, so a step is one interpolation of the small
         # correction, one grid_sample and its gradient
-        to_norm = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=dev, dtype=dt).view(1, 3, 1, 1, 1)
-        ratio = torch.tensor([n / k for n, k in zip(shape, coarse)], device=dev, dtype=dt).view(1, 3, 1, 1, 1)
+        to_norm = normalised_scale(shape, dev, dt).view(1, 3, 1, 1, 1)
+        # coarse-voxel vectors -> normalised units (resize_field's rescaling, then to_norm)
+        c_scale = torch.tensor([n / k for n, k in zip(shape, coarse)], device=dev, dtype=dt).view(1, 3, 1, 1, 1) * to_norm
         lattices = []
         for offset in list(itertools.product(range(stride), repeat=3))[: int(iterations)]:
             sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
@@ -123,7 +124,7 @@ def refine_field(
         opt = torch.optim.Adam([c], lr=lr)
         for it in range(int(iterations)):
             base, target, weights = lattices[it % len(lattices)]
-            grid = (base + _coarse_at(c, weights, ratio * to_norm).flip(1)).movedim(1, -1)
+            grid = (base + _coarse_at(c, weights, c_scale).flip(1)).movedim(1, -1)
             warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
             smooth = sum(c.diff(dim=k).square().flatten(1).mean(1) for k in (2, 3, 4))
             loss = (smoothness * smooth - global_ncc(warped, target)).sum()
@@ -140,13 +141,13 @@ def _axis_weights(n_full: int, n_coarse: int, start: int, stride: int, device, d
     return linear_weights((p + 0.5) * n_coarse / n_full - 0.5, n_coarse).to(device=device, dtype=dtype)
 
 
-def _coarse_at(c: torch.Tensor, weights, ratio: torch.Tensor) -> torch.Tensor:
+def _coarse_at(c: torch.Tensor, weights, scale: torch.Tensor) -> torch.Tensor:
     """``resize_field(c, shape)[..., o0::s, o1::s, o2::s]`` without the full-size field,
-    from the three per-axis ``weights`` of :func:`_axis_weights` and ``ratio`` ``(3,)``
-    ``N / n`` (the vector rescaling of :func:`resize_field`): one small matrix product
-    per axis (cheap forward and backward, unlike scattering ``grid_sample`` gradients
-    into ``c``)."""
+    from the three per-axis ``weights`` of :func:`_axis_weights`, times ``scale`` (3
+    values, per component: ``N / n``, the vector rescaling of :func:`resize_field`, or
+    that times further unit factors): one small matrix product per axis (cheap forward
+    and backward, unlike scattering ``grid_sample`` gradients into ``c``)."""
     out = c
     for axis, w in enumerate(weights):
         out = torch.movedim(torch.tensordot(out, w, dims=([2 + axis], [1])), -1, 2 + axis)
-    return out * ratio.view(1, 3, 1, 1, 1)
+    return out * scale.view(1, 3, 1, 1, 1)

@@ -46,13 +46,19 @@ def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+def normalised_scale(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(3,)``, array order: voxel index ``i`` along axis ``k`` is ``scale[k] * i - 1`` in
+    ``grid_sample``'s normalised coordinates (``align_corners=True``)."""
+    return torch.tensor([2.0 / max(int(n) - 1, 1) for n in shape], device=device, dtype=dtype)
+
+
 @_cached
 def _sampling_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
     """``(base, scale)``, both ``(1, 3, ...)`` with the channels in xyz order (reversed:
     grid_sample's x is the last array axis): ``base + disp.flip(1) * scale`` is the
     sampling grid of ``grid_sample``, channels first -- voxel coordinates normalised to
     [-1, 1] (``align_corners=True``)."""
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype).view(1, 3, 1, 1, 1)
+    scale = normalised_scale(shape, device, dtype).view(1, 3, 1, 1, 1)
     base = _base_grid(shape, device, dtype) * scale - 1.0
     return base.flip(1).contiguous(), scale.flip(1).contiguous()
 
@@ -212,7 +218,7 @@ def sample_at(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear", 
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
     shape = volume.shape[2:]
     view = (1, 3) + (1,) * (coords.dim() - 2)
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=coords.device, dtype=coords.dtype)
+    scale = normalised_scale(shape, coords.device, coords.dtype)
     grid = (coords * scale.view(view) - 1.0).flip(1).movedim(1, -1)
     if grid.shape[0] != volume.shape[0]:
         grid = grid.expand(volume.shape[0], *grid.shape[1:])

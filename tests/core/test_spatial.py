@@ -275,3 +275,10 @@ def test_grid_sample_split_over_threads_is_exact():
                 torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_normalised_scale_by_hand():
+    from ddmr_core.spatial import normalised_scale
+
+    # 2 / (n - 1): 5 voxels span [-1, 1] in steps of 0.5; a single voxel axis keeps scale 2
+    torch.testing.assert_close(normalised_scale((5, 3, 1)), torch.tensor([0.5, 1.0, 2.0]))
