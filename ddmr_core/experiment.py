@@ -26,10 +26,13 @@ def build_model(
     weighting=None,
     prealign: str | None = None,
     refine_iterations: int = 0,
+    supervision: nn.Module | None = None,
+    supervision_weight: float = 1.0,
 ) -> RegistrationModel:
     """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`
-    (``prealign``, ``refine_iterations``: see :class:`RegistrationModel`)."""
-    return RegistrationModel(backbone, losses, weighting, prealign=prealign, refine_iterations=refine_iterations)
+    (``prealign``, ``refine_iterations``, ``supervision``: see :class:`RegistrationModel`)."""
+    return RegistrationModel(backbone, losses, weighting, prealign=prealign, refine_iterations=refine_iterations,
+                             supervision=supervision, supervision_weight=supervision_weight)
 
 
 @gin.configurable(module="ddmr")

@@ -18,9 +18,9 @@ from .errors import ConfigError, DataError
 from .prealign import METHODS as PREALIGN
 from .prealign import prealign_field
 from .refine import refine_field
-from .spatial import resize_field, resize_image, warp
+from .spatial import compose_affine, resize_field, resize_image, warp
 
-LOSS_INPUTS = ("image", "segmentation", "field")
+LOSS_INPUTS = ("image", "segmentation", "field", "displacement")
 
 
 class RegistrationModel(nn.Module):
@@ -38,6 +38,12 @@ class RegistrationModel(nn.Module):
         refine_iterations: at inference only (``model.eval()``), polish the predicted
             field for the pair at hand with this many steps of instance optimisation
             (:func:`~ddmr_core.refine.refine_field`); 0 (the paper) for none.
+        supervision: a loss with ``inputs = "displacement"`` (e.g. ``epe``) comparing the
+            predicted field with the pair's ground truth ``disp_true``, added to the
+            weighted total with ``supervision_weight``, outside the weighting strategy,
+            so any design can take it (not in the paper, which is weakly supervised). Its
+            value is reported as the term ``"supervision"``.
+        supervision_weight: its weight (>= 0).
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class RegistrationModel(nn.Module):
         weighting: Callable | nn.Module | None = None,
         prealign: str | None = None,
         refine_iterations: int = 0,
+        supervision: nn.Module | None = None,
+        supervision_weight: float = 1.0,
     ):
         super().__init__()
         if int(refine_iterations) != refine_iterations or refine_iterations < 0:
@@ -63,6 +71,13 @@ class RegistrationModel(nn.Module):
                 raise ConfigError(
                     f"loss {name!r} must declare inputs in {LOSS_INPUTS}, got {inputs!r}"
                 )
+        if supervision is not None and getattr(supervision, "inputs", None) != "displacement":
+            raise ConfigError("supervision must be a loss comparing fields with the ground truth "
+                              f"(inputs = 'displacement', e.g. @ddmr.losses.epe()), got {supervision!r}")
+        if not supervision_weight >= 0:
+            raise ConfigError(f"supervision_weight must be >= 0, got {supervision_weight!r}")
+        self.supervision = supervision
+        self.supervision_weight = float(supervision_weight)
         self.losses = nn.ModuleDict(losses)
         self.loss_names = [n for n, l in losses.items() if l.inputs != "field"]
         self.regulariser_names = [n for n, l in losses.items() if l.inputs == "field"]
@@ -132,8 +147,7 @@ class RegistrationModel(nn.Module):
         else:
             field, matrix = pre
             residual = self.backbone(fixed, warp(moving, field, mode="linear", padding="border"))
-            # moving(x + r + field(x + r)) and field(x + r) = field(x) + (matrix - I) r (affine)
-            disp = field + torch.einsum("bij,bj...->bi...", matrix, residual)
+            disp = compose_affine(field, matrix, residual)
         return self._refine(fixed, moving, disp, refine)
 
     def predict_on_grid(self, fixed: torch.Tensor, moving: torch.Tensor, size=None,
@@ -179,9 +193,19 @@ class RegistrationModel(nn.Module):
                         "use a dataset with label maps or drop the segmentation loss"
                     )
                 terms[name] = loss(out["warped_segs"], batch["fixed_segs"])
+            elif loss.inputs == "displacement":
+                terms[name] = loss(out["disp"], self._disp_true(batch, name))
             else:
                 terms[name] = loss(out["disp"])
         return terms
+
+    @staticmethod
+    def _disp_true(batch, name: str) -> torch.Tensor:
+        if batch.get("disp_true") is None:
+            raise ConfigError(
+                f"loss {name!r} compares the field with the ground truth, but the batch has no "
+                "disp_true: pairs need a geometric augmentation step (tps, rigid)")
+        return batch["disp_true"]
 
     def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.weighting is None:
@@ -199,4 +223,8 @@ class RegistrationModel(nn.Module):
         # losses judge the network itself: validation (eval mode) does not refine
         out = self(batch["fixed"], batch["moving"], segs, refine=False)
         terms = self.loss_terms(batch, out)
-        return self.combine(terms), terms, out
+        total = self.combine(terms)
+        if self.supervision is not None:
+            terms["supervision"] = self.supervision(out["disp"], self._disp_true(batch, "supervision"))
+            total = total + self.supervision_weight * terms["supervision"]
+        return total, terms, out

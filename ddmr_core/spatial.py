@@ -275,6 +275,20 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return second + warp(first, second, mode="linear", padding="border")
 
 
+def compose_affine(field: torch.Tensor, matrix: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Exact composition of an affine pull field with a residual predicted after it.
+
+    ``field`` ``(B, 3, D, H, W)`` is the pull field of an affine map with linear part
+    ``matrix`` ``(B, 3, 3)`` (voxels, array-axis order), and ``residual`` the pull field
+    found on ``warp(moving, field)``. Warping with ``field`` then ``residual`` samples
+    ``moving(x + r + field(x + r))``, and ``field(x + r) = field(x) + (matrix - I) r``, so
+    the single field is ``field + matrix @ r``: no interpolation, unlike :func:`compose`.
+    """
+    _check_field(field, "field")
+    _check_field(residual, "residual")
+    return field + torch.einsum("bij,bj...->bi...", matrix.to(residual.dtype), residual)
+
+
 def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
     """Determinant of the Jacobian of ``x -> x + u(x)``, ``(B, D, H, W)``.
 

@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -164,8 +165,16 @@ class Trainer:
         model, dataset, augmentation: built from gin (``ddmr.build_model()`` etc.) when None.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         max_steps: stop after this many optimiser steps (None: no limit).
+        max_time: stop at the first optimiser-step boundary after this many seconds of
+            training, counted over the whole run (a resumed run continues the count),
+            with a resumable ``last.pt`` (None: no limit).
         resume: continue from ``run_dir/last.pt``.
         lr: Adam learning rate (paper 1e-3; a ``transfer`` strategy replaces it).
+        warmup_steps: raise the learning rate linearly from ``lr / warmup_steps`` to ``lr``
+            over the first optimiser steps (0: none, the paper). Adam's first steps move
+            every weight by about ``lr`` whatever its gradient, which throws a deep, wide
+            U-Net far off before its moment estimates mean anything
+            (``docs/ARCHITECTURE.md``, "Training that learns").
         batch_size: samples per micro-batch (paper 1).
         accumulate: micro-batches per optimiser step (paper 8).
         max_epochs: epoch limit (paper 1e5, stopped by hand / early stopping).
@@ -195,6 +204,8 @@ class Trainer:
         max_steps: int | None = None,
         resume: bool = False,
         lr: float = 1e-3,
+        warmup_steps: int = 0,
+        max_time: float | None = None,
         batch_size: int = 1,
         accumulate: int = 8,
         max_epochs: int = 100_000,
@@ -220,8 +231,13 @@ class Trainer:
             raise ConfigError(f"ddmr.Trainer.lr must be positive, got {lr}")
         if max_steps is not None and max_steps < 0:
             raise ConfigError(f"--max-steps must be >= 0, got {max_steps}")
+        if max_time is not None and not max_time > 0:
+            raise ConfigError(f"--max-time must be positive, got {max_time}")
+        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ConfigError(f"ddmr.Trainer.warmup_steps must be a non-negative integer, got {warmup_steps!r}")
         self.run_dir = Path(run_dir)
-        self.resume, self.max_steps = resume, max_steps
+        self.resume, self.max_steps, self.max_time = resume, max_steps, max_time
+        self.warmup_steps = int(warmup_steps)
         self.batch_size, self.accumulate, self.max_epochs = int(batch_size), int(accumulate), int(max_epochs)
         self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
         self.early_stopping_patience, self.min_delta = early_stopping_patience, min_delta
@@ -242,7 +258,12 @@ class Trainer:
         self.model, self.dataset, self.augmentation = model, dataset, augmentation
         self.counters = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "optimizer_steps": 0,
                          "best_val": math.inf, "bad_epochs": 0, "nonfinite_total": 0,
-                         "nonfinite_in_a_row": 0, "phase": 0, "phase_epochs": 0}
+                         "nonfinite_in_a_row": 0, "phase": 0, "phase_epochs": 0, "train_seconds": 0.0}
+        #: one dict per validation: epoch, step, seconds (training wall time), metrics
+        self.history: list[dict] = []
+        #: called with each ``history`` entry as it is made (benchmarks print curves)
+        self.on_validation = None
+        self._clock = None
         #: sample indices this rank trained on (for checks and tests)
         self.seen_indices: list[int] = []
         self.writer = None
@@ -356,6 +377,7 @@ class Trainer:
                 f"checkpoint {str(path)!r} does not match the model the config builds "
                 f"(different architecture?): {first}") from exc
         self.counters.update(ckpt["counters"])
+        self.history = [dict(h) for h in ckpt.get("history", [])]
         if "rng" in ckpt:
             _set_rng_state(ckpt["rng"])
 
@@ -365,7 +387,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "counters": dict(self.counters),
+            "counters": {**self.counters, "train_seconds": self.elapsed()},
+            "history": _plain(self.history),
             "rng": _rng_state(),
             "gin_config": config_text(),
             "input_size": list(self.input_size) if self.input_size else None,
@@ -414,12 +437,13 @@ class Trainer:
             self.setup()
         reason = "max_epochs"
         c = self.counters
+        self._clock = (time.perf_counter(), c["train_seconds"])
         if self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience:
             reason = "early_stopping"  # a resumed run that had already stopped
         try:
             while reason == "max_epochs" and c["epoch"] < self.max_epochs:
                 if not self._train_epoch():
-                    reason = "max_steps"
+                    reason = self._budget_spent() or "max_steps"
                     break
                 metrics = self.validate()
                 if self._end_epoch(metrics):
@@ -437,8 +461,29 @@ class Trainer:
                 self._owns_process_group = False
         return {"stopped": reason, **self.counters}
 
+    def elapsed(self) -> float:
+        """Seconds of training (and validation) in this run so far, across resumes."""
+        if self._clock is None:
+            return float(self.counters["train_seconds"])
+        start, before = self._clock
+        return before + time.perf_counter() - start
+
+    def _budget_spent(self) -> str | None:
+        """``"max_steps"`` or ``"max_time"`` when that budget is used up, else None."""
+        if self.max_steps is not None and self.counters["global_step"] >= self.max_steps:
+            return "max_steps"
+        if self.max_time is not None:
+            spent = self.elapsed() >= self.max_time
+            if self.distributed:  # every rank must stop at the same step
+                flag = torch.tensor(float(spent), device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                spent = bool(flag.item())
+            if spent:
+                return "max_time"
+        return None
+
     def _steps_left(self) -> bool:
-        return self.max_steps is None or self.counters["global_step"] < self.max_steps
+        return self._budget_spent() is None
 
     def _train_epoch(self) -> bool:
         """One epoch from the saved position; False when ``max_steps`` stopped it."""
@@ -531,7 +576,7 @@ class Trainer:
                     f"step {step + 1}; {c['nonfinite_total']} skipped in all); {kept}. Try a lower "
                     "learning rate (ddmr.Trainer.lr) or ddmr.Trainer.grad_clip, or check the data")
             return None
-        self.optimizer.step()
+        self._step_with_warmup()
         self.optimizer.zero_grad(set_to_none=True)
         c["nonfinite_in_a_row"] = 0
         c["optimizer_steps"] += 1
@@ -546,6 +591,24 @@ class Trainer:
             w.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
             w.add_scalar("train/grad_norm", grad_norm.item(), step)
         return loss
+
+    def _step_with_warmup(self) -> None:
+        """``optimizer.step()``, with the rate scaled down during the warm-up. The
+        scheduler's rate stays in the param groups; the factor applies to this step only,
+        so it depends on the step counter alone (exact resume)."""
+        k = self.counters["optimizer_steps"]
+        if k >= self.warmup_steps:
+            self.optimizer.step()
+            return
+        factor = (k + 1) / self.warmup_steps
+        rates = [g["lr"] for g in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["lr"] * factor
+        try:
+            self.optimizer.step()
+        finally:
+            for g, lr in zip(self.optimizer.param_groups, rates):
+                g["lr"] = lr
 
     # -------------------------------------------------------------- validation
     @torch.no_grad()
@@ -641,6 +704,11 @@ class Trainer:
             _transfer.set_phase(self.model, t, 1)
             self._wrap()
             stop = False
+        entry = {"epoch": c["epoch"], "step": c["optimizer_steps"], "seconds": round(self.elapsed(), 3),
+                 **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(entry)
+        if self.on_validation is not None and self.is_main:
+            self.on_validation(entry)
         if improved:
             self.save("best.pt")
         self.save("last.pt")
@@ -655,11 +723,11 @@ class Trainer:
 
 
 def train(config: str | Path | None, bindings=(), run_dir: str | Path = "run", max_steps=None,
-          device=None, resume=False, registry=None) -> Trainer:
+          device=None, resume=False, registry=None, max_time=None) -> Trainer:
     """Parse a config and bindings, then build and run :class:`Trainer` (what ``ddmr train`` does)."""
     from .config import parse_config
 
     parse_config([config] if config else [], bindings, registry=registry, check_macros=True)
-    trainer = Trainer(run_dir=run_dir, max_steps=max_steps, device=device, resume=resume)
+    trainer = Trainer(run_dir=run_dir, max_steps=max_steps, max_time=max_time, device=device, resume=resume)
     trainer.fit()
     return trainer

@@ -1,1 +1,22 @@
-"""One module per ``ddmr`` sub-command (see :mod:`ddmr_core.cli`)."""
+"""One module per ``ddmr`` sub-command (see :mod:`ddmr_core.cli`), and the argument types
+they share."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?$")
+
+
+def duration(text: str) -> float:
+    """Seconds of a wall-clock budget: ``"45m"``, ``"1h30m"``, ``"90s"`` or ``"2700"``
+    (plain numbers are seconds). An ``argparse`` type: anything else is a usage error."""
+    m = _DURATION.match(str(text).strip().lower())
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 45m, 1h30m, 90s or 2700 (seconds)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it must be positive")
+    return total

@@ -8,6 +8,8 @@ trains with DistributedDataParallel.
 
 from __future__ import annotations
 
+from . import duration
+
 NAME = "train"
 HELP = "train a registration model from a gin config (resume, finetune, multi-device)"
 ORDER = 20
@@ -22,6 +24,9 @@ def add_arguments(parser):
                         help="run folder: config.gin, last.pt, best.pt, TensorBoard logs/")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N",
                         help="stop after N optimiser steps (a resumable checkpoint is kept)")
+    parser.add_argument("--max-time", type=duration, default=None, metavar="DURATION",
+                        help="stop at the first optimiser step after this much training time, counted over "
+                             "the whole run across resumes, e.g. 45m, 1h30m, 900s (a resumable checkpoint is kept)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="training device (default: cuda when available)")
     parser.add_argument("--resume", action="store_true",
@@ -32,7 +37,7 @@ def run(args) -> int:
     from ..trainer import train
 
     trainer = train(args.config, args.gin, run_dir=args.out, max_steps=args.max_steps,
-                    device=args.device, resume=args.resume)
+                    max_time=args.max_time, device=args.device, resume=args.resume)
     c = trainer.counters
     if trainer.is_main:
         best = c["best_val"]

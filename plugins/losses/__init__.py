@@ -1,4 +1,5 @@
-"""Built-in losses: image (ncc, lncc, ssim), segmentation (dice, hausdorff), field (grad_l2, bending)."""
+"""Built-in losses: image (ncc, lncc, ssim), segmentation (dice, hausdorff), field (grad_l2,
+bending), and supervised (epe, against the augmentation's ground-truth field)."""
 
 from ddmr_core.hookspecs import hookimpl
 
@@ -8,6 +9,7 @@ def ddmr_losses():
     from .image import lncc, ncc, ssim
     from .regularisers import bending, grad_l2
     from .segmentation import dice, hausdorff
+    from .supervised import epe
 
     return {
         "ncc": ncc,
@@ -17,4 +19,5 @@ def ddmr_losses():
         "hausdorff": hausdorff,
         "grad_l2": grad_l2,
         "bending": bending,
+        "epe": epe,
     }

@@ -213,3 +213,23 @@ def test_separable_ssim_matches_monai(registry):
     got = registry.create("losses", "ssim")(a, b)
     # float32 sums in a different order: agreement to 1e-4, as with scikit-image
     assert got.item() == pytest.approx(ref.item(), abs=1e-4)
+
+
+def test_epe_is_the_mean_euclidean_distance_between_fields(registry):
+    epe = registry.create("losses", "epe")
+    assert epe.inputs == "displacement"
+    true = torch.zeros(2, 3, 6, 5, 4)
+    pred = true.clone()
+    pred[:, 0] += 3.0
+    pred[:, 2] += 4.0  # every vector off by (3, 0, 4): distance 5 voxels
+    assert epe(pred, true).item() == pytest.approx(5.0, abs=1e-5)
+    pred[1] = true[1]  # the second sample exact: mean over samples and voxels
+    assert epe(pred, true).item() == pytest.approx(2.5, abs=1e-3)  # sqrt(eps) where exact
+    exact = true.clone().requires_grad_(True)
+    epe(exact, true).backward()
+    assert torch.isfinite(exact.grad).all()
+
+
+def test_epe_rejects_fields_of_different_grids(registry):
+    with pytest.raises(DataError, match="same shape"):
+        registry.create("losses", "epe")(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 5))
