@@ -21,19 +21,19 @@ float32, with ``A`` as both sform and qform. ITK's NIfTI reader converts the *gr
 ``tests/core/test_field_io.py`` checks this empirically with SimpleITK and ANTs on an
 oblique, anisotropic grid.
 
-Writes are atomic: a temporary file in the target folder, then ``os.replace``.
+Writes are atomic (:func:`ddmr_core.io.atomic_path`: a temporary file in the target folder,
+then ``os.replace``; the usual file mode, ``0o666 & ~umask``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from .errors import DataError
+from .io import atomic_path
 
 #: NIfTI intent code for a vector-valued image (``NIFTI_INTENT_VECTOR``).
 INTENT_VECTOR = 1007
@@ -75,17 +75,6 @@ def lps_mm_to_voxel(vectors, affine) -> np.ndarray:
     return np.einsum("ij,xyzj->ixyz", m, np.asarray(vectors, dtype=np.float64)).astype(np.float32)
 
 
-def _atomic_target(path: Path):
-    """Temporary path in ``path``'s folder keeping the extension (nibabel picks the
-    format, and gzip, from it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_field_itk(path, disp, affine) -> Path:
     """Write a voxel pull field as an ITK/ANTs displacement-field NIfTI.
 
@@ -113,13 +102,8 @@ def save_field_itk(path, disp, affine) -> Path:
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     hdr.set_zooms(tuple(zooms) + (1.0, 1.0))
     hdr.set_xyzt_units("mm", "sec")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -163,15 +147,8 @@ def save_field_npz(path, disp, spacing, affine) -> Path:
     disp = _as_numpy_field(disp)
     spacing = np.asarray(spacing, dtype=np.float32).reshape(3)
     affine = _as_affine(affine)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, disp=disp, spacing=spacing, affine=affine)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, disp=disp, spacing=spacing, affine=affine)
     return path
 
 
