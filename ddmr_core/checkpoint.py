@@ -15,8 +15,6 @@ Only tensors, numbers, strings, lists and dicts are stored, so it loads with
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,29 +24,24 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError
+from .io import atomic_path
 
 FORMAT = "ddmr-checkpoint"
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically: a temporary file in the same folder, then rename.
+    """Write ``state`` atomically (:func:`ddmr_core.io.atomic_path`: a temporary file in
+    the same folder, flushed to disk, then renamed; mode ``0o666 & ~umask``).
 
-    A crash mid-write leaves the previous checkpoint intact."""
+    A crash mid-write leaves the previous checkpoint intact, and the next save of the
+    same name in that folder removes the temporary file a killed process left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "ddmr_version": __version__}
     payload.update(state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 
@@ -85,24 +78,46 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
     return ckpt
 
 
+def check_finite_weights(state: Any, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` if a floating-point tensor of ``state`` (a state
+    dict) holds NaN or infinite values: such a model predicts NaN fields."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: 'model' is not a state dict")
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has non-finite weights ({n} NaN or infinite values in {name!r}); "
+                "it cannot be used (a training run that diverged?)")
+
+
 def load_model(path: str | Path, device="cpu", registry=None):
     """Rebuild the :class:`RegistrationModel` saved in a checkpoint and load its weights.
 
-    Parses the checkpoint's gin config (replacing the current one), builds
+    Refuses non-finite weights, then parses the checkpoint's gin config safely
+    (:func:`ddmr_core.config.parse_checkpoint_config`: bindings only, no ``import`` or
+    ``include``, only model components; it replaces the current config), builds
     ``ddmr.build_model()`` and loads the state dict strictly.
 
     Returns:
         ``(model, ckpt)`` with the model in eval mode on ``device``.
     """
-    from .config import parse_config
+    from .config import parse_checkpoint_config
+    from .errors import DdmrError
     from .experiment import build_model
 
     ckpt = load_checkpoint(path)
+    check_finite_weights(ckpt["model"], path)
     try:
-        parse_config(text=ckpt["gin_config"], registry=registry)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r}: its config does not parse: {exc}") from exc
-    model = build_model()
+        # an untrusted file: values only, no import/include, nothing but model components
+        parse_checkpoint_config(ckpt["gin_config"], f"checkpoint {str(path)!r}", registry=registry)
+    except DdmrError as exc:
+        raise CheckpointError(str(exc)) from exc
+    try:
+        model = build_model()
+    except (DdmrError, TypeError, ValueError) as exc:  # gin appends "In call to ..." lines
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r}: its config does not build a model: {first}") from exc
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

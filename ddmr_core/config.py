@@ -9,13 +9,18 @@ installed package alike.
 from __future__ import annotations
 
 import importlib
-import logging
 import importlib.util  # noqa: F401  gin's include error path needs it imported
+import inspect
+import logging
 import re
+import tokenize
+import types
+import typing
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import gin
+from gin import config_parser
 
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry, unknown_name_message
@@ -113,16 +118,23 @@ def parse_config(
         # includes may be written relative to the including file too
         _add_search_path(str(p.parent))
     where = ", ".join(str(p) for p in paths) or "bindings"
+    part = where  # what is being parsed, for the error message
     try:
         for p in paths:
             gin.parse_config_file(str(p))
         if text:
+            part = "config text" if not paths else f"{where} + config text"
             gin.parse_config(text)
         if bindings:
+            part = "gin bindings" if not paths else f"gin bindings (after {where})"
             gin.parse_config(list(bindings))
-    except (ValueError, SyntaxError, IOError, TypeError, AttributeError) as exc:
+        check_value_types()
+    except (ValueError, SyntaxError, IOError, TypeError, AttributeError, tokenize.TokenError) as exc:
         gin.clear_config()
-        raise translate_gin_error(exc, registry, where) from exc
+        raise translate_gin_error(exc, registry, part) from exc
+    except ConfigError:
+        gin.clear_config()
+        raise
     if check_macros:
         missing = unbound_macros()
         if missing:
@@ -158,6 +170,9 @@ def import_gin_modules() -> None:
 
 def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Exception:
     """Turn a gin exception into a one-line :class:`ConfigError`."""
+    if isinstance(exc, tokenize.TokenError):  # ("EOF in multi-line statement", (line, col))
+        what = exc.args[0] if exc.args else "unbalanced brackets or quotes"
+        return ConfigError(f"{where}: invalid gin config: {what} (an unclosed bracket or quote?)")
     msg = str(exc).strip()
     m = _UNKNOWN_RE.search(msg)
     if m:
@@ -178,3 +193,168 @@ def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Excep
 def config_text() -> str:
     """The full current gin config (every binding), for saving with a run or checkpoint."""
     return gin.config_str()
+
+
+# ------------------------------------------------------------------ statements
+class _Ref(NamedTuple):
+    """A configurable reference (``@name`` or ``@name()``) as written in a config."""
+
+    name: str
+    evaluate: bool
+
+
+class _Macro(NamedTuple):
+    """A macro (``%NAME``) as written in a config."""
+
+    name: str
+
+
+class _RecordingDelegate(config_parser.ParserDelegate):
+    """Parses references and macros into plain records: looks nothing up, runs nothing."""
+
+    def configurable_reference(self, scoped_configurable_name, evaluate):
+        return _Ref(scoped_configurable_name, bool(evaluate))
+
+    def macro(self, macro_name):
+        return _Macro(macro_name)
+
+
+def config_statements(text: str) -> list:
+    """The statements of a gin config text, parsed by gin's own parser without acting on
+    any of them (no binding, import or include takes effect).
+
+    Raises:
+        SyntaxError, ValueError, tokenize.TokenError: malformed text.
+    """
+    return list(config_parser.ConfigParser(text, _RecordingDelegate()))
+
+
+def _flatten(value):
+    if isinstance(value, (_Ref, _Macro)):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(k)
+            yield from _flatten(v)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from _flatten(v)
+
+
+def _numeric_hint(fn, arg: str):
+    """The numeric types a parameter accepts (e.g. ``(float,)`` or ``(int, NoneType)``), or
+    None when its annotation is missing or not purely numeric."""
+    try:
+        param = inspect.signature(fn, eval_str=True).parameters.get(arg)
+    except Exception:  # unresolvable annotations: no check
+        return None
+    if param is None or param.annotation is inspect.Parameter.empty:
+        return None
+    hint = param.annotation
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not args or any(a not in (int, float, bool, type(None)) for a in args):
+        return None
+    return args if any(a in (int, float) for a in args) else None
+
+
+def check_value_types() -> None:
+    """Refuse a binding whose value cannot be what a numeric parameter takes (a string,
+    list or ``None`` where its annotation says ``float``/``int``), naming the binding.
+
+    Without this, ``ddmr.Trainer.lr = 'abc'`` would only fail deep inside the component
+    with a ``TypeError`` traceback. Only parameters annotated with numeric types alone
+    are checked; references and macros are left to gin."""
+    try:
+        statements = config_statements(gin.config_str())
+    except (SyntaxError, ValueError, tokenize.TokenError):  # not expected: gin wrote it
+        return
+    for st in statements:
+        if not isinstance(st, config_parser.BindingStatement) or not st.arg_name:
+            continue
+        value = st.value
+        if isinstance(value, (_Ref, _Macro)):
+            continue
+        try:
+            fn = gin.get_configurable(st.selector)
+        except (ValueError, KeyError):
+            continue
+        kinds = _numeric_hint(fn, st.arg_name)
+        if kinds is None:
+            continue
+        if not ((value is None and type(None) in kinds) or isinstance(value, (int, float))):
+            want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise ConfigError(f"gin binding {st.selector}.{st.arg_name} = {value!r}: expects a number "
+                              f"({want}), not {type(value).__name__}")
+
+
+# ---------------------------------------------------------- checkpoint configs
+#: plugin kinds a checkpoint's config may make the model build (nothing reads files)
+MODEL_KINDS = ("backbones", "losses", "loss_weightings")
+
+
+def parse_checkpoint_config(text, source: str, registry: Registry | None = None) -> Registry:
+    """Parse the gin config stored in a checkpoint (an untrusted file) safely.
+
+    A checkpoint's config may only *bind values*: it is parsed statement by statement
+    with gin's own parser before gin acts on any of it, and refused, naming ``source``,
+    if it holds an ``import`` or ``include`` statement (so loading never imports a module
+    or reads another file), or if it makes the model (``ddmr.build_model``) call anything
+    but the model components of :data:`MODEL_KINDS` (not, say, a dataset that reads
+    files). Then it replaces the current config like :func:`parse_config`.
+
+    Raises:
+        ConfigError: naming ``source`` and the refused statement or reference.
+    """
+    import_gin_modules()
+    registry = registry if registry is not None else Registry()
+    registry.bind_gin()
+    if not isinstance(text, str):
+        raise ConfigError(f"{source}: its gin config is not text")
+    try:
+        statements = config_statements(text)
+    except (SyntaxError, ValueError, tokenize.TokenError) as exc:
+        raise translate_gin_error(exc, registry, source) from exc
+    for st in statements:
+        if isinstance(st, (config_parser.ImportStatement, config_parser.IncludeStatement)):
+            kind = "import" if isinstance(st, config_parser.ImportStatement) else "include"
+            raise ConfigError(
+                f"{source}: its gin config has an `{kind}` statement (line {st.location.line_num}); a "
+                "checkpoint's config may only bind values, so it is refused (nothing was imported or read)")
+    _check_model_references(statements, source, registry)
+    return parse_config(text=text, registry=registry)
+
+
+def _check_model_references(statements, source: str, registry: Registry) -> None:
+    """Every reference reachable from the model's bindings must name a model component."""
+    def configurable(selector: str):
+        try:
+            return gin.get_configurable(selector)
+        except (ValueError, KeyError):
+            raise ConfigError(f"{source}: its gin config refers to {selector!r}, which is not a "
+                              "registered configurable") from None
+
+    allowed = {id(configurable(f"ddmr.{kind}.{name}"))
+               for kind in MODEL_KINDS for name in registry.names(kind)}
+    roots = allowed | {id(configurable("ddmr.build_model"))}
+    macros: dict[str, list] = {}
+    pending = []
+    for st in statements:
+        if not isinstance(st, config_parser.BindingStatement):
+            continue
+        if not st.arg_name:  # a macro: NAME = value
+            macros.setdefault(f"{st.scope}/{st.selector}" if st.scope else st.selector, []).append(st.value)
+        elif id(configurable(st.selector)) in roots:
+            pending.append(st.value)
+    seen: set = set()
+    while pending:
+        for item in _flatten(pending.pop()):
+            if isinstance(item, _Macro):
+                if item.name not in seen:
+                    seen.add(item.name)
+                    pending.extend(macros.get(item.name, ()))
+                continue
+            selector = item.name.rsplit("/", 1)[-1]
+            if id(configurable(selector)) not in allowed:
+                raise ConfigError(
+                    f"{source}: its gin config makes the model call {selector!r}, which is not a model "
+                    f"component ({', '.join(MODEL_KINDS)}); refused")

@@ -20,13 +20,18 @@ Flow (paper, Section 2.6). For each test pair (written in advance by
 4. every metric plugin scores the pair dict (``docs/ARCHITECTURE.md``).
 
 Outputs in ``out``: ``per_pair.csv`` (one row per method and pair; a column per metric,
-per-label values as ``<metric>_<label>``; an ``error`` column), rewritten atomically after
-every row so that a crash keeps what was computed; then ``summary.md``, box plots and a
-median-pair figure per method (:mod:`ddmr_core.evaluate_report`).
+per-label values as ``<metric>_<label>``; an ``error`` column), then ``summary.md``, box
+plots and a median-pair figure per method (:mod:`ddmr_core.evaluate_report`). The folder
+is written whole or not at all (:func:`ddmr_core.io.atomic_dir`): a crash, Ctrl-C or a
+kill leaves an earlier report as it was, and a new report replaces an earlier one as a
+whole; an existing ``out`` holding other files is refused before anything runs.
 
-Failures: a checkpoint that does not load, a baseline whose library is missing, a pair
-with missing files, a method that raises on one pair -- each is recorded in the ``error``
-column of the affected rows, reported on the progress stream, and the run goes on.
+Failures: a checkpoint that does not load (also one with non-finite weights), a baseline
+whose library is missing, a pair with missing files or a constant image, a method that
+raises on one pair or returns a non-finite field or warped image, a metric that raises or
+is infinite -- each is recorded in the ``error`` column of the affected rows (no value is
+written for it), reported on the progress stream, and the run goes on; the command then
+exits with status 1.
 
 Test-set format (``docs/ARCHITECTURE.md``): ``DIR/manifest.csv`` with columns
 ``pair,fixed,moving,fixed_seg,moving_seg,disp_true,disp_true_npz`` (paths relative to
@@ -40,10 +45,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +56,8 @@ import numpy as np
 import torch
 
 from .errors import DataError, DdmrError
-from .io import load_image, load_label_map, spacing_from_affine
+from .io import (atomic_dir, atomic_path, check_finite, check_not_constant, check_output_folder, load_image,
+                 load_label_map, spacing_from_affine)
 from .spatial import sample_at, warp
 
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
@@ -128,6 +132,9 @@ class TestSet:
         from .testset import load_pair
 
         d = load_pair(self._ts[index])
+        record = self._ts[index]
+        check_not_constant(d["fixed"], f"image {str(record.fixed)!r}")
+        check_not_constant(d["moving"], f"image {str(record.moving)!r}")
         pair = Pair(d["pair"], _normalise(d["fixed"]), _normalise(d["moving"]), d["affine"],
                     np.asarray(d["spacing"], np.float64), d["fixed_seg"], d["moving_seg"], d["disp_true"])
         if original and self.has_original:
@@ -325,11 +332,13 @@ def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime:
         except Exception as exc:  # one broken metric must not lose the others
             errors.append(f"metric {name}: {type(exc).__name__}: {exc}")
             out = float("nan")
-        if isinstance(out, dict):
-            for suffix, v in out.items():
-                values[name if suffix == "" else f"{name}_{suffix}"] = float(v)
-        else:
-            values[name] = float(out)
+        items = out.items() if isinstance(out, dict) else [("", out)]
+        for suffix, v in items:
+            column = name if suffix == "" else f"{name}_{suffix}"
+            values[column] = float(v)
+            if math.isinf(values[column]):  # NaN means "not available"; inf is a failure
+                errors.append(f"metric {column} is infinite")
+                values[column] = float("nan")
     return values, record, errors
 
 
@@ -368,19 +377,11 @@ class ResultsWriter:
         self.write()
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".per_pair.", suffix=".csv", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.columns(), restval="")
-                writer.writeheader()
-                for row in self.rows:
-                    writer.writerow({k: _fmt(v) for k, v in row.items()})
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns(), restval="")
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: _fmt(v) for k, v in row.items()})
 
 
 def _natural(s: str):
@@ -394,6 +395,20 @@ def _fmt(v):
 
 
 # ===================================================================== loop
+def is_evaluation_output(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only what :func:`evaluate` writes (``per_pair.csv``,
+    ``summary.md``, ``boxplots.png``, ``median_pair_*.png``), so a new run may replace it."""
+    for e in Path(folder).iterdir():
+        if e.is_symlink() or not e.is_file():
+            return False
+        if not (e.name in ("per_pair.csv", "summary.md", "boxplots.png")
+                or re.fullmatch(r"median_pair_[A-Za-z0-9_.-]+\.png", e.name)
+                or (e.name.startswith(".") and ".ddmr-" in e.name)):
+            return False
+    return True
+
+
+
 @dataclass
 class EvaluationResult:
     rows: list
@@ -430,6 +445,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     say = progress or (lambda line: print(line, flush=True))
     if not models and not baselines:
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
+    out = check_output_folder(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tset = TestSet(testset)
     if gin_files or gin_bindings:
@@ -444,60 +460,62 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                                                  key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
     metric_objs = {n: make("metrics", n) for n in names}
     methods = build_methods(models, baselines, device, registry, make, unrefined=unrefined)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if original_resolution and not tset.has_original:
         say("note: the test set records no original grids (manifest columns fixed_original, "
             "moving_original); scoring on the test grid")
-    writer = ResultsWriter(out / "per_pair.csv", names)
-    pair_names = tset.names()
-    method_errors: dict[str, str] = {}
-    for m in methods:
-        try:
-            m.prepare()
-            say(f"{m.name}: ready ({m.kind})")
-        except Exception as exc:
-            method_errors[m.name] = _message(exc)
-            say(f"{m.name}: FAILED to load, recorded for every pair: {method_errors[m.name]}")
-    slices: dict = {}
-    failures = 0
-    total = len(pair_names) * len(methods)
-    step = 0
-    for i, pname in enumerate(pair_names):
-        pair, pair_error = None, None
-        try:
-            pair = tset.load(i, original=original_resolution)
-        except Exception as exc:
-            pair_error = _message(exc)
-            say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
+    # the report folder is written whole or not at all (replacing an earlier report)
+    with atomic_dir(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate") as tmp:
+        writer = ResultsWriter(tmp / "per_pair.csv", names)
+        pair_names = tset.names()
+        method_errors: dict[str, str] = {}
         for m in methods:
-            step += 1
-            row = {"method": m.name, "kind": m.kind, "pair": pname, "error": ""}
-            error = method_errors.get(m.name) or pair_error
-            if error is None:
-                try:
-                    disp, warped, seconds = m.predict(pair.fixed, pair.moving, pair.spacing)
-                    values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
-                                                               tset.labels, original_resolution)
-                    row.update(values)
-                    row["error"] = "; ".join(metric_errors)
-                    if figures:
-                        slices[(m.name, pname)] = figure_slices(record)
-                    key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
-                    shown = f"{key} {values[key]:.3f}, " if key else ""
-                    say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s")
-                except Exception as exc:
-                    error = _message(exc)
-            if error is not None:
-                row["error"] = error
-                failures += 1
-                say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
-            writer.add(row)
-    directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
-    titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
-    units = {n: getattr(metric_objs[n], "unit", "") for n in names}
-    write_report(out, writer.rows, [m.name for m in methods], names, directions, titles, units,
-                 slices if figures else None, tset)
+            try:
+                m.prepare()
+                say(f"{m.name}: ready ({m.kind})")
+            except Exception as exc:
+                method_errors[m.name] = _message(exc)
+                say(f"{m.name}: FAILED to load, recorded for every pair: {method_errors[m.name]}")
+        slices: dict = {}
+        failures = 0
+        total = len(pair_names) * len(methods)
+        step = 0
+        for i, pname in enumerate(pair_names):
+            pair, pair_error = None, None
+            try:
+                pair = tset.load(i, original=original_resolution)
+            except Exception as exc:
+                pair_error = _message(exc)
+                say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
+            for m in methods:
+                step += 1
+                row = {"method": m.name, "kind": m.kind, "pair": pname, "error": ""}
+                error = method_errors.get(m.name) or pair_error
+                if error is None:
+                    try:
+                        disp, warped, seconds = m.predict(pair.fixed, pair.moving, pair.spacing)
+                        check_finite(f"{m.name} on pair {pname!r}", disp=disp, warped=warped)
+                        values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
+                                                                   tset.labels, original_resolution)
+                        row.update(values)
+                        row["error"] = "; ".join(metric_errors)
+                        failures += bool(metric_errors)
+                        if figures:
+                            slices[(m.name, pname)] = figure_slices(record)
+                        key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
+                        shown = f"{key} {values[key]:.3f}, " if key else ""
+                        say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s")
+                    except Exception as exc:
+                        error = _message(exc)
+                if error is not None:
+                    row["error"] = error
+                    failures += 1
+                    say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
+                writer.add(row)
+        directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
+        titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
+        units = {n: getattr(metric_objs[n], "unit", "") for n in names}
+        write_report(tmp, writer.rows, [m.name for m in methods], names, directions, titles, units,
+                     slices if figures else None, tset)
     say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
         + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
     return EvaluationResult(writer.rows, out, failures, [m.name for m in methods])

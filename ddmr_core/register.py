@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DataError, DdmrError
-from .io import check_same_grid, load_image, load_label_map, spacing_from_affine
+from .io import check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
 from .spatial import resize_affine, sample_at
 
 # ---------------------------------------------------------------- inputs
@@ -86,6 +86,11 @@ def read_volume(obj, affine=None, *, name: str = "image", label: bool = False):
     if not np.all(np.isfinite(data)):
         raise DataError(f"{name} contains NaN or infinite values")
     return data, aff
+
+
+def _named(what: str, name: str) -> str:
+    """``"fixed image 'F.nii.gz'"`` for a file, ``"fixed image"`` for an array."""
+    return what if name == what else f"{what} {name!r}"
 
 
 def _read_pair_side(image, seg, affine, what: str):
@@ -387,8 +392,10 @@ class Registrar:
                 the model grid.
 
         Raises:
-            DataError: unreadable/missing file, non-3-D volume, a segmentation whose grid
-                differs from its image's, or inputs the preprocessing cannot handle.
+            DataError: unreadable/missing file, non-3-D volume, a constant (e.g. all-zero)
+                image, a segmentation whose grid differs from its image's, inputs the
+                preprocessing cannot handle, or a model whose field or warped image is not
+                finite (NaN or infinite values are never returned as a result).
         """
         timings = {}
         t = time.perf_counter()
@@ -396,6 +403,8 @@ class Registrar:
             moving_affine = fixed_affine
         f0, fs0, F0, fname = _read_pair_side(fixed, fixed_seg, fixed_affine, "fixed image")
         m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
+        check_not_constant(f0, _named("fixed image", fname))
+        check_not_constant(m0, _named("moving image", mname))
         m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
         timings["read"] = time.perf_counter() - t
 
@@ -409,6 +418,8 @@ class Registrar:
         fx = torch.from_numpy(np.ascontiguousarray(f_pre, dtype=np.float32))[None, None].to(dev)
         mv = torch.from_numpy(np.ascontiguousarray(m_pre, dtype=np.float32))[None, None].to(dev)
         disp = self.model(fx, mv)["disp"][0].float()  # (3, d, h, w) fixed model voxels
+        what = f"checkpoint {str(self.path)!r} on {fname!r} and {mname!r}"
+        check_finite(what, field=disp)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["predict"] = time.perf_counter() - t
@@ -422,6 +433,7 @@ class Registrar:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["apply"] = time.perf_counter() - t
+        check_finite(what, warped=outs["warped"], exported_field=outs["disp"])
 
         fixed_seg_out, before_seg, warped_seg = outs["fixed_seg"], outs["before_seg"], outs["warped_seg"]
         metrics = {}

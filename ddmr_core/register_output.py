@@ -11,23 +11,25 @@ Files (``OUTPUT_FILES``):
 * ``overview.png`` -- fixed, moving, warped, checkerboard, deformation grid (mid slices);
 * ``results.json`` -- inputs, output grid, timings and Dice/TRE before and after.
 
-Everything is first written to a hidden temporary folder next to the destination and
-moved in only once all of it succeeded, so a failure leaves nothing half-written.
+Everything is first written to a hidden temporary folder next to the destination, which
+replaces the destination as a whole only once all of it succeeded
+(:func:`ddmr_core.io.atomic_dir`): a failure or a kill leaves the destination as it was,
+and files of an earlier run (say, ``warped_seg.nii.gz`` of a run with label maps) never
+survive. An existing destination must be empty or an earlier ``ddmr register`` output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from .field_io import save_field_itk, save_field_npz
+from .io import atomic_dir as _atomic_dir
+from .io import check_output_folder
 from .figures import checkerboard, draw_deformation_grid
 
 OUTPUT_FILES = (
@@ -41,33 +43,40 @@ OUTPUT_FILES = (
 )
 
 
+#: what a batch run (``ddmr register --pairs``) adds beside the pair folders
+SUMMARY_FILES = ("summary.json", "summary.csv")
+
+
+def is_register_output(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only what ``ddmr register`` writes (one pair's files, or
+    pair folders of those and the batch summaries), so that a new run may replace it."""
+    def own_files(d: Path, allowed) -> bool:
+        for e in d.iterdir():
+            if e.name in allowed and e.is_file() and not e.is_symlink():
+                continue
+            if e.name.startswith(".") and ".ddmr-" in e.name:  # a temporary of ours
+                continue
+            if allowed is not OUTPUT_FILES and e.is_dir() and not e.is_symlink() and own_files(e, OUTPUT_FILES):
+                continue
+            return False
+        return True
+
+    folder = Path(folder)
+    return folder.is_dir() and own_files(folder, OUTPUT_FILES + SUMMARY_FILES)
+
+
 @contextlib.contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success move its entries into ``out_dir``.
-
-    ``out_dir`` is created if needed; entries of the same name already there are
-    replaced. On an exception the temporary folder is deleted and ``out_dir`` is left
-    as it was."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        from .errors import DdmrError
-
-        raise DdmrError(f"output {str(out_dir)!r} exists and is not a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
-    try:
+def atomic_dir(out_dir: str | Path, option: str = "--out") -> Iterator[Path]:
+    """:func:`ddmr_core.io.atomic_dir` for register outputs: an existing ``out_dir`` is
+    replaced as a whole if it is empty or an earlier ``ddmr register`` output, refused
+    otherwise (nothing in it is deleted)."""
+    with _atomic_dir(out_dir, option, replaceable=is_register_output, what="ddmr register") as tmp:
         yield tmp
-        if not out_dir.exists():
-            os.replace(tmp, out_dir)
-            return
-        for entry in sorted(tmp.iterdir()):
-            target = out_dir / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_out(out_dir: str | Path, option: str = "--out") -> Path:
+    """Before any work: ``out_dir`` can be written, and replaced if it exists."""
+    return check_output_folder(out_dir, option, replaceable=is_register_output, what="ddmr register")
 
 
 def write_into(result, folder: str | Path) -> list[str]:
@@ -92,17 +101,7 @@ def write_into(result, folder: str | Path) -> list[str]:
     summary["files"] = written + ["results.json"]
     (folder / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     written.append("results.json")
-    # temporary files are created private (0600); give the outputs the usual permissions
-    mode = 0o666 & ~_umask()
-    for name in written:
-        os.chmod(folder / name, mode)
     return written
-
-
-def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
 
 
 def write_outputs(result, out_dir: str | Path) -> Path:

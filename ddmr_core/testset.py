@@ -8,7 +8,8 @@ Layout of a test set folder ``DIR``::
               disp_true.nii.gz (ITK/ANTs field), disp_true.npz (voxel field)
 
 Paths in the manifest are relative to ``DIR``; segmentation columns are empty when the
-dataset has none. All volumes of a pair share the fixed image's grid and affine;
+dataset has none. ``ddmr build-testset`` writes the whole folder beside ``DIR`` and swaps it
+in at the end (:func:`ddmr_core.io.atomic_dir`), so ``DIR`` is complete or untouched. All volumes of a pair share the fixed image's grid and affine;
 ``disp_true`` is the pull field from the fixed grid into the moving image
 (``warp(moving, disp_true) ~= fixed``), in voxels in the ``.npz`` and in LPS millimetres in
 the NIfTI (see :mod:`ddmr_core.field_io`). ``manifest.csv`` and ``testset.json`` are written
@@ -39,6 +40,30 @@ COLUMNS = ("pair", "fixed", "moving", "fixed_seg", "moving_seg", "disp_true", "d
 #: optional: the pair on the subject's isotropic grid (``build-testset --original-grid``)
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 META_KEYS = ("dataset", "size", "seed", "pairs", "labels")
+
+
+#: the files of one pair folder (``*_original`` ones only with ``--original-grid``)
+PAIR_FILES = ("fixed.nii.gz", "moving.nii.gz", "fixed_seg.nii.gz", "moving_seg.nii.gz", "disp_true.nii.gz",
+              "disp_true.npz") + tuple(f"{c}.nii.gz" for c in ORIGINAL_COLUMNS)
+
+
+def is_testset_output(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only what ``ddmr build-testset`` writes (``manifest.csv``,
+    ``testset.json`` and pair folders of :data:`PAIR_FILES`), complete or not, so that a
+    new test set may replace it."""
+    def ours(e: Path) -> bool:
+        return e.name.startswith(".") and ".ddmr-" in e.name  # a temporary of ours
+
+    for e in Path(folder).iterdir():
+        if e.is_symlink():
+            return False
+        if e.is_file() and (e.name in (MANIFEST, META) or ours(e)):
+            continue
+        if e.is_dir() and all(f.is_file() and not f.is_symlink() and (f.name in PAIR_FILES or ours(f))
+                              for f in e.iterdir()):
+            continue
+        return False
+    return True
 
 
 def _np(x):

@@ -116,7 +116,8 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
 
     ``original_grid`` also writes each pair on the subject's isotropic (1 mm) grid, as the
     optional ``*_original`` manifest columns that ``ddmr evaluate --original-resolution`` uses."""
-    from ..testset import finish_testset, write_pair
+    from ..io import atomic_dir
+    from ..testset import is_testset_output
 
     if pairs < 1:
         raise ConfigError(f"--pairs must be at least 1, got {pairs}")
@@ -125,6 +126,19 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
         raise DataError(f"dataset {dataset_name!r} has no {split!r} subjects to build a test set from")
     size = tuple(int(s) for s in size)
     out = Path(out)
+    t0 = time.perf_counter()
+    # written beside ``out`` and swapped in whole: an interrupted run leaves ``out`` as it was
+    with atomic_dir(out, "--out", replaceable=is_testset_output, what="ddmr build-testset") as tmp:
+        _write_pairs(dataset, subjects, pipeline, tmp, pairs, size, seed, split, dataset_name, log,
+                     original_grid)
+    log(f"wrote {pairs} pairs to {out} in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _write_pairs(dataset, subjects, pipeline, out: Path, pairs: int, size, seed: int, split: str,
+                 dataset_name: str, log, original_grid: bool) -> None:
+    from ..testset import finish_testset, write_pair
+
     rows, t0 = [], time.perf_counter()
     labels = [int(v) for v in getattr(dataset, "labels", ())]
     for k in range(pairs):
@@ -162,21 +176,21 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
         "preprocess": preprocess if isinstance(preprocess, dict) or preprocess is None else str(preprocess),
     }
     finish_testset(out, rows, meta)
-    log(f"wrote {pairs} pairs to {out} in {time.perf_counter() - t0:.1f} s")
-    return out
 
 
 def run(args) -> int:
 
     from ..config import resolve_config
     from ..experiment import build_augmentation
-    from ..testset import MANIFEST
+    from ..io import check_output_folder
+    from ..testset import MANIFEST, is_testset_output
 
     out = Path(args.out)
-    if (out / MANIFEST).exists() and not args.overwrite:
-        raise DataError(f"{str(out)!r} already holds a test set; pass --overwrite to replace it")
     if args.pairs < 1 or args.size < 2:
         raise ConfigError(f"--pairs must be >= 1 and --size >= 2, got {args.pairs} and {args.size}")
+    if out.is_dir() and (out / MANIFEST).exists() and not args.overwrite:
+        raise DataError(f"{str(out)!r} already holds a test set; pass --overwrite to replace it")
+    check_output_folder(out, "--out", replaceable=is_testset_output, what="ddmr build-testset")
     augment = resolve_config(args.augment)
     bindings = list(args.gin) + [f"ddmr.build_augmentation.seed = {int(args.seed)}"]
     dataset, _ = build_named_dataset(args.dataset, [augment, *args.config], bindings, args.size)

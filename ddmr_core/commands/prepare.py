@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError, DdmrError
-from ..io import atomic_path, write_text_atomic
+from ..io import atomic_path, check_output_folder, write_text_atomic
 
 NAME = "prepare"
 HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"
@@ -103,6 +103,11 @@ class _Guarded:
             return exc
 
 
+def _check_workers(workers) -> None:
+    if workers is not None and int(workers) < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: no worker processes), got {workers}")
+
+
 def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", "test"),
             workers: int | None = None, log=print) -> dict:
     """Cache every sample of ``splits`` of ``dataset`` under ``out``; returns the index."""
@@ -110,7 +115,8 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
 
     from ddmr_plugins.datasets.prepared import FORMAT, FORMAT_VERSION, INDEX, default_workers
 
-    out = Path(out)
+    _check_workers(workers)
+    out = check_output_folder(out, "--out", replace=False)
     out.mkdir(parents=True, exist_ok=True)
     preprocess = getattr(dataset, "preprocess", None)
     if preprocess is not None and not isinstance(preprocess, dict):
@@ -130,7 +136,7 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
     elif any(out.iterdir()):
         raise DataError(f"output folder {str(out)!r} is not empty and is not a ddmr prepare cache")
     write_text_atomic(settings_path, json.dumps(settings, indent=2))
-    workers = default_workers() if workers is None else max(0, int(workers))
+    workers = default_workers() if workers is None else int(workers)
     index = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings, "splits": {}}
     t0, written, skipped = time.perf_counter(), 0, 0
     for split_name in splits:
@@ -172,6 +178,11 @@ def prepare(dataset, out: str | Path, name: str, splits=("train", "validation", 
 
 
 def run(args) -> int:
+    # every argument is checked before the dataset is built (which can take minutes)
+    _check_workers(args.workers)
+    if args.size is not None and args.size < 2:
+        raise ConfigError(f"--size must be >= 2, got {args.size}")
+    check_output_folder(args.out, "--out", replace=False)
     dataset, _ = build_named_dataset(args.dataset, args.config, args.gin, args.size)
     prepare(dataset, args.out, args.dataset, args.splits, args.workers)
     return 0

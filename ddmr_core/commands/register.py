@@ -11,7 +11,8 @@ optionally ``fixed_seg,moving_seg`` and ``pair`` (an output sub-folder name; def
 to ``DIR/<pair>/``; ``DIR/summary.json`` and ``DIR/summary.csv`` gather metrics and timings.
 
 Output files: see :mod:`ddmr_core.register_output`. Everything is written to a temporary
-folder first and moved into ``DIR`` only when all pairs succeeded.
+folder beside ``DIR`` first, which replaces ``DIR`` as a whole only when all pairs
+succeeded (an existing ``DIR`` must be empty or an earlier ``ddmr register`` output).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _print(pair, res):
 
 def run(args) -> int:
     from ..register import Registrar, _jsonable
-    from ..register_output import atomic_dir, write_into
+    from ..register_output import atomic_dir, check_out, write_into
 
     single = args.fixed is not None or args.moving is not None
     if args.pairs and (single or args.fixed_seg or args.moving_seg):
@@ -128,9 +129,7 @@ def run(args) -> int:
         pairs = None
     else:
         pairs = read_pairs(args.pairs)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DdmrError(f"--out {str(out)!r} exists and is not a folder")
+    out = check_out(Path(args.out))  # writable, and replaceable if it exists: before any work
 
     reg = Registrar(args.model, device=args.device)
     print(f"model {args.model} loaded in {reg.load_time:.2f} s (grid {reg.input_size}, device {reg.device})")

@@ -288,16 +288,26 @@ class _CrashPlugin:
         return {"crashing": _CrashingBaseline}
 
 
-def test_results_survive_a_crash(tmp_path):
+def test_a_crash_leaves_the_earlier_report_as_it_was(tmp_path):
+    """The report folder is written whole or not at all: a crash mid-way (here on the
+    second pair) neither publishes a partial report nor touches the earlier one."""
     root = _write_testset(tmp_path / "ts", n_pairs=3)
     reg = Registry(get_plugin_manager(autoload=False, extra_plugins=[("crash", _CrashPlugin())]), bind_gin=False)
+    evaluate(root, baselines=["identity"], out=tmp_path / "out", registry=reg, metrics=["dsc"],
+             progress=lambda s: None, figures=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert set(before) == {"per_pair.csv", "summary.md"}
+    _CrashingBaseline.calls = 0
     with pytest.raises(_Crash):
         evaluate(root, baselines=["identity", "crashing"], out=tmp_path / "out", registry=reg,
                  metrics=["dsc"], progress=lambda s: None, figures=False)
-    rows = _read_csv(tmp_path / "out" / "per_pair.csv")
-    assert [(r["method"], r["pair"]) for r in rows] == [
-        ("identity", "pair_000"), ("crashing", "pair_000"), ("identity", "pair_001")]
-    assert all(r["dsc"] for r in rows)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ts"]  # no temporary folder left
+    _CrashingBaseline.calls = 0
+    with pytest.raises(_Crash):  # into a new folder: nothing is published
+        evaluate(root, baselines=["identity", "crashing"], out=tmp_path / "new", registry=reg,
+                 metrics=["dsc"], progress=lambda s: None, figures=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ts"]
 
 
 def test_reads_what_the_testset_writer_writes(tmp_path):

@@ -342,8 +342,8 @@ def _bad_inputs(tmp, files):
 def test_bad_images_fail_cleanly(tmp_path, pair_files, stand_in, capsys):
     ck = make_ckpt(tmp_path / "m.pt", np.zeros((3,) + GRID), NO_RESAMPLING)
     fresh, kept = tmp_path / "fresh", tmp_path / "kept"
-    kept.mkdir()
-    (kept / "old.txt").write_text("keep me")
+    kept.mkdir()  # an earlier output, which a successful run would replace
+    (kept / "results.json").write_text("keep me")
     for args, words in _bad_inputs(tmp_path, pair_files):
         for out in (fresh, kept):
             capsys.readouterr()
@@ -355,7 +355,8 @@ def test_bad_images_fail_cleanly(tmp_path, pair_files, stand_in, capsys):
             for w in words:
                 assert w in lines[0], (w, lines[0])
             assert not fresh.exists()
-            assert sorted(p.name for p in kept.iterdir()) == ["old.txt"]
+            assert sorted(p.name for p in kept.iterdir()) == ["results.json"]
+            assert (kept / "results.json").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders
 
 
