@@ -3,15 +3,19 @@
 Sub-commands live one per module in :mod:`ddmr_core.commands`; each module defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; ``--debug``
-shows the traceback.
+shows the traceback. Ctrl-C and SIGTERM stop a command the same way (temporary outputs
+removed): one line, exit status 130 and 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 import traceback
 
 from . import __version__
@@ -44,21 +48,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs
+    (temporary outputs removed, nothing half-written left under a final name)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like Ctrl-C while a command runs (main thread only), then restore
+    the previous handler (``main`` is also called in-process, by protocols and tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if not getattr(args, "_run", None):
-            parser.print_help()
-            return 0
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "_run", None):
+                parser.print_help()
+                return 0
+            return int(args._run(args) or 0)
     except DdmrError as exc:
         if debug:
             traceback.print_exc()
         print(f"ddmr: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("ddmr: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("ddmr: interrupted", file=sys.stderr)
         return 130

@@ -48,6 +48,11 @@ def add_arguments(parser):
 
 
 def build_steps(args) -> list:
+    from ..registry import Registry
+
+    registry = Registry(bind_gin=False)
+    for name in args.baselines:  # before any training: an unknown name lists the known ones
+        registry.entry("baselines", name)
     out = Path(args.out)
     size = int(args.size)
     if size % 16 or size < 16:

@@ -58,6 +58,9 @@ def add_arguments(parser):
 
 
 def build_steps(args) -> list:
+    for option, value, low in (("--size", args.size, 2), ("--steps", args.steps, 1), ("--pairs", args.pairs, 1)):
+        if value is not None and value < low:  # before any work
+            raise DdmrError(f"{option} must be at least {low}, got {value}")
     dataset, folder, baselines = EXPERIMENTS[args.experiment]
     root = Path(args.out)
     exp_dir = root / args.experiment
