@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line: gin appends "In call to configurable ..." lines
+    to errors raised while it builds a component; they are dropped, other lines joined."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("In call to configurable"))
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs
     (temporary outputs removed, nothing half-written left under a final name)."""
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except DdmrError as exc:
         if debug:
             traceback.print_exc()
-        print(f"ddmr: error: {exc}", file=sys.stderr)
+        print(f"ddmr: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print("ddmr: terminated (SIGTERM)", file=sys.stderr)

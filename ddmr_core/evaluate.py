@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, DdmrError
-from .io import (atomic_dir, atomic_path, check_finite, check_not_constant, check_output_folder, load_image,
+from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder, load_image,
                  load_label_map, spacing_from_affine)
 from .spatial import sample_at, warp
 
@@ -493,7 +493,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                 if error is None:
                     try:
                         disp, warped, seconds = m.predict(pair.fixed, pair.moving, pair.spacing)
-                        check_finite(f"{m.name} on pair {pname!r}", disp=disp, warped=warped)
+                        check_field(f"{m.name} on pair {pname!r}", disp)
+                        check_finite(f"{m.name} on pair {pname!r}", warped=warped)
                         values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
                                                                    tset.labels, original_resolution)
                         row.update(values)

@@ -175,6 +175,28 @@ def check_finite(what: str, **arrays) -> None:
                         "they are not a result (a model whose training diverged?)")
 
 
+#: a displacement this many times the grid's extent (along an axis) is not a registration
+MAX_FIELD_EXTENTS = 10
+
+
+def check_field(what: str, disp) -> None:
+    """Raise :class:`DataError` for a displacement field ``(3, D, H, W)`` (voxels) that is
+    not finite, or that moves a voxel by more than :data:`MAX_FIELD_EXTENTS` times the
+    grid's extent along an axis: both come from models whose training diverged (weights
+    of ~1e6 give finite fields of ~1e30 voxels, which sample nothing but padding)."""
+    check_finite(what, field=disp)
+    if hasattr(disp, "detach"):
+        disp = disp.detach().cpu().numpy()
+    disp = np.asarray(disp)
+    for axis in range(min(3, disp.shape[0])):
+        extent = disp.shape[1 + axis]
+        peak = float(np.abs(disp[axis]).max()) if disp[axis].size else 0.0
+        if peak > MAX_FIELD_EXTENTS * extent:
+            raise DataError(
+                f"{what} gave a displacement of {peak:.3g} voxels along axis {axis} of a grid {extent} "
+                f"voxels long; that is not a registration (a model whose training diverged?)")
+
+
 # ------------------------------------------------------------------ writing
 #
 # Every output goes through a temporary name next to its destination and is renamed into
@@ -319,6 +341,9 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
         DataError: one line naming ``option``, the folder and the problem.
     """
     path = Path(path)
+    if replace and path.parent.is_dir():  # what killed runs left beside ``path``
+        _restore_swapped_out(path)  # killed in the middle of a fallback swap
+        remove_stale_temporaries(path.parent, path.name)
     if path.exists() and not path.is_dir():
         raise DataError(f"{option} {str(path)!r} exists and is not a folder")
     anc = _first_existing(path if not replace else path.parent)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DataError, DdmrError
-from .io import check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
+from .io import check_field, check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
 from .spatial import resize_affine, sample_at
 
 # ---------------------------------------------------------------- inputs
@@ -419,7 +419,7 @@ class Registrar:
         mv = torch.from_numpy(np.ascontiguousarray(m_pre, dtype=np.float32))[None, None].to(dev)
         disp = self.model(fx, mv)["disp"][0].float()  # (3, d, h, w) fixed model voxels
         what = f"checkpoint {str(self.path)!r} on {fname!r} and {mname!r}"
-        check_finite(what, field=disp)
+        check_field(what, disp)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["predict"] = time.perf_counter() - t

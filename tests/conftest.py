@@ -57,6 +57,15 @@ def with_third_party(third_party_site, monkeypatch):
     yield third_party_site
 
 
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory):
+    """16^3 inputs, a light checkpoint and broken/hostile ones (``tests/tiny_workspace.py``),
+    built once; tests only read them (outputs go to their own ``tmp_path``)."""
+    from tiny_workspace import build_workspace
+
+    return build_workspace(tmp_path_factory.mktemp("tiny") / "ws")
+
+
 def run_cli(*args, env_extra=None):
     env = dict(os.environ)
     env.update(env_extra or {})
