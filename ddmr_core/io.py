@@ -346,6 +346,9 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
         remove_stale_temporaries(path.parent, path.name)
     if path.exists() and not path.is_dir():
         raise DataError(f"{option} {str(path)!r} exists and is not a folder")
+    if replace and path.is_dir() and path.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise DataError(f"{option} {str(path)!r} is the current folder or one above it, which would be "
+                        "replaced as a whole: give a sub-folder")
     anc = _first_existing(path if not replace else path.parent)
     if not anc.is_dir():
         raise DataError(f"{option} {str(path)!r}: {str(anc)!r} is a file, not a folder")

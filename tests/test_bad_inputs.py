@@ -102,6 +102,7 @@ CASES = [
     Case("p3-reg-out-under-file", REG + " --model {good} --out {a_file}/sub", ("a_file", "is a file")),
     Case("p3-reg-out-proc", REG + " --model {good} --out /proc/ddmr_x", ("/proc", "cannot write")),
     Case("reg-out-foreign", REG + " --model {good} --out {foreign_dir}", ("foreign_dir", "did not write")),
+    Case("reg-out-root", REG + " --model {good} --out /", ("'/'", "current folder or one above")),
     # --- register --pairs
     Case("pairs-missing-csv", "register --pairs {ws}/none.csv --model {good} --out {new_out}", ("none.csv", "not found")),
     Case("pairs-no-rows", "register --pairs {pairs_empty} --model {good} --out {new_out}", ("pairs_empty", "no rows")),
