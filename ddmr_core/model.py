@@ -20,6 +20,11 @@ from .prealign import prealign_field
 from .refine import refine_field
 from .spatial import compose_affine, resize_field, resize_image, warp
 
+def _float(value):
+    """Floating tensors as float32; anything else as it is."""
+    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+
 LOSS_INPUTS = ("image", "segmentation", "field", "displacement")
 
 
@@ -181,7 +186,17 @@ class RegistrationModel(nn.Module):
         return disp
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:
-        """Every loss term, ``{name: scalar}``, from a batch and the model's output."""
+        """Every loss term, ``{name: scalar}``, from a batch and the model's output.
+
+        Terms are computed in float32 with autocast off, whatever the forward pass ran in:
+        losses are reductions that need the precision, and under bf16 autocast cuDNN
+        picked a grouped-convolution kernel for SSIM's separable blur that made a whole
+        training step ~5x slower than fp32 (``benchmarks/gpu_check.py``'s profile)."""
+        with torch.autocast(out["disp"].device.type, enabled=False):
+            return self._loss_terms({k: _float(v) for k, v in batch.items()},
+                                    {k: _float(v) for k, v in out.items()})
+
+    def _loss_terms(self, batch, out) -> dict:
         terms = {}
         for name, loss in self.losses.items():
             if loss.inputs == "image":
@@ -225,6 +240,8 @@ class RegistrationModel(nn.Module):
         terms = self.loss_terms(batch, out)
         total = self.combine(terms)
         if self.supervision is not None:
-            terms["supervision"] = self.supervision(out["disp"], self._disp_true(batch, "supervision"))
+            with torch.autocast(out["disp"].device.type, enabled=False):
+                terms["supervision"] = self.supervision(out["disp"].float(),
+                                                        _float(self._disp_true(batch, "supervision")))
             total = total + self.supervision_weight * terms["supervision"]
         return total, terms, out

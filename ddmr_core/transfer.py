@@ -25,7 +25,7 @@ from pathlib import Path
 import gin
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_finite_weights, load_checkpoint
 from .errors import CheckpointError, ConfigError
 
 STRATEGIES = ("full", "two_step")
@@ -81,6 +81,7 @@ def load_pretrained(model: nn.Module, path: str | Path, load_weighting: bool = T
     """
     ckpt = load_checkpoint(path)
     state = ckpt["model"]
+    check_finite_weights(state, path)  # finetuning a blown-up model learns nothing
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     try:
         model.backbone.load_state_dict(backbone, strict=True)

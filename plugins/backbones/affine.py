@@ -8,10 +8,9 @@ from an affine fit for that reason, and ``prealign='affine'`` does the same by
 optimisation, at a cost paid again for every pair. This module learns the affine step
 instead, so one forward pass registers the pair:
 
-1. :class:`AffineRegressor` reads the concatenated pair with strided convolutions, pools
-   every feature map into its mean and its first moments along the three axes (where
-   the feature sits, which is what a translation or rotation changes), and maps those
-   to the 12 parameters of an affine map, started at the identity;
+1. :class:`KeypointAffine` finds keypoints in each image (centres of mass of learnt
+   feature maps) and fits the affine map that carries the fixed image's keypoints onto
+   the moving image's, by least squares in closed form;
 2. the moving image is warped by that map and the deformable backbone predicts the
    residual on the pre-aligned pair;
 3. the two compose exactly, with no interpolation (:func:`ddmr_core.spatial.compose_affine`).
@@ -34,51 +33,90 @@ from ddmr_core.spatial import compose_affine, identity_grid, warp
 
 from .integration import check_pair
 
-#: Default widths of the affine stage: five stride-2 levels (64^3 -> 2^3).
-AFFINE_WIDTHS = (16, 32, 32, 64, 64)
+#: Default widths of the affine stage: three stride-2 levels (64^3 -> 8^3 keypoint maps).
+AFFINE_WIDTHS = (16, 32, 32)
 
 
-class AffineRegressor(nn.Module):
-    """``(fixed, moving) -> theta (B, 3, 4)``, an affine map in ``F.affine_grid``'s
-    normalised coordinates (``align_corners=True``, about the grid centre).
+class _ZeroMeanConv3d(nn.Conv3d):
+    """Convolution whose every kernel is shifted to sum to zero, with replicated borders:
+    blind to constant offsets, also at the edge of the grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight - self.weight.mean(dim=(1, 2, 3, 4), keepdim=True)
+        # replicated borders: zero padding would make an edge of any non-zero background
+        pad = [p for p in reversed(self.padding) for _ in range(2)]
+        x = torch.nn.functional.pad(x, pad, mode="replicate")
+        return torch.nn.functional.conv3d(x, w, self.bias, self.stride)
+
+
+class KeypointAffine(nn.Module):
+    """``(fixed, moving) -> theta (B, 3, 4)``, the affine map (``F.affine_grid``'s
+    normalised coordinates, ``align_corners=True``) that best carries the fixed image's
+    keypoints onto the moving image's, in closed form.
+
+    One small convolutional network, shared by both images, turns each image into
+    ``keypoints`` maps; the centre of mass of each squared map is a keypoint (the idea of
+    KeyMorph, Yu et al. 2022). The map ``theta`` minimises ``sum_k |theta [p_k; 1] - q_k|^2
+    + ridge |theta - [I | 0]|^2`` over fixed keypoints ``p_k`` and moving keypoints ``q_k``
+    (normal equations, a 4 x 4 solve). Convolutions commute with translations, so even
+    untrained keypoints move with the image: the stage starts near the right translation
+    and training makes the keypoints distinctive (rotations, scaling, shear).
 
     Args:
-        widths: filters of the stride-2 convolutions, one per level.
+        widths: filters of the stride-2 convolutions (each halves the grid).
+        keypoints: number of keypoints (>= 4, not all coplanar, for a full affine map).
         slope: LeakyReLU negative slope.
-        in_channels: channels of fixed + moving together.
-
-    The output layer starts at zero, so the stage starts as the identity map.
+        ridge: weight of the pull towards the identity (keeps the solve well posed).
     """
 
-    def __init__(self, widths: Sequence[int] = AFFINE_WIDTHS, slope: float = 0.2, in_channels: int = 2):
+    def __init__(self, widths: Sequence[int] = AFFINE_WIDTHS, keypoints: int = 32, slope: float = 0.2,
+                 ridge: float = 1e-3):
         super().__init__()
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
             raise ConfigError(f"affine_cascade: widths must be a non-empty list of positive ints, got {widths}")
-        layers, cin = [], in_channels
-        for w in widths:
-            layers += [Conv3d(cin, w, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(slope)]
+        if int(keypoints) < 4:
+            raise ConfigError(f"affine_cascade: keypoints must be >= 4 for an affine map, got {keypoints}")
+        # No biases, and a first layer whose kernels sum to zero: a constant image (the
+        # background, at any brightness) gives all-zero maps, so the keypoints sit on the
+        # image's structures from the first step on, and move with them.
+        layers, cin = [], 1
+        for i, w in enumerate(widths):
+            conv = (_ZeroMeanConv3d if i == 0 else Conv3d)(cin, w, kernel_size=3, stride=2, padding=1, bias=False)
+            layers += [conv, nn.LeakyReLU(slope)]
             cin = w
+        layers.append(Conv3d(cin, int(keypoints), kernel_size=1, bias=False))
         self.features = nn.Sequential(*layers)
-        self.divisor = 2 ** len(widths)
-        # per channel: mean and the three first moments (see module docstring)
-        self.head = nn.Linear(4 * cin, 12)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.stride = 2 ** len(widths)
+        self.ridge = float(ridge)
+
+    def keypoints(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, D, H, W) -> (B, K, 3)`` keypoints in normalised ``xyz`` coordinates."""
+        maps = self.features(image).pow(2)                         # (B, K, d, h, w), >= 0
+        weights = maps.flatten(2) + 1e-12                          # a blank map: the grid centre
+        weights = weights / weights.sum(-1, keepdim=True)
+        # feature voxel j sits over image voxel stride * j (kernel 3, padding 1, stride 2)
+        grid = identity_grid(maps.shape[2:], maps.device, maps.dtype) * self.stride
+        norm = torch.tensor([2.0 / max(n - 1, 1) for n in image.shape[2:]], device=maps.device,
+                            dtype=maps.dtype).view(1, 3, 1, 1, 1)
+        coords = (grid * norm - 1.0).flatten(2)[0]                # (3, N), array order
+        return torch.einsum("bkn,cn->bkc", weights, coords).flip(-1)  # xyz
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        f = self.features(torch.cat([fixed, moving], dim=1))
-        b, c = f.shape[:2]
-        # coordinates of the feature grid in [-1, 1], array-axis order
-        coords = identity_grid(f.shape[2:], f.device, f.dtype)
-        coords = coords * (2.0 / torch.tensor([max(n - 1, 1) for n in f.shape[2:]], device=f.device,
-                                              dtype=f.dtype).view(1, 3, 1, 1, 1)) - 1.0
-        flat = f.flatten(2)                                     # (B, C, N)
-        moments = torch.einsum("bcn,kn->bck", flat, coords.flatten(2)[0]) / flat.shape[-1]
-        pooled = torch.cat([flat.mean(-1), moments.flatten(1)], dim=1)
-        delta = self.head(pooled).view(b, 3, 4)
-        eye = torch.eye(3, 4, device=f.device, dtype=f.dtype)
-        return eye + delta
+        both = self.keypoints(torch.cat([fixed, moving], dim=0))
+        p, q = both.split(fixed.shape[0], dim=0)                  # (B, K, 3) each
+        x = torch.cat([p, torch.ones_like(p[..., :1])], dim=-1)   # (B, K, 4)
+        eye = torch.eye(3, 4, device=p.device, dtype=p.dtype).expand(p.shape[0], 3, 4)
+        lhs = x.transpose(1, 2) @ x + self.ridge * torch.eye(4, device=p.device, dtype=p.dtype)
+        rhs = q.transpose(1, 2) @ x + self.ridge * eye            # (B, 3, 4)
+        # theta lhs = rhs, lhs symmetric: theta^T = solve(lhs, rhs^T)
+        return torch.linalg.solve(lhs, rhs.transpose(1, 2)).transpose(1, 2)
+
+
+def compose_thetas(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 4)`` map of pulling with ``first`` then with ``second`` (``F.affine_grid``
+    convention): ``warp(warp(m, first), second)(x) = m(first(second(x)))``."""
+    return first[:, :, :3] @ second + torch.cat([torch.zeros_like(first[:, :, :3]), first[:, :, 3:]], dim=2)
 
 
 class AffineCascade(nn.Module):
@@ -86,26 +124,37 @@ class AffineCascade(nn.Module):
 
     Args:
         deformable: a backbone (``forward(fixed, moving) -> disp``), e.g. ``vxm_unet``.
-        widths: filters of the affine stage's levels (see :class:`AffineRegressor`).
+        widths: filters of the affine stage's levels (see :class:`KeypointAffine`).
+        keypoints: keypoints of the affine stage.
         slope: LeakyReLU negative slope of the affine stage.
+        affine_passes: passes of the affine stage; each pass after the first runs on the
+            pair as the previous passes aligned it (where keypoints agree better) and its
+            map composes exactly with theirs.
 
     ``forward(fixed, moving)``: ``(B, 1, D, H, W)`` each -> ``(B, 3, D, H, W)`` voxel pull
     field, the composition of the affine map and the residual. ``last_affine`` holds the
     affine stage's ``theta`` of the last call (for logging and tests).
     """
 
-    def __init__(self, deformable: nn.Module, widths: Sequence[int] = AFFINE_WIDTHS, slope: float = 0.2):
+    def __init__(self, deformable: nn.Module, widths: Sequence[int] = AFFINE_WIDTHS, keypoints: int = 32,
+                 slope: float = 0.2, affine_passes: int = 1):
         super().__init__()
         if not isinstance(deformable, nn.Module):
             raise ConfigError("affine_cascade: deformable must be a backbone module, e.g. @ddmr.backbones.vxm_unet()")
-        self.affine = AffineRegressor(widths, slope)
+        if int(affine_passes) < 1:
+            raise ConfigError(f"affine_cascade: affine_passes must be >= 1, got {affine_passes}")
+        self.affine_passes = int(affine_passes)
+        self.affine = KeypointAffine(widths, keypoints, slope)
         self.deformable = deformable
         self.last_affine = None
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        check_pair(fixed, moving, self.affine.divisor, f"affine_cascade ({len(self.affine.features) // 2} levels)")
+        check_pair(fixed, moving, 1, "affine_cascade")
         shape = tuple(fixed.shape[2:])
         theta = self.affine(fixed, moving)
+        for _ in range(self.affine_passes - 1):
+            moved = warp(moving, affine_field(theta, shape), mode="linear", padding="border")
+            theta = compose_thetas(theta, self.affine(fixed, moved))
         self.last_affine = theta.detach()
         field = affine_field(theta, shape)
         residual = self.deformable(fixed, warp(moving, field, mode="linear", padding="border"))
@@ -120,7 +169,7 @@ class AffineCascade(nn.Module):
                 "decoder": list(groups["decoder"])}
 
 
-def affine_cascade(deformable: nn.Module = None, widths: Sequence[int] = AFFINE_WIDTHS,
-                   slope: float = 0.2) -> AffineCascade:
+def affine_cascade(deformable: nn.Module = None, widths: Sequence[int] = AFFINE_WIDTHS, keypoints: int = 32,
+                   slope: float = 0.2, affine_passes: int = 1) -> AffineCascade:
     """Factory registered as ``ddmr.backbones.affine_cascade`` (see :class:`AffineCascade`)."""
-    return AffineCascade(deformable, widths, slope)
+    return AffineCascade(deformable, widths, keypoints, slope, affine_passes)

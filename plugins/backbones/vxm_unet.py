@@ -9,9 +9,10 @@ Architecture (defaults are the paper's):
   ``widths[i]`` filters, nearest-neighbour upsampling x2, concatenation with the skip;
 * head: two 16-filter 3x3x3 convolutions with LeakyReLU and a 3-filter output
   convolution initialised small (near-identity start);
-* options: ``half_res`` predicts the field at half resolution (the last upsampling and
-  skip are dropped) and upsamples it (vectors x2); ``integration_steps > 0`` treats the
-  output as a stationary velocity field integrated by scaling and squaring
+* options: ``output_stride`` 2, 4, ... predicts the field on a grid that much coarser
+  (the decoder stops that many levels early, before its last upsamplings and skips) and
+  upsamples it, vectors scaled (``half_res`` is stride 2); ``integration_steps > 0``
+  treats the output as a stationary velocity field integrated by scaling and squaring
   (diffeomorphic).
 
 The input grid must be divisible by ``2 ** len(widths)`` along every axis.
@@ -19,6 +20,7 @@ The input grid must be divisible by ``2 ** len(widths)`` along every axis.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -33,8 +35,17 @@ PAPER_WIDTHS = (32, 64, 128, 256, 512, 1024)
 PAPER_HEAD = (16, 16)
 
 
-def _conv_act(cin: int, cout: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(Conv3d(cin, cout, kernel_size=3, padding=1), nn.LeakyReLU(slope))
+NORMS = (None, "group")
+
+
+def _conv_act(cin: int, cout: int, slope: float, norm: str | None = None) -> nn.Sequential:
+    """3x3x3 convolution (+ normalisation) + LeakyReLU. ``norm="group"``: GroupNorm with
+    groups of (up to) 8 channels' worth, so it also works on a 1-voxel grid, where
+    instance normalisation would zero every channel."""
+    layers = [Conv3d(cin, cout, kernel_size=3, padding=1)]
+    if norm == "group":
+        layers.append(nn.GroupNorm(math.gcd(cout, 8), cout))
+    return nn.Sequential(*layers, nn.LeakyReLU(slope))
 
 
 class VxmUNet(nn.Module):
@@ -42,7 +53,16 @@ class VxmUNet(nn.Module):
         widths: filters per level, shallowest first (its length is the depth).
         head: filters of the head convolutions before the 3-filter output.
         size: expected input grid ``(D, H, W)`` (the ``SIZE`` macro); checked at build.
-        half_res: predict the field at half resolution and upsample it.
+        half_res: predict the field at half resolution and upsample it (``output_stride=2``).
+        norm: ``None`` (the paper) or ``"group"``: GroupNorm after every convolution but
+            the output layer. The scale of every layer's output then no longer depends on
+            its weights' norm, so an Adam step, which moves every weight by about the
+            learning rate, cannot multiply the field by growing all layers at once
+            (``docs/ARCHITECTURE.md``, "Training that learns").
+        output_stride: predict the field on a grid ``output_stride`` times coarser per
+            axis (a power of 2, at most ``2 ** (len(widths) - 1)``) and upsample it. Fewer
+            outputs, each backed by more voxels: smooth fields are learnt in fewer steps
+            and cost less (``docs/ARCHITECTURE.md``, "Training that learns").
         integration_steps: scaling-and-squaring steps (0: plain displacement).
         slope: LeakyReLU negative slope (0.2 as voxelmorph).
         in_channels: channels of fixed + moving together (2 for one-channel images).
@@ -59,6 +79,8 @@ class VxmUNet(nn.Module):
         integration_steps: int = 0,
         slope: float = 0.2,
         in_channels: int = 2,
+        output_stride: int = 1,
+        norm: str | None = None,
     ):
         super().__init__()
         widths = [int(w) for w in widths]
@@ -71,27 +93,38 @@ class VxmUNet(nn.Module):
         self.levels = len(widths)
         self.divisor = 2 ** self.levels
         self.size = check_size(size, self.divisor, f"vxm_unet ({self.levels} levels)")
-        self.half_res = bool(half_res)
+        if norm not in NORMS:
+            raise ConfigError(f"vxm_unet: norm must be one of {NORMS}, got {norm!r}")
+        self.norm = norm
+        stride = 2 if half_res and int(output_stride) == 1 else int(output_stride)
+        if stride < 1 or stride & (stride - 1) or stride > 2 ** (self.levels - 1):
+            raise ConfigError(f"vxm_unet: output_stride must be a power of 2 up to {2 ** (self.levels - 1)} "
+                              f"for {self.levels} levels, got {output_stride}")
+        self.output_stride = stride
+        self.half_res = stride == 2
+        # the decoder's last level: 0 (full resolution), or the level whose block runs on
+        # the output grid, after which it stops (no upsampling, no skip)
+        self.last_level = max(stride.bit_length() - 2, 0)
 
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths:
-            self.encoder.append(_conv_act(cin, w, slope))
+            self.encoder.append(_conv_act(cin, w, slope, norm))
             cin = w
         self.pool = nn.MaxPool3d(2)
 
         # Decoder level i (deepest first) sees the previous decoder output (or the
         # pooled bottleneck) and, after upsampling, is concatenated with skip i.
-        # With half_res the shallowest level stops before its upsampling and skip.
+        # With output_stride > 1 it stops at last_level, before its upsampling and skip.
         self.decoder = nn.ModuleList()
-        for i in reversed(range(self.levels)):
-            self.decoder.append(_conv_act(cin, widths[i], slope))
-            cin = widths[i] if (self.half_res and i == 0) else 2 * widths[i]
+        for i in reversed(range(self.last_level, self.levels)):
+            self.decoder.append(_conv_act(cin, widths[i], slope, norm))
+            cin = widths[i] if (stride > 1 and i == self.last_level) else 2 * widths[i]
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
         layers = []
         for h in head:
-            layers += [Conv3d(cin, h, kernel_size=3, padding=1), nn.LeakyReLU(slope)]
+            layers += list(_conv_act(cin, h, slope, norm))
             cin = h
         layers.append(flow_conv(cin))
         self.head = nn.Sequential(*layers)
@@ -105,9 +138,9 @@ class VxmUNet(nn.Module):
             x = block(x)
             skips.append(x)
             x = self.pool(x)
-        for block, i in zip(self.decoder, reversed(range(self.levels))):
+        for block, i in zip(self.decoder, reversed(range(self.last_level, self.levels))):
             x = block(x)
-            if self.half_res and i == 0:
+            if self.output_stride > 1 and i == self.last_level:
                 break
             x = torch.cat([self.upsample(x), skips[i]], dim=1)
         return self.output(self.head(x), fixed.shape[2:])
@@ -128,6 +161,8 @@ def vxm_unet(
     half_res: bool = False,
     integration_steps: int = 0,
     slope: float = 0.2,
+    output_stride: int = 1,
+    norm: str | None = None,
 ) -> VxmUNet:
     """Factory registered as ``ddmr.backbones.vxm_unet`` (see :class:`VxmUNet`)."""
-    return VxmUNet(widths, head, size, half_res, integration_steps, slope)
+    return VxmUNet(widths, head, size, half_res, integration_steps, slope, output_stride=output_stride, norm=norm)

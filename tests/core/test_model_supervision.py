@@ -56,3 +56,18 @@ def test_displacement_losses_can_also_be_weighted_terms():
     assert net.loss_names == ["ncc", "epe"]
     total, terms, _ = net.compute_loss(batch())
     assert total.item() == pytest.approx(0.5 * (terms["ncc"] + terms["epe"]).item(), rel=1e-6)
+
+
+def test_loss_terms_are_float32_under_bf16_autocast():
+    """Losses run in float32 whatever the forward pass ran in (bf16 autocast)."""
+    from ddmr_plugins.losses.image import SSIMLoss
+
+    net = RegistrationModel(VxmUNet(widths=(4, 8), head=(4,)), {"ncc": NCCLoss(), "ssim": SSIMLoss(win=5)}, fixed,
+                            supervision=EndPointError())
+    b = batch()
+    ref_total, ref_terms, _ = net.compute_loss(b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, terms, _ = net.compute_loss(b)
+    assert all(v.dtype == torch.float32 for v in terms.values())
+    for k in ref_terms:  # only the bf16 forward pass differs
+        assert terms[k].item() == pytest.approx(ref_terms[k].item(), abs=0.02), k

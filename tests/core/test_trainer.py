@@ -211,3 +211,11 @@ def test_full_finetuning_starts_from_checkpoint(tmp_path):
     changed = [n for n, v in weights(t.model).items() if not torch.equal(v, weights(src.model)[n])]
     assert any(n.startswith("backbone.encoder") for n in changed)
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_a_blown_up_run_never_writes_a_checkpoint_as_good(tmp_path):
+    """lr 1e6 blows the weights up in the first step: the validation loss is not finite,
+    so neither best.pt nor last.pt is written, and the error says there is no good one."""
+    with pytest.raises(TrainingError, match="no good checkpoint"):
+        make(tmp_path, "ddmr.Trainer.lr = 1e6", "ddmr.Trainer.max_epochs = 3", "ddmr.Trainer.accumulate = 1").fit()
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()

@@ -156,3 +156,56 @@ def test_fixed_and_moving_of_different_shapes(registry):
         net(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 8))
     with pytest.raises(DataError, match=r"\(16, 16, 12\) is not divisible by 8"):
         net(*pair((16, 16, 12)))
+
+
+@pytest.mark.parametrize("stride, grid", [(1, 32), (2, 16), (4, 8)])
+def test_output_stride_predicts_on_a_coarser_grid_and_upsamples(stride, grid):
+    net = VxmUNet(widths=(4, 8, 8), head=(4,), output_stride=stride)
+    seen = {}
+    net.head.register_forward_hook(lambda m, i, o: seen.update(grid=o.shape[2:]))  # returns None
+    fixed, moving = pair((32, 32, 32))
+    assert net(fixed, moving).shape == (1, 3, 32, 32, 32)
+    assert tuple(seen["grid"]) == (grid,) * 3
+    # every decoder block takes part (none is left without a gradient)
+    net(fixed, moving).pow(2).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_half_res_is_output_stride_two_with_the_same_weights():
+    a, b = VxmUNet(widths=(4, 8), head=(4,), half_res=True), VxmUNet(widths=(4, 8), head=(4,), output_stride=2)
+    assert a.state_dict().keys() == b.state_dict().keys() and a.output_stride == b.output_stride == 2
+
+
+@pytest.mark.parametrize("stride", [3, 8])
+def test_output_stride_must_be_a_power_of_two_within_the_depth(stride):
+    with pytest.raises(ConfigError, match="output_stride"):
+        VxmUNet(widths=(4, 8, 8), output_stride=stride)
+
+
+def test_group_norm_follows_every_convolution_but_the_output():
+    net = VxmUNet(widths=(4, 8, 16), head=(4,), norm="group")
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == len(convs(net)) - 1
+    fixed, moving = pair((16, 16, 16))
+    assert net(fixed, moving).abs().max() < 1e-2  # still a near-identity start
+    with pytest.raises(ConfigError, match="norm"):
+        VxmUNet(widths=(4,), norm="batch")
+
+
+def test_group_norm_makes_the_field_blind_to_the_scale_of_hidden_weights():
+    """The mechanism behind the paper network's divergence: an Adam step grows every
+    layer's weights at once, and without normalisation the field grows with their
+    product. With GroupNorm, scaling every hidden layer's weights leaves it unchanged."""
+    torch.manual_seed(0)
+    fixed, moving = pair((16, 16, 16))
+    for norm, expect_same in ((None, False), ("group", True)):
+        net = VxmUNet(widths=(4, 8, 8), head=(4,), norm=norm)
+        nn.init.normal_(net.head[-1].weight, std=0.1)
+        before = net(fixed, moving).detach()
+        with torch.no_grad():
+            for conv in convs(net)[:-1]:  # every hidden layer, not the output
+                conv.weight.mul_(1.5)
+                conv.bias.mul_(1.5)
+        after = net(fixed, moving).detach()
+        change = ((after - before).abs().max() / before.abs().max()).item()
+        assert (change < 0.01) if expect_same else (change > 0.5), (norm, change)

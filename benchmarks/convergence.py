@@ -1,0 +1,145 @@
+"""Does a config learn, and how fast? Learning curve plus the network alone against ANTs.
+
+    python benchmarks/convergence.py                                  # ddmr's recipe, UW-NSD, 64^3, 60 min
+    python benchmarks/convergence.py experiments/brain/bl_n.gin --max-time 20m
+    python benchmarks/convergence.py experiments/brain/uw_nsd.gin --paper --steps 100   # paper network
+    python benchmarks/convergence.py --device cuda --size 128 --paper --max-time 5m
+
+Trains CONFIG (default ``experiments/brain/uw_nsd.gin``) on the brain template with the
+paper's augmentation, from a clean start in ``--work``, for a wall-clock (``--max-time``)
+or step (``--steps``) budget, and prints one row per validation: optimiser step, training
+wall time, validation Dice, mean end-point error against the augmentation's ground-truth
+field (voxels), folding (% of voxels with a non-positive Jacobian determinant) and the
+validation loss. Unless ``--paper`` is given, ddmr's training recipe is included
+(``mixins/recipe/learnt.gin``: learnt affine stage, diffeomorphic light U-Net,
+supervision by the ground-truth field, warm-up); ``--paper`` trains the config as the
+paper does (its own backbone: the paper-size U-Net for ``experiments/*``).
+
+Then it scores the best checkpoint, the network alone (no instance optimisation), on
+fixed brain test pairs (``ddmr build-testset --seed 2023``: the demo's pairs at 64^3)
+with ``ants_syn`` and ``identity`` on the same pairs, and prints a final line: mean Dice,
+end-point error, folding and median runtime of each, and the runtime ratio.
+
+A rerun with ``--resume`` continues the same run (the budget counts over the whole run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    from ddmr_core.commands import duration
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default="experiments/brain/uw_nsd.gin")
+    ap.add_argument("--gin", action="append", default=[], metavar="BINDING", help="extra gin binding (repeatable)")
+    ap.add_argument("--size", type=int, default=64, help="grid S^3 (default 64)")
+    ap.add_argument("--paper", action="store_true", help="train the config as the paper does (no ddmr recipe, "
+                    "the config's own backbone)")
+    ap.add_argument("--light", action="store_true", help="with --paper: the light U-Net instead of the config's")
+    ap.add_argument("--max-time", type=duration, default=None, metavar="DURATION",
+                    help="training budget (default 60m unless --steps is given)")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser-step budget")
+    ap.add_argument("--pairs", type=int, default=8, help="test pairs (default 8, the demo's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", default="bench_out/convergence", help="run folder and test set")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --work")
+    ap.add_argument("--no-ants", action="store_true", help="skip ants_syn in the final comparison")
+    ap.add_argument("--no-test", action="store_true", help="learning curve only")
+    args = ap.parse_args(argv)
+    if args.max_time is None and args.steps is None:
+        args.max_time = 3600.0
+
+    from ddmr_core.config import parse_config
+    from ddmr_core.trainer import Trainer
+
+    s = args.size
+    work = Path(args.work)
+    run_dir = work / "run"
+    bindings = [f"SIZE = ({s}, {s}, {s})"]
+    if args.light or not args.paper:
+        bindings.append("include 'mixins/backbone/default.gin'")
+    if not args.paper:
+        bindings.append("include 'mixins/recipe/learnt.gin'")
+    bindings += ["ddmr.Trainer.progress = False", "ddmr.Trainer.log_images = False"] + list(args.gin)
+    parse_config([args.config], bindings, check_macros=True)
+    trainer = Trainer(run_dir=run_dir, device=args.device, max_steps=args.steps, max_time=args.max_time,
+                      resume=args.resume)
+    trainer.progress = False
+
+    header = f"{'step':>6} {'minutes':>8} {'dice':>6} {'epe_vox':>8} {'fold_%':>7} {'loss':>10}"
+
+    def row(h):
+        print(f"{h['step']:>6} {h['seconds'] / 60:>8.2f} {h.get('dice', float('nan')):>6.3f} "
+              f"{h.get('field_error', float('nan')):>8.3f} {100 * h.get('negative_jacobian', float('nan')):>7.3f} "
+              f"{h['loss']:>10.4g}", flush=True)
+
+    print(f"config {args.config} + {'paper protocol' if args.paper else 'mixins/recipe/learnt.gin'}, "
+          f"{s}^3, device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"budget {'%d steps' % args.steps if args.steps else ''}{' / ' if args.steps and args.max_time else ''}"
+          f"{'%.0f min' % (args.max_time / 60) if args.max_time else ''}", flush=True)
+    trainer.setup()
+    print(f"backbone {type(trainer.model.backbone).__name__}, "
+          f"{sum(p.numel() for p in trainer.model.backbone.parameters()) / 1e6:.2f} M parameters", flush=True)
+    print(header, flush=True)
+    for h in trainer.history:
+        row(h)
+    trainer.on_validation = row
+    summary = trainer.fit()
+    print(f"stopped: {summary['stopped']} after {summary['optimizer_steps']} optimiser steps, "
+          f"{trainer.elapsed() / 60:.1f} min of training", flush=True)
+    if args.no_test:
+        return 0
+    return compare(args, run_dir, work, s)
+
+
+def compare(args, run_dir: Path, work: Path, s: int) -> int:
+    """The best checkpoint, network alone, against ants_syn and identity on fixed pairs."""
+    from ddmr_core.evaluate import evaluate
+    from ddmr_core.protocol import best_checkpoint, cli
+
+    testset = work / f"testset_{s}"
+    if not (testset / "testset.json").exists():
+        cli("build-testset", "--dataset", "mni_brain", "--pairs", args.pairs, "--size", s,
+            "--seed", 2023, "--out", testset, "--overwrite")
+    out = work / "scores"
+    baselines = ["identity"] + ([] if args.no_ants else ["ants_syn"])
+    evaluate(testset, models=[f"network={best_checkpoint(run_dir)}"], baselines=baselines, out=out,
+             metrics=["dsc", "epe", "folding", "runtime"], device=args.device, figures=False,
+             progress=lambda line: None, unrefined=True)
+    with open(out / "per_pair.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("dsc")]
+    methods = {}
+    for r in rows:
+        methods.setdefault(r["method"], []).append(r)
+    # the network alone: the unrefined row when the config refines at inference
+    net = "network (no refinement)" if "network (no refinement)" in methods else "network"
+
+    def mean(name, key):
+        vals = [float(r[key]) for r in methods.get(name, []) if r.get(key) not in (None, "", "nan")]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    def median_runtime(name):
+        vals = [float(r["runtime"]) for r in methods.get(name, []) if r.get("runtime")]
+        return statistics.median(vals) if vals else float("nan")
+
+    parts = []
+    for name in [net] + baselines:
+        parts.append(f"{name}: Dice {mean(name, 'dsc'):.3f}, EPE {mean(name, 'epe'):.2f} vox, "
+                     f"folding {mean(name, 'folding'):.3f} %, runtime {median_runtime(name):.3f} s")
+    ratio = ""
+    if "ants_syn" in methods:
+        ratio = f"; ants_syn/network runtime {median_runtime('ants_syn') / median_runtime(net):.1f}x"
+    print(f"final ({len(methods.get(net, []))} test pairs at {s}^3): " + " | ".join(parts) + ratio, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
