@@ -11,6 +11,10 @@ A checkpoint is a dict saved with ``torch.save``:
 
 Only tensors, numbers, strings, lists and dicts are stored, so it loads with
 ``torch.load(weights_only=True)``.
+
+Models are named by a checkpoint path or by a name registered through the ``ddmr_models``
+plugin hook (``brain-mr``): :func:`resolve_model` turns either into what
+:func:`load_checkpoint` reads.
 """
 
 from __future__ import annotations
@@ -45,15 +49,82 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+def _is_stream(source) -> bool:
+    return hasattr(source, "read") and not isinstance(source, (str, Path))
+
+
+def describe(source) -> str:
+    """How messages name a checkpoint: its path, or an open file's name."""
+    if _is_stream(source):
+        return str(getattr(source, "name", None) or "<checkpoint stream>")
+    return str(source)
+
+
+#: characters that make a ``--model`` value a file name rather than a model name
+_PATH_HINTS = ("/", "\\", ".")
+
+
+def resolve_model(spec, registry=None):
+    """What ``--model SPEC`` names: a checkpoint file or a registered model.
+
+    A path to an existing file wins; otherwise ``spec`` is looked up among the models of
+    the ``ddmr_models`` plugin hook and its factory's result (a path, or anything
+    ``torch.load`` accepts) is returned. Paths (and already open files) are returned as
+    they are, so :func:`load_checkpoint` reports a missing file.
+
+    Args:
+        spec: a path (``str`` or :class:`~pathlib.Path`), a model name, or an open file.
+        registry: a :class:`~ddmr_core.registry.Registry` (default: the installed plugins).
+
+    Raises:
+        UnknownNameError: ``spec`` is neither a file nor a registered model name (the
+            message lists the registered names, with a did-you-mean).
+        PluginError: the model's factory fails, or names a file that does not exist.
+    """
+    from .errors import PluginError
+    from .registry import Registry, unknown_name_message
+
+    if _is_stream(spec) or isinstance(spec, Path) or Path(str(spec)).is_file():
+        return spec
+    spec = str(spec)
+    if any(h in spec for h in _PATH_HINTS) or not spec:  # a file name: not a model name
+        return Path(spec)
+    registry = registry if registry is not None else Registry(bind_gin=False)
+    names = registry.names("models")
+    if spec not in names:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError(f"--model {spec!r} is not a checkpoint file, and {unknown_name_message('models', spec, names)}"
+                               " (`ddmr plugins --kind models` lists them)")
+    entry = registry.entry("models", spec)
+    origin = f"model {spec!r} of plugin {entry.plugin!r} ({entry.distribution})"
+    try:
+        source = entry.factory()
+    except Exception as exc:
+        raise PluginError(f"{origin} failed: {type(exc).__name__}: {exc}") from exc
+    if _is_stream(source):
+        return source
+    if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
+        raise PluginError(f"{origin}: its factory returned {type(source).__name__}, not a checkpoint path")
+    if not Path(source).is_file():
+        raise PluginError(f"{origin}: its checkpoint {str(source)!r} does not exist")
+    return Path(source)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: a file path, or an open binary file (what a ``ddmr_models`` factory may give).
 
     Raises:
         CheckpointError: missing file, unreadable/corrupt file, or not a ddmr checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    stream = _is_stream(path)
+    if not stream:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r} not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter on non-checkpoints
@@ -65,16 +136,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
             why = "empty or truncated file"
         elif "Weights only load failed" in str(exc):
             why = "not a ddmr checkpoint: it holds Python objects beyond tensors and plain values"
-            if not zipfile.is_zipfile(path):
+            if not stream and not zipfile.is_zipfile(path):
                 why = "not a PyTorch checkpoint, or corrupt or truncated"
         else:
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({why})") from exc
+        raise CheckpointError(f"checkpoint {describe(path)!r} cannot be read ({why})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a ddmr checkpoint")
+        raise CheckpointError(f"{describe(path)!r} is not a ddmr checkpoint")
     for key in ("model", "gin_config"):
         if key not in ckpt:
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}")
+            raise CheckpointError(f"checkpoint {describe(path)!r} lacks {key!r}")
     return ckpt
 
 
@@ -91,8 +162,11 @@ def check_finite_weights(state: Any, path: str | Path) -> None:
                 "it cannot be used (a training run that diverged?)")
 
 
-def load_model(path: str | Path, device="cpu", registry=None):
+def load_model(path, device="cpu", registry=None):
     """Rebuild the :class:`RegistrationModel` saved in a checkpoint and load its weights.
+
+    ``path``: a checkpoint file (or an open one), or a registered model name
+    (:func:`resolve_model`).
 
     Refuses non-finite weights, then parses the checkpoint's gin config safely
     (:func:`ddmr_core.config.parse_checkpoint_config`: bindings only, no ``import`` or
@@ -106,24 +180,25 @@ def load_model(path: str | Path, device="cpu", registry=None):
     from .errors import DdmrError
     from .experiment import build_model
 
+    path = resolve_model(path, registry)
     ckpt = load_checkpoint(path)
-    check_finite_weights(ckpt["model"], path)
+    check_finite_weights(ckpt["model"], describe(path))
     try:
         # an untrusted file: values only, no import/include, nothing but model components
-        parse_checkpoint_config(ckpt["gin_config"], f"checkpoint {str(path)!r}", registry=registry)
+        parse_checkpoint_config(ckpt["gin_config"], f"checkpoint {describe(path)!r}", registry=registry)
     except DdmrError as exc:
         raise CheckpointError(str(exc)) from exc
     try:
         model = build_model()
     except (DdmrError, TypeError, ValueError) as exc:  # gin appends "In call to ..." lines
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r}: its config does not build a model: {first}") from exc
+        raise CheckpointError(f"checkpoint {describe(path)!r}: its config does not build a model: {first}") from exc
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(
-            f"checkpoint {str(path)!r} does not match the model its config builds "
+            f"checkpoint {describe(path)!r} does not match the model its config builds "
             f"(different architecture?): {first}"
         ) from exc
     return model.to(device).eval(), ckpt

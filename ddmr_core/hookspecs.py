@@ -33,7 +33,11 @@ fixed grid):
   ``(D, H, W)``, returning a ``(3, D, H, W)`` voxel pull field;
 * dataset -- object with ``split(name) -> torch.utils.data.Dataset`` of sample dicts
   ``{image, seg, spacing, affine, index}`` and a ``labels`` tuple;
-* metric -- callable on one evaluated pair dict, returning a float or ``{suffix: float}``.
+* metric -- callable on one evaluated pair dict, returning a float or ``{suffix: float}``;
+* model -- a trained model to register with: a factory taking no arguments and returning
+  the checkpoint (a :class:`pathlib.Path`, or anything ``torch.load`` accepts) that
+  ``ddmr register --model NAME`` loads. Model names are not gin configurables, and may
+  hold hyphens (``brain-mr``).
 """
 
 import pluggy
@@ -52,6 +56,7 @@ KINDS = (
     "baselines",
     "datasets",
     "metrics",
+    "models",
 )
 
 
@@ -106,3 +111,21 @@ def ddmr_datasets():
 @hookspec
 def ddmr_metrics():
     """Return ``{name: factory}`` of evaluation metrics computed on one registered pair."""
+
+
+@hookspec
+def ddmr_models():
+    """Return ``{name: factory}`` of trained models (``ddmr register --model NAME``).
+
+    A factory takes no arguments and returns where the model's ddmr checkpoint is: a
+    :class:`pathlib.Path` (or ``str``) of a file, or anything else ``torch.load`` accepts
+    (an open binary file). Factories are called when a name is looked up, so they should
+    be cheap (no download: return a file shipped in the package). The checkpoint is an
+    untrusted file like any other: it is read with ``torch.load(weights_only=True)`` and
+    its gin config may only bind values (:func:`ddmr_core.checkpoint.load_model`).
+
+    Names are letters, digits, ``-`` and ``_``, starting with a letter or digit (no
+    ``.`` or ``/``, so a name is never mistaken for a file name); they are not bound in
+    gin. Register a name only when its file exists, so that ``ddmr plugins`` never lists
+    a model that cannot load. Built-in models: ``ddmr_plugins.models``.
+    """

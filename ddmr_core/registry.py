@@ -2,12 +2,15 @@
 
 Every factory is also made available to gin under a name namespaced by its kind,
 ``ddmr.<kind>.<name>``, so configs can write ``@ddmr.losses.ncc()`` and bind its
-parameters with ``ddmr.losses.ncc.win = 9``.
+parameters with ``ddmr.losses.ncc.win = 9``. Models (``ddmr_models``) are the exception:
+a model is a checkpoint file, not a component a config builds, so its names (which may
+hold hyphens, ``brain-mr``) are not bound in gin.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -16,6 +19,20 @@ import gin
 from .errors import PluginError, UnknownNameError
 from .hookspecs import KINDS
 from .plugins import PluginManager, get_plugin_manager
+
+
+#: kinds whose names are not gin configurables (a model names a checkpoint file)
+NOT_IN_GIN = ("models",)
+#: what a model name may be: no ``.`` or path separator, so it never reads as a file name
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+
+
+def valid_name(kind: str, name) -> bool:
+    """Whether ``name`` may name a component of ``kind`` (identifiers; model names may
+    also hold ``-``)."""
+    if not isinstance(name, str):
+        return False
+    return bool(MODEL_NAME.match(name)) if kind == "models" else name.isidentifier()
 
 
 @dataclass(frozen=True)
@@ -29,8 +46,9 @@ class Entry:
     distribution: str
 
     @property
-    def gin_name(self) -> str:
-        return f"ddmr.{self.kind}.{self.name}"
+    def gin_name(self) -> str | None:
+        """``ddmr.<kind>.<name>``; ``None`` for kinds not bound in gin (models)."""
+        return None if self.kind in NOT_IN_GIN else f"ddmr.{self.kind}.{self.name}"
 
 
 def gin_module(kind: str) -> str:
@@ -73,10 +91,10 @@ class Registry:
                     f"name -> factory, got {type(result).__name__}"
                 )
             for name, factory in result.items():
-                if not isinstance(name, str) or not name.isidentifier():
-                    raise PluginError(
-                        f"plugin {plugin!r} ({dist}): {kind} name {name!r} is not a valid identifier"
-                    )
+                if not valid_name(kind, name):
+                    what = ("a valid model name (letters, digits, '-' and '_')" if kind == "models"
+                            else "a valid identifier")
+                    raise PluginError(f"plugin {plugin!r} ({dist}): {kind} name {name!r} is not {what}")
                 if not callable(factory):
                     raise PluginError(
                         f"plugin {plugin!r} ({dist}): {kind} {name!r} is not callable"
@@ -137,6 +155,8 @@ class Registry:
         """
         self._gin_wrappers = {}
         for entry in self.entries():
+            if entry.kind in NOT_IN_GIN:
+                continue
             module = gin_module(entry.kind)
             try:
                 wrapper = gin.external_configurable(entry.factory, name=entry.name, module=module)

@@ -1,4 +1,7 @@
-"""``ddmr plugins``: list every registered component, its kind and its distribution."""
+"""``ddmr plugins``: list every registered component, its kind and its distribution.
+
+Models (``--kind models``) are the trained models ``ddmr register --model NAME`` accepts;
+their ``gin`` entry in ``--json`` is ``null`` (a model is a file, not a gin configurable)."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def run(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no plugins registered")
+        print(f"no {args.kind} registered" if args.kind else "no plugins registered")
         return 0
     widths = [max(len(r[k]) for r in rows + [dict(kind="KIND", name="NAME", distribution="DISTRIBUTION", plugin="PLUGIN")]) for k in ("kind", "name", "distribution")]
     print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  PLUGIN")

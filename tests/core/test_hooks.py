@@ -103,3 +103,26 @@ def test_hook_ddmr_datasets():
 
 def test_hook_ddmr_metrics():
     _check_hook("metrics")
+
+
+def test_hook_ddmr_models(tmp_path):
+    # models are checkpoint files: names may hold '-', factories return paths, no gin
+    ckpt = tmp_path / "probe.pt"
+    ckpt.write_bytes(b"")
+
+    class Plugin:
+        @hookimpl
+        def ddmr_models(self):
+            return {"probe-model": lambda: ckpt}
+
+    pm = get_plugin_manager(extra_plugins=[("probe", Plugin())])
+    reg = Registry(pm)
+    assert "probe-model" in reg.names("models")
+    entry = reg.entry("models", "probe-model")
+    assert entry.plugin == "probe" and entry.distribution == "<local>" and entry.gin_name is None
+    assert entry.factory() == ckpt
+    with pytest.raises(ValueError):
+        gin.get_configurable("ddmr.models.probe-model")
+    for impl in pm.hook.ddmr_models.get_hookimpls():
+        if pm.distributions.get(impl.plugin_name) == "ddmr":
+            assert impl.trylast
