@@ -4,7 +4,9 @@ The paper's recipe (section 2.2), each step optional and configurable from gin a
 ``ddmr.preprocess`` (e.g. ``ddmr.preprocess.window = (-100, 300)``):
 
 1. **crop** around the voxels of some labels (the liver for CT) with a margin in mm,
-   on the original grid (the paper crops before resampling);
+   on the original grid (the paper crops before resampling). At inference an image may
+   come without a label map: ``apply(..., crop="foreground")`` then crops to the image's
+   foreground (:meth:`Preprocess.foreground`) with the same margin;
 2. **resample** to an isotropic spacing (1 mm);
 3. **resize** to the network size (128^3), keeping the field of view
    (``align_corners=False``, the convention of :func:`ddmr_core.spatial.resize_image`
@@ -40,6 +42,15 @@ from .spatial import resize_affine
 
 #: ``crop_labels`` value meaning "every foreground label"
 ALL_LABELS = "all"
+#: what a recipe that crops around labels crops around: the label map (training, and
+#: inference with label maps) or the image's foreground (inference without them)
+CROP_MODES = ("labels", "foreground")
+#: foreground: above this fraction of the robust intensity range (minimum to the
+#: :data:`FOREGROUND_PERCENTILE` percentile), after the recipe's window if it has one
+FOREGROUND_FRACTION = 0.1
+FOREGROUND_PERCENTILE = 99.5
+#: foreground: connected parts smaller than this fraction of the largest are dropped
+FOREGROUND_MIN_PART = 0.1
 
 
 def _tuple3(value, name, cast=float):
@@ -74,7 +85,8 @@ class Preprocess:
         spacing: target isotropic (or per-axis) spacing in mm; ``None`` keeps the grid.
         size: output grid ``(D, H, W)``; ``None`` keeps the resampled grid.
         crop_labels: crop around voxels with these label values (``"all"``: any
-            foreground); ``None`` does not crop. Needs a segmentation.
+            foreground); ``None`` does not crop. Needs a segmentation (``apply``'s
+            ``crop="foreground"`` crops to the image's foreground instead).
         crop_margin: margin around the crop box, mm.
         window: ``(lo, hi)`` intensity window (HU for CT): clip, then map to [0, 1].
         percentiles: without a window, map ``[p_lo, p_hi]`` percentiles to [0, 1]
@@ -143,31 +155,72 @@ class Preprocess:
         return dataclasses.replace(self, **changes)
 
     # -------------------------------------------------------------- geometry
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        """The image's foreground, a boolean mask: what a recipe that crops around labels
+        crops to when there is no label map (inference on users' images).
+
+        Voxels above ``min + FOREGROUND_FRACTION * (p - min)``, ``p`` the
+        ``FOREGROUND_PERCENTILE`` percentile (a few hot voxels do not move it), computed
+        after clipping to the recipe's ``window`` if it has one (CT: air and the scanner's
+        padding value fall below it); then connected parts smaller than
+        ``FOREGROUND_MIN_PART`` of the largest are dropped, so that a stray bright voxel
+        or a small object beside the body does not widen the crop. On a skull-stripped
+        brain (the ``mni_brain`` template) this is the brain, the region its label map
+        covers; on a CT, the body."""
+        v = np.asarray(image, dtype=np.float32)
+        if self.window is not None:
+            v = np.clip(v, *self.window)
+        lo = float(v.min())
+        hi = float(np.percentile(v, FOREGROUND_PERCENTILE))
+        if hi <= lo:  # a small bright object on a flat background
+            hi = float(v.max())
+        mask = v > lo + FOREGROUND_FRACTION * (hi - lo)
+        parts, n = ndimage.label(mask)
+        if n > 1:
+            sizes = np.bincount(parts.ravel())[1:]
+            keep = np.flatnonzero(sizes >= FOREGROUND_MIN_PART * sizes.max()) + 1
+            mask = np.isin(parts, keep)
+        return mask
+
+    def _crop_mask(self, seg, image, name: str, crop: str) -> np.ndarray:
+        if crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+        if crop == "foreground":
+            if image is None:
+                raise ValueError("crop='foreground' needs the image")
+            return self.foreground(image)
+        if seg is None:
+            raise DataError(f"{name}: cropping around labels {self.crop_labels} needs a segmentation")
+        mask = seg > 0 if self.crop_labels == ALL_LABELS else np.isin(seg, self.crop_labels)
+        if not mask.any():
+            raise DataError(
+                f"{name}: the segmentation is empty (no voxel with label(s) "
+                f"{self.crop_labels}), so it cannot be cropped around"
+            )
+        return mask
+
     def grid(self, shape: Sequence[int], affine: np.ndarray, seg: np.ndarray | None = None,
-             name: str = "image") -> Grid:
-        """The crop and output grid for an input of ``shape``/``affine`` (no resampling)."""
+             name: str = "image", crop: str = "labels", image: np.ndarray | None = None) -> Grid:
+        """The crop and output grid for an input of ``shape``/``affine`` (no resampling).
+
+        ``crop``: for a recipe with ``crop_labels``, crop around the label map's voxels
+        (``"labels"``, the default, needs ``seg``) or around the foreground of ``image``
+        (``"foreground"``, see :meth:`foreground`), with ``crop_margin`` either way."""
         shape = tuple(int(s) for s in shape)
         affine = np.asarray(affine, dtype=np.float64)
         spacing = spacing_from_affine(affine)
-        crop = tuple(slice(0, n) for n in shape)
+        crop_box = tuple(slice(0, n) for n in shape)
         if self.crop_labels is not None:
-            if seg is None:
-                raise DataError(f"{name}: cropping around labels {self.crop_labels} needs a segmentation")
-            mask = seg > 0 if self.crop_labels == ALL_LABELS else np.isin(seg, self.crop_labels)
-            if not mask.any():
-                raise DataError(
-                    f"{name}: the segmentation is empty (no voxel with label(s) "
-                    f"{self.crop_labels}), so it cannot be cropped around"
-                )
+            mask = self._crop_mask(seg, image, name, crop)
             idx = np.argwhere(mask)
             margin = np.ceil(self.crop_margin / spacing).astype(int)
             lo = np.maximum(idx.min(0) - margin, 0)
             hi = np.minimum(idx.max(0) + 1 + margin, shape)
-            crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            crop_box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             shift = np.eye(4)
             shift[:3, 3] = lo
             affine = affine @ shift
-        cshape = np.array([s.stop - s.start for s in crop], dtype=float)
+        cshape = np.array([s.stop - s.start for s in crop_box], dtype=float)
         m = np.eye(4)
         n1 = cshape
         if self.spacing is not None:
@@ -187,11 +240,11 @@ class Preprocess:
             m2[:3, 3] = (r2 - 1) / 2
             m = m @ m2
             out_shape = tuple(self.size)
-        return Grid(crop, np.diag(m)[:3].copy(), m[:3, 3].copy(), out_shape, out_affine)
+        return Grid(crop_box, np.diag(m)[:3].copy(), m[:3, 3].copy(), out_shape, out_affine)
 
     # ---------------------------------------------------------------- running
     def apply(self, image: np.ndarray, affine: np.ndarray, seg: np.ndarray | None = None,
-              name: str = "image") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+              name: str = "image", crop: str = "labels") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Preprocess one volume.
 
         Args:
@@ -199,6 +252,10 @@ class Preprocess:
             affine: ``(4, 4)`` voxel -> RAS mm.
             seg: optional uint8 label map on the same grid.
             name: used in error messages (e.g. the file name).
+            crop: what a recipe with ``crop_labels`` crops around: ``"labels"`` (the
+                label map ``seg``, which it then needs) or ``"foreground"`` (the image's,
+                :meth:`foreground`; ``seg`` is only resampled). Inference on images
+                without label maps uses ``"foreground"``.
 
         Returns:
             ``(image float32 (D', H', W') in [0, 1], seg uint8 or None, affine float64)``.
@@ -216,7 +273,7 @@ class Preprocess:
                 raise DataError(
                     f"{name}: segmentation shape {tuple(seg.shape)} differs from image shape {tuple(image.shape)}"
                 )
-        g = self.grid(image.shape, affine, seg, name)
+        g = self.grid(image.shape, affine, seg, name, crop=crop, image=image)
         image = np.asarray(image[g.crop], dtype=np.float32)
         seg = None if seg is None else np.asarray(seg[g.crop])
         identity = np.allclose(g.scale, 1) and np.allclose(g.offset, 0) and tuple(image.shape) == g.shape

@@ -172,3 +172,35 @@ def test_bad_inputs_name_the_volume():
         pre.apply(image, np.eye(4), np.ones((8, 8, 7), np.uint8))
     with pytest.raises(DataError, match="3-D"):
         Preprocess().apply(np.zeros((2, 8, 8, 8)), np.eye(4))
+
+
+def test_foreground_crop_without_label_maps():
+    """At inference a recipe that crops around labels crops to the image's foreground:
+    the region above a robust threshold (stray hot voxels and small specks beside the
+    object do not widen it), with the recipe's margin; label maps are then ignored."""
+    shape, aff = (40, 40, 40), np.diag([2.0, 2.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    image = (0.02 * rng.random(shape)).astype(np.float32)  # background noise
+    image[10:25, 12:30, 5:20] = 1.0
+    image[12:20, 15:25, 8:15] = 0.3  # darker inside: inside the box anyway
+    image[38, 38, 38] = 50.0  # one hot voxel far away
+    image[0:2, 0:2, 30:32] = 1.0  # a speck beside the object
+    seg = np.zeros(shape, np.uint8)
+    seg[2:4, 2:4, 2:4] = 1  # label maps are not what the foreground crop uses
+    pre = Preprocess(spacing=None, size=None, crop_labels="all", crop_margin=4.0, percentiles=(0, 100))
+    g = pre.grid(shape, aff, None, crop="foreground", image=image)
+    # [10, 25) x [12, 30) x [5, 20) plus 4 mm = 2 voxels
+    assert g.crop == (slice(8, 27), slice(10, 32), slice(3, 22))
+    out, out_seg, out_aff = pre.apply(image, aff, seg, crop="foreground")
+    assert out.shape == (19, 22, 19) and out_seg.shape == out.shape
+    np.testing.assert_allclose(out_aff[:3, 3], [16.0, 20.0, 6.0])
+    assert pre.grid(shape, aff, seg).crop == (slice(0, 6), slice(0, 6), slice(0, 6))  # labels: as in training
+    with pytest.raises(DataError, match="needs a segmentation"):
+        pre.apply(image, aff, None)
+    # a CT recipe: the window is applied first, so air and the scanner's padding are background
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[:, :, :4] = -3024.0
+    ct[6:30, 8:33, 10:36] = 40.0
+    ct_pre = Preprocess(spacing=None, size=None, crop_labels=(1,), crop_margin=0.0, window=(-150, 250))
+    assert ct_pre.grid(shape, aff, None, crop="foreground", image=ct).crop == (slice(6, 30), slice(8, 33),
+                                                                                slice(10, 36))
