@@ -10,8 +10,10 @@ Flow (paper, Section 2.6). For each test pair (written in advance by
 ``ddmr build-testset``, so all methods see the same pairs) and each method:
 
 1. the method predicts a voxel pull field ``disp (3, D, H, W)`` on the test grid -- a model
-   from a checkpoint (:func:`ddmr_core.checkpoint.load_model`; images resized to its input
-   size and the field resized back when they differ) or a baseline plugin by name;
+   from a checkpoint or a registered model name, through
+   :meth:`ddmr_core.register.Registrar.predict` as ``ddmr register`` does (images resized
+   to its input size, the field resized back and refined on the test grid), or a
+   baseline plugin by name;
 2. the field is applied to the moving image (linear) and its label map (nearest
    neighbour); ``runtime`` times prediction plus application, device synchronised;
 3. with ``original_resolution`` and a test set that records the original grids, the field
@@ -58,7 +60,8 @@ import torch
 from .errors import DataError, DdmrError
 from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder, load_image,
                  load_label_map, spacing_from_affine)
-from .spatial import sample_at, warp
+from .register import apply_field
+from .spatial import warp
 
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
@@ -161,26 +164,32 @@ def _sync(device) -> None:
 
 
 class ModelMethod:
-    """A trained network from a checkpoint. ``predict`` returns ``(disp, warped, seconds)``."""
+    """A trained network from a checkpoint (or a registered model name), predicting through
+    :meth:`ddmr_core.register.Registrar.predict`, the path ``ddmr register`` takes.
+    ``predict`` returns ``(disp, warped, seconds)``."""
 
     kind = "model"
 
-    def __init__(self, name: str, checkpoint: str | Path, device="cpu", registry=None, refine: bool = True):
+    def __init__(self, name: str, checkpoint, device="cpu", registry=None, refine: bool = True):
         self.name, self.checkpoint, self.device = name, str(checkpoint), torch.device(device)
         self.registry = registry
         self.refine = refine  # False: switch the model's instance optimisation off
-        self.model = None
-        self.input_size = None
+        self.registrar = None
+
+    @property
+    def model(self):
+        return None if self.registrar is None else self.registrar.model
+
+    @property
+    def input_size(self):
+        return None if self.registrar is None else self.registrar.input_size
 
     def prepare(self) -> None:
-        from .checkpoint import load_model
+        from .register import Registrar
 
-        loaded = load_model(self.checkpoint, device=self.device, registry=self.registry)
-        self.model, ckpt = loaded if isinstance(loaded, tuple) else (loaded, {})
+        self.registrar = Registrar(self.checkpoint, device=self.device, registry=self.registry)
         if not self.refine:
-            self.model.refine_iterations = 0
-        size = ckpt.get("input_size") if isinstance(ckpt, dict) else None
-        self.input_size = tuple(int(s) for s in size) if size else None
+            self.registrar.model.refine_iterations = 0
 
     @torch.inference_mode()
     def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
@@ -188,7 +197,7 @@ class ModelMethod:
         m = torch.from_numpy(moving)[None, None].to(self.device)
         _sync(self.device)
         start = time.perf_counter()
-        disp = self.model.predict_on_grid(f, m, self.input_size)
+        disp = self.registrar.predict(f, m)
         warped = warp(m, disp, mode="linear", padding="border")
         _sync(self.device)
         seconds = time.perf_counter() - start
@@ -226,7 +235,8 @@ class BaselineMethod:
 
 
 def _model_name(spec: str) -> tuple[str, str]:
-    """``"NAME=PATH"`` or ``"PATH"`` (named after the file's stem)."""
+    """``"NAME=MODEL"`` or ``"MODEL"`` (named after the file's stem, or the model's name),
+    ``MODEL`` a checkpoint path or a registered model name."""
     if "=" in spec and not Path(spec).exists():
         name, path = spec.split("=", 1)
         return name.strip(), path.strip()
@@ -241,9 +251,12 @@ def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), dev
                   make: Callable | None = None, unrefined: bool = False) -> list:
     """Methods in the order given: models first, then baselines (built at once by
     ``make(kind, name)``, default: the plain factory). Names are made unique; unknown
-    baseline names raise :class:`~ddmr_core.errors.UnknownNameError` at once.
+    baseline names, and model names that are neither a file nor a registered model,
+    raise :class:`~ddmr_core.errors.UnknownNameError` at once (a checkpoint that does not
+    load is a failure of its rows instead).
     ``unrefined``: each model also runs with its instance optimisation off, as
     ``"NAME (no refinement)"`` (an ablation: what the network and prealignment give)."""
+    from .checkpoint import resolve_model
     from .registry import Registry
 
     methods: list = []
@@ -251,6 +264,7 @@ def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), dev
     make = make or (lambda kind, name: registry.get(kind, name)())
     for spec in models:
         name, path = _model_name(spec)
+        resolve_model(path, registry)  # an unknown model name stops here, before any work
         methods.append(ModelMethod(name, path, device, registry))
         if unrefined:
             methods.append(ModelMethod(f"{name} (no refinement)", path, device, registry, refine=False))
@@ -265,29 +279,20 @@ def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), dev
 
 
 # ===================================================================== geometry
-def _apply(m: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
-    m = torch.as_tensor(m, dtype=pts.dtype)
-    return torch.einsum("ij,bj...->bi...", m[:3, :3], pts) + m[:3, 3].view(1, 3, 1, 1, 1)
-
-
-def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_affine, moving0_affine):
+def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_affine) -> np.ndarray:
     """Carry a test-grid field to the fixed image's original grid.
 
     Fixed original voxel ``y`` is the world point ``A0 y``, i.e. test voxel
     ``x = A^-1 A0 y``; it corresponds to moving test voxel ``x + u(x)`` (field interpolated
     linearly, border padding), the world point ``q = A (x + u(x))`` (fixed and moving test
-    images share the affine ``A``). Returns ``(v, coords)``: the pull field on the original
-    fixed grid in its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)``, for the metrics), and
-    the sampling coordinates in the original moving image, ``M0^-1 q`` (``(1, 3, *S0)``)."""
-    dtype = torch.float64
-    y = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=dtype) for n in fixed0_shape], indexing="ij"))[None]
-    A_inv = np.linalg.inv(affine)
-    x = _apply(A_inv @ fixed0_affine, y)
-    u = sample_at(torch.from_numpy(np.asarray(disp, np.float64))[None], x, "linear", "border")
-    q = _apply(affine, x + u)
-    v = _apply(np.linalg.inv(fixed0_affine), q) - y
-    coords = _apply(np.linalg.inv(moving0_affine), q)
-    return v[0].float().numpy(), coords
+    images share the affine ``A``). Returns the pull field on the original fixed grid in
+    its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)`` float64), which
+    :func:`ddmr_core.register.apply_field` applies to the original moving image: the
+    geometry of ``ddmr register --original-resolution``
+    (:func:`ddmr_core.register.carry_field`)."""
+    from .register import carry_field
+
+    return carry_field(disp, affine, affine, fixed0_affine, fixed0_shape, dtype=torch.float64)
 
 
 # ===================================================================== scoring
@@ -301,16 +306,16 @@ def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime:
     if original_resolution and pair.original is not None:
         f0, f0_aff = pair.original["fixed"]
         m0, m0_aff = pair.original["moving"]
-        disp0, coords = to_original_grid(disp, pair.affine, f0.shape, f0_aff, m0_aff)
-        warped = sample_at(torch.from_numpy(m0)[None, None].double(), coords, "linear", "border")[0, 0].float().numpy()
+        disp0 = to_original_grid(disp, pair.affine, f0.shape, f0_aff)
+        warped = apply_field(disp0, f0_aff, m0, m0_aff, padding="border", dtype=torch.float64)
         moving_seg = pair.original.get("moving_seg", (None,))[0]
         fixed_seg = pair.original.get("fixed_seg", (None,))[0]
         warped_seg = None
         if moving_seg is not None:
-            warped_seg = sample_at(torch.from_numpy(moving_seg)[None, None], coords, "nearest", "zeros")[0, 0].numpy()
+            warped_seg = apply_field(disp0, f0_aff, moving_seg, m0_aff, labels=True, dtype=torch.float64)
         if disp_true is not None:
-            disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff, m0_aff)[0]
-        fixed, moving, disp, spacing = f0, m0, disp0, spacing_from_affine(f0_aff)
+            disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff)
+        fixed, moving, disp, spacing = f0, m0, disp0.astype(np.float32), spacing_from_affine(f0_aff)
     else:
         if warped is None:
             warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")[0, 0].numpy()

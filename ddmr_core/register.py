@@ -10,28 +10,37 @@
     res.save("out/")                                    # NIfTI, ITK field, .npz, PNG, JSON
 
 Geometry. The moving image is first brought to the fixed image's axis orientation
-(:func:`reorient_like`, an exact permutation/flip). Each input (any orientation, spacing, size) goes through the checkpoint's
-:class:`~ddmr_core.preprocess.Preprocess` on its own, giving a model-grid volume and its
-exact voxel->RAS affine (``F_pre`` for the fixed image, ``M_pre`` for the moving one).
-The network pairs *voxels* of the two model grids: fixed voxel ``x`` corresponds to
-moving model voxel ``x + u(x)``, i.e. to the world point ``M_pre (x + u(x))``. Every
-output is computed from that physical correspondence and the *original* files:
+(:func:`reorient_like`, an exact permutation/flip). Each input (any orientation, spacing,
+size) then goes through the checkpoint's :class:`~ddmr_core.preprocess.Preprocess` on its
+own, up to but not including the resize to the network grid: the crop (around the label
+maps when both images have one and the recipe crops around labels, else around each
+image's foreground, :meth:`Registrar.crop_mode`), the resampling to the recipe's spacing,
+the intensities. This gives the *working grids* with their exact voxel->RAS affines:
+``F_w`` for the fixed image, and ``M_w`` for the moving one, resized to the fixed image's
+working shape. :meth:`Registrar.predict` (``RegistrationModel.predict_on_grid``, also what
+``ddmr evaluate`` runs) resizes both to the network grid, predicts, resizes the field back
+and refines it on the working grid. Fixed voxel ``x`` corresponds to moving working voxel
+``x + u(x)``, i.e. to the world point ``M_w (x + u(x))``. Every output is computed from
+that physical correspondence and the *original* files:
 
-* output grid ``T``: the fixed model grid (default, ``T = F_pre``) or, with
-  ``original_resolution``, the fixed image's original grid (``T = F0``); there the model
-  field is interpolated at ``x = F_pre^-1 T y`` (border padding outside the model's field
-  of view, so the transform stays continuous);
-* the warped image and label maps sample the **original moving image** (original
-  intensities; label maps nearest neighbour) at ``M0^-1 M_pre (x + u)``;
-* the exported field is ``w(y) = T^-1 M_pre (x + u) - y``: a voxel pull field of the
-  output grid into the moving image's world position, in the DESIGN convention. Written
-  by :func:`ddmr_core.field_io.save_field_itk`, ITK/ANTs applying it to the original
-  moving file reproduce ``warped`` (when fixed and moving share a grid and no
-  preprocessing moves them, ``w`` is just the network's field).
+* output grid ``T``: the fixed working grid (default, ``T = F_w``) or, with
+  ``original_resolution``, the fixed image's original grid (``T = F0``); there the
+  field is interpolated at ``x = F_w^-1 T y`` (border padding outside the working
+  grid, so the transform stays continuous);
+* the exported field is ``w(y) = T^-1 M_w (x + u) - y`` (:func:`carry_field`): a voxel
+  pull field of the output grid into the moving image's world position, in the DESIGN
+  convention. Written by :func:`ddmr_core.field_io.save_field_itk`, ITK/ANTs applying it
+  to the original moving file reproduce ``warped`` (when fixed and moving share a grid
+  and no preprocessing moves them, ``w`` is just the network's field);
+* the warped image and label maps are ``w`` applied to the **original moving image**
+  (:func:`apply_field`: original intensities; label maps nearest neighbour), as
+  ``ddmr warp`` applies a saved field.
 
-"Before" metrics use the same correspondence with ``u = 0`` (the images as the network
-sees them). Dice is per label; TRE is the distance in mm between the centroids of each
-label in the fixed and the (warped) moving segmentation, as in the paper (section 2.6).
+"Before" metrics are those of the unregistered images on the output grid: the moving
+image and label map resampled there by the identity in world coordinates. Dice is per
+label; TRE is the distance in mm between the centroids of each label in the fixed and the
+(warped) moving segmentation, as in the paper (section 2.6); NCC is the global normalised
+cross-correlation of the fixed and the (warped) moving image on the output grid.
 """
 
 from __future__ import annotations
@@ -141,8 +150,103 @@ def _grid(shape, device) -> torch.Tensor:
 
 def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
     """Sample ``volume`` ``(C, D, H, W)`` at voxel coordinates ``coords`` ``(3, ...)``
-    (as float; :func:`ddmr_core.spatial.sample_at` without the batch axis)."""
-    return sample_at(volume[None].float(), coords[None], mode, padding)[0]
+    (integer volumes as float; :func:`ddmr_core.spatial.sample_at` without the batch axis)."""
+    v = volume[None]
+    return sample_at(v if v.is_floating_point() else v.float(), coords[None], mode, padding)[0]
+
+
+#: output voxels resampled per chunk (bounds the memory of the coordinate tensors)
+CHUNK_VOXELS = 2 ** 21
+
+
+def _slabs(shape):
+    """``(a, b)`` ranges along axis 0 of about :data:`CHUNK_VOXELS` voxels each."""
+    rows = max(1, CHUNK_VOXELS // max(1, int(shape[1]) * int(shape[2])))
+    for a in range(0, int(shape[0]), rows):
+        yield a, min(int(shape[0]), a + rows)
+
+
+def _as_tensor(x, device) -> torch.Tensor:
+    if hasattr(x, "detach"):
+        return x.detach().to(device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def carry_field(disp, source_affine, moving_affine, target_affine, shape, interpolate: bool = True,
+                dtype=torch.float32) -> np.ndarray:
+    """A field between two grids, carried onto a third one through world coordinates.
+
+    ``disp`` ``(3, d, h, w)`` pairs voxel ``x`` of the grid ``source_affine`` with voxel
+    ``x + disp(x)`` of the grid ``moving_affine`` (the two may differ: ``ddmr register``'s
+    fixed and moving images are preprocessed each on its own). Returns the voxel pull field
+    of the grid ``(target_affine, shape)`` into the same world points,
+    ``w(y) = T^-1 M (x + disp(x)) - y`` with ``x = S^-1 T y``: ``disp`` is interpolated
+    linearly there (``interpolate``; border padding outside its grid, so the transform
+    stays continuous) or, without ``interpolate``, taken as it is (target grid = source
+    grid). ``(3, *shape)`` float32 array, in slabs of :data:`CHUNK_VOXELS` voxels.
+
+    Used by ``ddmr register`` (output grid) and ``ddmr evaluate --original-resolution``."""
+    d = _as_tensor(disp, getattr(disp, "device", "cpu")).to(dtype)
+    dev = d.device
+    to_source = np.linalg.inv(source_affine) @ target_affine  # target voxel -> source voxel
+    to_target = np.linalg.inv(target_affine) @ moving_affine  # moving voxel -> target voxel
+    shape = tuple(int(n) for n in shape)
+    out = np.zeros((3,) + shape, np.float64 if dtype == torch.float64 else np.float32)
+    for a, b in _slabs(shape):
+        y = _grid((b - a,) + shape[1:], dev).to(dtype)
+        y[0] += a
+        if interpolate:
+            x = _apply_affine(to_source, y)
+            u = _sample(d, x, "bilinear", padding="border")
+        else:
+            x, u = y, d[:, a:b]
+        out[:, a:b] = (_apply_affine(to_target, x + u) - y).cpu().numpy()
+    return out
+
+
+def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
+                padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
+    """Apply a voxel pull field to a volume on any grid, through world coordinates.
+
+    Output voxel ``y`` of the field's grid (``affine``, ``disp`` ``(3, D, H, W)``) takes
+    the value of ``volume`` at the world point ``affine @ (y + disp(y))``, i.e. at voxel
+    ``volume_affine^-1 affine (y + disp(y))`` of the volume (which may lie on another grid):
+    what ITK/ANTs do with ``field.nii.gz``. ``disp=None`` is the identity (``volume``
+    resampled onto the grid ``(affine, shape)``). Images are interpolated linearly,
+    label maps (``labels``) by nearest neighbour and returned as uint8; outside the
+    volume, ``padding`` (``"zeros"`` as ITK's default value, or ``"border"``).
+
+    Returns a ``(D, H, W)`` array (float32, or uint8 for label maps); computed in slabs
+    of :data:`CHUNK_VOXELS` voxels. ``ddmr warp`` and ``ddmr register`` apply fields here."""
+    if disp is None and shape is None:
+        raise ValueError("apply_field: give disp or the grid's shape")
+    shape = tuple(int(n) for n in (shape if disp is None else disp.shape[1:]))
+    dev = torch.device(device)
+    vol = _as_tensor(volume, dev)[None].to(dtype)  # label values 0..255 are exact in float
+    d = None if disp is None else _as_tensor(disp, dev).to(dtype)
+    to_volume = np.linalg.inv(volume_affine) @ np.asarray(affine, dtype=np.float64)
+    out = np.zeros(shape, np.uint8 if labels else np.float32)
+    for a, b in _slabs(shape):
+        y = _grid((b - a,) + shape[1:], dev).to(dtype)
+        y[0] += a
+        if d is not None:
+            y = y + d[:, a:b]
+        z = _apply_affine(to_volume, y)
+        if labels:
+            out[a:b] = _sample(vol, z, "nearest", padding)[0].round().to(torch.uint8).cpu().numpy()
+        else:
+            out[a:b] = _sample(vol, z, "bilinear", padding)[0].float().cpu().numpy()
+    return out
+
+
+def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Global normalised cross-correlation of two images on one grid (the Pearson
+    correlation of their voxels; :func:`ddmr_core.prealign.global_ncc`)."""
+    from .prealign import global_ncc
+
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(1, -1)
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).reshape(1, -1)
+    return float(global_ncc(ta.double(), tb.double())[0])
 
 
 # --------------------------------------------------------------- metrics
@@ -178,10 +282,11 @@ class RegistrationResult:
 
     Arrays are ``(D, H, W)`` along the output grid's array axes; ``disp`` is the
     ``(3, D, H, W)`` voxel pull field of that grid into the moving image (DESIGN
-    convention), ``model_disp`` the network's raw field on the fixed model grid."""
+    convention), ``model_disp`` the predicted field on the fixed working grid
+    ``model_affine`` (the network's, refined, before it is carried to the output grid)."""
 
     fixed: np.ndarray
-    moving: np.ndarray  # moving image on the output grid before registration (u = 0)
+    moving: np.ndarray  # moving image on the output grid before registration (world identity)
     warped: np.ndarray
     disp: np.ndarray
     affine: np.ndarray
@@ -247,59 +352,30 @@ def _jsonable(obj):
     return obj
 
 
-#: output voxels resampled per chunk (bounds the memory of the coordinate tensors)
-CHUNK_VOXELS = 2 ** 21
-
-
-def _resample_outputs(disp, Fp, Mp, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
+def _resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
     """Every output on the grid ``(T, shape)``, from the model field ``disp`` (3, d, h, w)
-    on the fixed model grid ``Fp`` and the original volumes (see the module docstring).
+    pairing the working grids ``Fw`` (fixed) and ``Mw`` (moving) and the original volumes
+    (see the module docstring).
 
-    Works in slabs along axis 0 so that original-resolution CT volumes fit in memory.
-    Returns numpy arrays: ``fixed``, ``before``, ``warped``, ``disp`` and the label maps
-    ``fixed_seg``, ``before_seg``, ``warped_seg`` (``None`` without segmentations)."""
+    The exported field ``w`` (:func:`carry_field`) is the one result: the warped image and
+    label map are ``w`` applied to the original moving volumes (:func:`apply_field`, as ITK
+    applies ``field.nii.gz``), and "before" is the identity in world coordinates (the
+    unregistered moving image on the output grid). Returns numpy arrays: ``fixed``,
+    ``before``, ``warped``, ``disp`` and the label maps ``fixed_seg``, ``before_seg``,
+    ``warped_seg`` (``None`` without segmentations)."""
     dev = disp.device
-    to_model = np.linalg.inv(Fp) @ T  # output voxel -> fixed model voxel
-    to_moving = np.linalg.inv(M0) @ Mp  # moving model voxel -> original moving voxel
-    to_output = np.linalg.inv(T) @ Mp  # moving model voxel -> output voxel
-    to_fixed = np.linalg.inv(F0) @ T  # output voxel -> original fixed voxel
-    same_fixed = np.allclose(to_fixed, np.eye(4), atol=1e-6) and tuple(shape) == tuple(f0.shape)
-    mov = torch.from_numpy(np.ascontiguousarray(m0, dtype=np.float32))[None].to(dev)
-    fix = torch.from_numpy(np.ascontiguousarray(f0, dtype=np.float32))[None].to(dev)
-    mseg = None if ms0 is None else torch.from_numpy(ms0)[None].to(dev)
-    fseg = None if fs0 is None else torch.from_numpy(fs0)[None].to(dev)
-
-    out = {k: np.zeros(shape, np.float32) for k in ("fixed", "before", "warped")}
-    out["disp"] = np.zeros((3,) + tuple(shape), np.float32)
-    for k, src in (("fixed_seg", fseg), ("before_seg", mseg), ("warped_seg", mseg)):
-        out[k] = None if src is None else np.zeros(shape, np.uint8)
-
-    def labels(vol, coords):
-        return _sample(vol, coords, "nearest")[0].round().to(torch.uint8).cpu().numpy()
-
-    rows = max(1, CHUNK_VOXELS // max(1, shape[1] * shape[2]))
-    for a in range(0, shape[0], rows):
-        b = min(shape[0], a + rows)
-        y = _grid((b - a,) + tuple(shape[1:]), dev)
-        y[0] += a
-        if interpolate_field:
-            # border padding: outside the model's field of view keep the edge displacement
-            x = _apply_affine(to_model, y)
-            u = _sample(disp, x, "bilinear", padding="border")
-        else:
-            x, u = y, disp[:, a:b]
-        mx = x + u
-        out["disp"][:, a:b] = (_apply_affine(to_output, mx) - y).cpu().numpy()
-        z_after, z_before = _apply_affine(to_moving, mx), _apply_affine(to_moving, x)
-        out["warped"][a:b] = _sample(mov, z_after, "bilinear")[0].cpu().numpy()
-        out["before"][a:b] = _sample(mov, z_before, "bilinear")[0].cpu().numpy()
-        zf = None if same_fixed else _apply_affine(to_fixed, y)
-        out["fixed"][a:b] = f0[a:b] if same_fixed else _sample(fix, zf, "bilinear")[0].cpu().numpy()
-        if mseg is not None:
-            out["warped_seg"][a:b] = labels(mseg, z_after)
-            out["before_seg"][a:b] = labels(mseg, z_before)
-        if fseg is not None:
-            out["fixed_seg"][a:b] = fs0[a:b] if same_fixed else labels(fseg, zf)
+    w = carry_field(disp, Fw, Mw, T, shape, interpolate=interpolate_field)
+    out = {"disp": w}
+    same_fixed = np.allclose(np.linalg.inv(F0) @ T, np.eye(4), atol=1e-6) and tuple(shape) == tuple(f0.shape)
+    out["warped"] = apply_field(w, T, m0, M0, device=dev)
+    out["before"] = apply_field(None, T, m0, M0, shape=shape, device=dev)
+    out["fixed"] = np.array(f0, np.float32) if same_fixed else apply_field(None, T, f0, F0, shape=shape, device=dev)
+    out["warped_seg"] = None if ms0 is None else apply_field(w, T, ms0, M0, labels=True, device=dev)
+    out["before_seg"] = None if ms0 is None else apply_field(None, T, ms0, M0, shape=shape, labels=True, device=dev)
+    out["fixed_seg"] = None
+    if fs0 is not None:
+        out["fixed_seg"] = (np.array(fs0, np.uint8) if same_fixed
+                            else apply_field(None, T, fs0, F0, shape=shape, labels=True, device=dev))
     return out
 
 
@@ -322,52 +398,77 @@ class Registrar:
     """A trained model loaded once, registering any number of pairs.
 
     Args:
-        model: path of a ddmr checkpoint.
+        model: a ddmr checkpoint (path), or the name of a registered model (``brain-mr``,
+            see ``ddmr plugins --kind models``); a path to an existing file wins
+            (:func:`ddmr_core.checkpoint.resolve_model`).
         device: torch device for the network (``"cpu"``, ``"cuda"``, ...).
         registry: a :class:`ddmr_core.registry.Registry` (default: the installed plugins).
 
     Raises:
         CheckpointError: missing/unreadable file, not a ddmr checkpoint, or a checkpoint
             whose config or weights do not build a model.
+        UnknownNameError: ``model`` is neither a file nor a registered model name.
     """
 
-    def __init__(self, model: str | Path, device="cpu", registry=None):
-        from .checkpoint import load_model
+    def __init__(self, model, device="cpu", registry=None):
+        from .checkpoint import describe, load_model, resolve_model
         from .preprocess import Preprocess
 
         self.device = _resolve_device(device)
-        self.path = Path(model)
+        self.spec = model if hasattr(model, "read") else str(model)
+        self.path = resolve_model(model, registry)
+        self.name = describe(self.path)
         t0 = time.perf_counter()
         self.model, ckpt = load_model(self.path, device=self.device, registry=registry)
         self.load_time = time.perf_counter() - t0
         self.labels = tuple(int(v) for v in (ckpt.get("labels") or ()))
         size = ckpt.get("input_size")
         try:
-            # checkpoints without a recipe get the default intensity scaling and are
-            # resized to input_size below (no resampling to a spacing: keep the grid)
+            # checkpoints without a recipe get the default intensity scaling on their own
+            # grid (no resampling to a spacing); the network grid is input_size
             pre = ckpt.get("preprocess") or {"spacing": None, "size": size}
             self.preprocess = Preprocess.from_dict(pre)
         except DdmrError as exc:
-            raise CheckpointError(f"checkpoint {str(self.path)!r}: bad 'preprocess': {exc}") from exc
+            raise CheckpointError(f"checkpoint {self.name!r}: bad 'preprocess': {exc}") from exc
         if size is None:  # a run that took its grid from the data: the recipe's size
             size = self.preprocess.size
         if size is None or len(size) != 3:
             raise CheckpointError(
-                f"checkpoint {str(self.path)!r} records no network grid ('input_size' or a "
+                f"checkpoint {self.name!r} records no network grid ('input_size' or a "
                 "preprocessing size), so inputs cannot be brought to the model's grid"
             )
         self.input_size = tuple(int(s) for s in size)
 
     # ----------------------------------------------------------- internals
-    def _to_model_grid(self, image, seg, affine, name):
-        img, lab, aff = self.preprocess.apply(image, affine, seg, name=name)
-        if tuple(img.shape) != self.input_size:
-            # the recipe did not end on the network grid: resize, keeping the field of view
-            from .spatial import resize_image
+    def crop_mode(self, fixed_seg, moving_seg) -> str:
+        """What the recipe crops around: ``"none"`` (it does not crop), ``"labels"`` (it
+        crops around labels and both images have label maps, as in training) or
+        ``"foreground"`` (it crops around labels but a label map is missing: each image
+        is cropped to its foreground, :meth:`ddmr_core.preprocess.Preprocess.foreground`)."""
+        if self.preprocess.crop_labels is None:
+            return "none"
+        return "labels" if fixed_seg is not None and moving_seg is not None else "foreground"
 
-            aff = resize_affine(aff, img.shape, self.input_size)
-            img = resize_image(torch.from_numpy(img)[None, None], self.input_size)[0, 0].numpy()
+    def to_working_grid(self, image, seg, affine, name, crop: str, shape=None):
+        """One image through the checkpoint's recipe up to, not including, its resize to
+        the network grid (that is :meth:`predict`'s): crop, resampling to the recipe's
+        spacing, intensities. ``shape``: resize to it at the end, keeping the field of
+        view (the moving image goes to the fixed image's working shape). Returns
+        ``(image float32 in [0, 1], affine)``."""
+        pre = self.preprocess.replace(size=None if shape is None else tuple(int(n) for n in shape))
+        img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground")
         return img, aff
+
+    @torch.inference_mode()
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """The pull field ``(1, 3, D, H, W)`` for fixed and moving images ``(1, 1, D, H, W)``
+        in [0, 1] on one grid, in voxels of that grid: the network on its own grid
+        (``input_size``), the instance optimisation, if the model has one, on the images'
+        grid (:meth:`ddmr_core.model.RegistrationModel.predict_on_grid`).
+
+        The one inference path: ``ddmr register`` and ``ddmr evaluate`` both predict here,
+        so a pair gives the same field in both."""
+        return self.model.predict_on_grid(fixed.to(self.device), moving.to(self.device), self.input_size)
 
     @torch.no_grad()
     def register(
@@ -386,10 +487,13 @@ class Registrar:
         Args:
             fixed, moving: NIfTI paths, nibabel images, or ``(D, H, W)`` arrays/tensors.
             fixed_seg, moving_seg: optional label maps (same kinds), on their image's grid.
+                They give Dice and TRE; with both, a recipe that crops around labels crops
+                around them (as in training), otherwise around each image's foreground
+                (:meth:`crop_mode`).
             fixed_affine, moving_affine: voxel->RAS affines for array inputs (default:
                 identity for the fixed image, the fixed affine for the moving one).
             original_resolution: output on the fixed image's original grid instead of
-                the model grid.
+                the working grid (the fixed image after the recipe's crop and resampling).
 
         Raises:
             DataError: unreadable/missing file, non-3-D volume, a constant (e.g. all-zero)
@@ -409,46 +513,49 @@ class Registrar:
         timings["read"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        f_pre, Fp = self._to_model_grid(f0, fs0, F0, fname)
-        m_pre, Mp = self._to_model_grid(m0, ms0, M0, mname)
+        crop = self.crop_mode(fs0, ms0)
+        f_w, Fw = self.to_working_grid(f0, fs0, F0, fname, crop)
+        m_w, Mw = self.to_working_grid(m0, ms0, M0, mname, crop, shape=f_w.shape)
         timings["preprocess"] = time.perf_counter() - t
 
         dev = self.device
         t = time.perf_counter()
-        fx = torch.from_numpy(np.ascontiguousarray(f_pre, dtype=np.float32))[None, None].to(dev)
-        mv = torch.from_numpy(np.ascontiguousarray(m_pre, dtype=np.float32))[None, None].to(dev)
-        disp = self.model(fx, mv)["disp"][0].float()  # (3, d, h, w) fixed model voxels
-        what = f"checkpoint {str(self.path)!r} on {fname!r} and {mname!r}"
+        fx = torch.from_numpy(np.ascontiguousarray(f_w, dtype=np.float32))[None, None]
+        mv = torch.from_numpy(np.ascontiguousarray(m_w, dtype=np.float32))[None, None]
+        disp = self.predict(fx, mv)[0].float()  # (3, D, H, W) voxels of the fixed working grid
+        what = f"checkpoint {self.name!r} on {fname!r} and {mname!r}"
         check_field(what, disp)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["predict"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        T = F0 if original_resolution else Fp
-        shape = tuple(f0.shape) if original_resolution else self.input_size
+        T = F0 if original_resolution else Fw
+        shape = tuple(f0.shape) if original_resolution else tuple(f_w.shape)
         outs = _resample_outputs(
-            disp, Fp, Mp, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
+            disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
         )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["apply"] = time.perf_counter() - t
         check_finite(what, warped=outs["warped"], exported_field=outs["disp"])
 
+        # "before": the unregistered images as they lie in the world, on the output grid
+        metrics = {"before": {"ncc": image_ncc(outs["fixed"], outs["before"])},
+                   "after": {"ncc": image_ncc(outs["fixed"], outs["warped"])}}
         fixed_seg_out, before_seg, warped_seg = outs["fixed_seg"], outs["before_seg"], outs["warped_seg"]
-        metrics = {}
         if fixed_seg_out is not None and warped_seg is not None:
             labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
-            metrics = {
-                "before": dice_tre(fixed_seg_out, before_seg, T, labels),
-                "after": dice_tre(fixed_seg_out, warped_seg, T, labels),
-            }
+            metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
+            metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
         inputs = {
             "fixed": _describe(fixed, "array"),
             "moving": _describe(moving, "array"),
             "fixed_seg": None if fixed_seg is None else _describe(fixed_seg, "array"),
             "moving_seg": None if moving_seg is None else _describe(moving_seg, "array"),
-            "model": str(self.path),
+            "model": self.spec if isinstance(self.spec, str) else self.name,
+            "checkpoint": self.name,
+            "crop": crop,
             "original_resolution": bool(original_resolution),
             "device": str(dev),
             "model_load_s": self.load_time,
@@ -460,7 +567,7 @@ class Registrar:
             disp=outs["disp"],
             affine=np.asarray(T, dtype=np.float64),
             model_disp=disp.cpu().numpy(),
-            model_affine=np.asarray(Fp, dtype=np.float64),
+            model_affine=np.asarray(Fw, dtype=np.float64),
             fixed_seg=fixed_seg_out,
             moving_seg=before_seg,
             warped_seg=warped_seg,
@@ -472,7 +579,8 @@ class Registrar:
 
 def register(fixed, moving, model, fixed_seg=None, moving_seg=None, *, device="cpu",
              original_resolution: bool = False, out_dir=None, **kwargs) -> RegistrationResult:
-    """One-shot convenience: load ``model`` (a checkpoint path or a :class:`Registrar`),
+    """One-shot convenience: load ``model`` (a checkpoint path, a registered model name or
+    a :class:`Registrar`),
     register one pair and, if ``out_dir`` is given, write the outputs there."""
     reg = model if isinstance(model, Registrar) else Registrar(model, device=device)
     res = reg.register(fixed, moving, fixed_seg, moving_seg, original_resolution=original_resolution, **kwargs)

@@ -11,7 +11,8 @@ def add_arguments(parser):
     parser.add_argument("--testset", required=True, metavar="DIR",
                         help="test set folder written by `ddmr build-testset` (manifest.csv, testset.json)")
     parser.add_argument("--model", action="append", default=[], metavar="CKPT",
-                        help="checkpoint to evaluate, optionally NAME=CKPT to name its rows; repeatable")
+                        help="checkpoint, or registered model name (`ddmr plugins --kind models`), to "
+                             "evaluate, optionally NAME=CKPT to name its rows; repeatable")
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME",
                         help="baseline plugin to evaluate (identity, ants_syn, ants_syncc, ...); repeatable")
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder")

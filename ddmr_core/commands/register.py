@@ -3,7 +3,10 @@
 One pair::
 
     ddmr register --fixed F.nii.gz --moving M.nii.gz [--fixed-seg FS] [--moving-seg MS] \\
-        --model model.pt --out DIR [--original-resolution] [--device cuda]
+        --model {model.pt | NAME} --out DIR [--original-resolution] [--device cuda]
+
+``--model`` takes a checkpoint file or the name of a registered model (``brain-mr``;
+``ddmr plugins --kind models`` lists them); a path to an existing file wins.
 
 Many pairs, model loaded once: ``--pairs pairs.csv`` with columns ``fixed,moving`` and
 optionally ``fixed_seg,moving_seg`` and ``pair`` (an output sub-folder name; default
@@ -38,12 +41,14 @@ def add_arguments(parser):
     parser.add_argument("--fixed-seg", metavar="FS", help="fixed label map (optional; gives Dice/TRE)")
     parser.add_argument("--moving-seg", metavar="MS", help="moving label map (optional; warped with nearest neighbour)")
     parser.add_argument("--pairs", metavar="CSV", help="CSV of pairs (columns fixed,moving[,fixed_seg,moving_seg][,pair])")
-    parser.add_argument("--model", metavar="CKPT", required=True, help="ddmr checkpoint")
+    parser.add_argument("--model", metavar="CKPT|NAME", required=True,
+                        help="ddmr checkpoint, or the name of a registered model (`ddmr plugins --kind models`)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
     parser.add_argument(
         "--original-resolution",
         action="store_true",
-        help="write outputs on the fixed image's original grid (default: the model grid)",
+        help="write outputs on the fixed image's original grid (default: the working grid, the fixed "
+             "image after the model's crop and resampling)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the network (default: cpu)")
 
@@ -94,10 +99,11 @@ def read_pairs(csv_path: str | Path) -> list[dict]:
 
 
 def _flat(pair: str, res) -> dict:
-    """One summary row: pair, mean Dice/TRE before and after, timings."""
+    """One summary row: pair, NCC and mean Dice/TRE before and after, timings."""
     row = {"pair": pair}
     for when in ("before", "after"):
         m = res.metrics.get(when, {})
+        row[f"ncc_{when}"] = m.get("ncc")
         row[f"dice_mean_{when}"] = m.get("dice_mean")
         row[f"tre_mm_mean_{when}"] = m.get("tre_mm_mean")
     for k, v in res.timings.items():
@@ -109,6 +115,8 @@ def _print(pair, res):
     t = res.timings
     msg = f"{pair}: predict {t['predict']:.3f} s, apply {t['apply']:.3f} s"
     after, before = res.metrics.get("after"), res.metrics.get("before")
+    if after and after.get("ncc") is not None and before.get("ncc") is not None:
+        msg += f", NCC {before['ncc']:.3f} -> {after['ncc']:.3f}"
     if after and after.get("dice_mean") is not None:
         msg += f", Dice {before['dice_mean']:.3f} -> {after['dice_mean']:.3f}"
     if after and after.get("tre_mm_mean") is not None and before.get("tre_mm_mean") is not None:
@@ -132,7 +140,9 @@ def run(args) -> int:
     out = check_out(Path(args.out))  # writable, and replaceable if it exists: before any work
 
     reg = Registrar(args.model, device=args.device)
-    print(f"model {args.model} loaded in {reg.load_time:.2f} s (grid {reg.input_size}, device {reg.device})")
+    source = "" if reg.name == args.model else f" ({reg.name})"
+    print(f"model {args.model}{source} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
+          f"device {reg.device})")
     if pairs is None:
         res = reg.register(
             args.fixed, args.moving, args.fixed_seg, args.moving_seg,
@@ -159,6 +169,7 @@ def run(args) -> int:
             _print(item["pair"], res)
         summary = {
             "model": str(args.model),
+            "checkpoint": reg.name,
             "model_load_s": reg.load_time,
             "total_s": time.perf_counter() - t0,
             "pairs": rows,

@@ -203,7 +203,7 @@ def test_original_resolution_field(tmp_path, registry):
     a0 = np.diag([0.75, 0.5, 0.625, 1.0])
     a = resize_affine(a0, orig_shape, (16, 16, 16))
     disp = np.broadcast_to(np.array([1.0, -0.5, 0.25]).reshape(3, 1, 1, 1), (3, 16, 16, 16)).astype(np.float32)
-    v, coords = to_original_grid(disp, a, orig_shape, a0, a0)
+    v = to_original_grid(disp, a, orig_shape, a0)
     np.testing.assert_allclose(v[:, 4:-4, 4:-4, 4:-4].reshape(3, -1).mean(1), [2.0, -1.0, 0.5], atol=1e-5)
     # the same as resize_field, the toolkit's own resampling of a field
     from ddmr_core.spatial import resize_field
