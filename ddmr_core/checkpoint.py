@@ -94,8 +94,8 @@ def resolve_model(spec, registry=None):
     if spec not in names:
         from .errors import UnknownNameError
 
-        raise UnknownNameError(f"--model {spec!r} is not a checkpoint file, and {unknown_name_message('models', spec, names)}"
-                               " (`ddmr plugins --kind models` lists them)")
+        raise UnknownNameError(unknown_name_message(
+            "models", spec, names, intro=f"model {spec!r} is neither a checkpoint file nor a registered model name"))
     entry = registry.entry("models", spec)
     origin = f"model {spec!r} of plugin {entry.plugin!r} ({entry.distribution})"
     try:

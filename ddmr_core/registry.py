@@ -175,8 +175,10 @@ class Registry:
         return self._gin_wrappers.get((kind, name), entry.factory)
 
 
-def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    msg = f"unknown {kind} name {name!r}"
+def unknown_name_message(kind: str, name: str, available: list[str], intro: str | None = None) -> str:
+    """``unknown <kind> name 'x' (did you mean 'y'?); available <kind>: ...`` (``intro``
+    replaces the first part)."""
+    msg = intro or f"unknown {kind} name {name!r}"
     close = difflib.get_close_matches(name, available, n=1)
     if close:
         msg += f" (did you mean {close[0]!r}?)"

@@ -70,7 +70,8 @@ def test_resolve_model_path_wins_then_names(tiny_workspace, install_models, tmp_
     # path-like values are paths: load_checkpoint reports them missing
     assert resolve_model("gone.pt") == Path("gone.pt")
     assert resolve_model("sub/tiny-mr") == Path("sub/tiny-mr")
-    with pytest.raises(UnknownNameError, match=r"'tiny-m'.*did you mean 'tiny-mr'.*available models: good, tiny-mr"):
+    with pytest.raises(UnknownNameError, match=r"model 'tiny-m' is neither a checkpoint file nor a registered model "
+                                               r"name \(did you mean 'tiny-mr'\?\); available models: good, tiny-mr"):
         resolve_model("tiny-m")
     with pytest.raises(PluginError, match=r"model 'good' of plugin 'test_models'.*does not exist"):
         resolve_model("good")
