@@ -170,3 +170,31 @@ def load_field_npz(path):
     if disp.ndim != 4 or disp.shape[0] != 3:
         raise DataError(f"field file {str(path)!r}: 'disp' has shape {disp.shape}, expected (3, D, H, W)")
     return disp.astype(np.float32), spacing.astype(np.float32), affine.astype(np.float64)
+
+
+def load_field(path):
+    """Read a field file of either kind, by its name: ``.npz`` (:func:`load_field_npz`) or
+    ITK/ANTs NIfTI (:func:`load_field_itk`).
+
+    Returns:
+        ``(disp, affine)``: ``(3, D, H, W)`` float32 voxel pull field and the ``(4, 4)``
+        voxel->RAS affine of its (fixed) grid.
+
+    Raises:
+        DataError: missing/unreadable file, a name that is neither ``.npz`` nor
+            ``.nii``/``.nii.gz``, not a 3-D vector field, or an invalid affine.
+    """
+    name = str(path).lower()
+    if name.endswith(".npz"):
+        disp, _, affine = load_field_npz(path)
+    elif name.endswith((".nii", ".nii.gz")):
+        disp, affine = load_field_itk(path)
+    else:
+        raise DataError(f"field file {str(path)!r}: expected a .nii, .nii.gz (ITK/ANTs) or .npz (ddmr) field")
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"field file {str(path)!r} has a singular or invalid affine")
+    if not np.all(np.isfinite(disp)):
+        raise DataError(f"field file {str(path)!r} contains NaN or infinite displacements")
+    if min(disp.shape[1:]) < 2:
+        raise DataError(f"field file {str(path)!r} has a grid of shape {tuple(disp.shape[1:])}: a 3-D grid is needed")
+    return disp, affine

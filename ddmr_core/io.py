@@ -366,6 +366,32 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
     return path
 
 
+def check_output_file(path: str | Path, option: str = "--out", suffixes=NIFTI_SUFFIXES) -> Path:
+    """Check, before any work starts, that the file ``path`` can be written (through
+    :func:`atomic_path`, which replaces an existing file only once the new one is complete).
+
+    Raises:
+        DataError: one line naming ``option`` and the problem: a name without one of
+            ``suffixes``, an existing folder, a parent that is a file, a folder that
+            cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{option} {str(path)!r} is a folder; give a file name")
+    if suffixes and not str(path).lower().endswith(tuple(suffixes)):
+        raise DataError(f"{option} {str(path)!r}: the file name must end with {' or '.join(suffixes)}")
+    anc = _first_existing(path.parent)
+    if not anc.is_dir():
+        raise DataError(f"{option} {str(path)!r}: {str(anc)!r} is a file, not a folder")
+    try:  # a probe where the file will go (as root, os.access says yes even to /proc)
+        probe = tempfile.mkdtemp(prefix=".ddmr-probe.", dir=anc)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise DataError(f"{option} {str(path)!r}: cannot write in {str(anc)!r} "
+                        f"({exc.strerror or type(exc).__name__})") from exc
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | Path, option: str = "--out", replaceable: Callable[[Path], bool] | None = None,
                what: str = "ddmr") -> Iterator[Path]:

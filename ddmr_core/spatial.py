@@ -305,6 +305,13 @@ def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
     )
 
 
+def folding_percentage(jacobian) -> float:
+    """Percentage (0-100) of voxels whose Jacobian determinant (:func:`jacobian_determinant`)
+    is not positive: where the map folds (the ``folding`` metric, ``ddmr jacobian``)."""
+    jac = jacobian.detach().cpu().numpy() if hasattr(jacobian, "detach") else np.asarray(jacobian)
+    return float(100.0 * np.mean(jac <= 0)) if jac.size else float("nan")
+
+
 def one_hot(labels: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
     """Label map ``(B, 1, D, H, W)`` -> one-hot float ``(B, L, D, H, W)`` over ``values``
     (the foreground labels; background is left out)."""

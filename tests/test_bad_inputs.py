@@ -103,6 +103,9 @@ CASES = [
     Case("p3-reg-out-proc", REG + " --model {good} --out /proc/ddmr_x", ("/proc", "cannot write")),
     Case("reg-out-foreign", REG + " --model {good} --out {foreign_dir}", ("foreign_dir", "did not write")),
     Case("reg-out-root", REG + " --model {good} --out /", ("'/'", "current folder or one above")),
+    Case("reg-model-unknown-name", REG + " --model brain_mr --out {prev_out}",
+         ("'brain_mr'", "neither a checkpoint file nor a registered model", "available models")),
+    Case("reg-model-name-or-missing-file", REG + " --model {ws}/brain-mr --out {prev_out}", ("brain-mr", "not found")),
     # --- register --pairs
     Case("pairs-missing-csv", "register --pairs {ws}/none.csv --model {good} --out {new_out}", ("none.csv", "not found")),
     Case("pairs-no-rows", "register --pairs {pairs_empty} --model {good} --out {new_out}", ("pairs_empty", "no rows")),
@@ -131,6 +134,34 @@ CASES = [
          ("invalid gin config", "unclosed")),
     Case("eval-gin-unknown-parameter", EVAL + " --out {new_out} --gin 'ddmr.baselines.identity.nope = 1'", ("nope",)),
     Case("eval-config-missing", EVAL + " --out {new_out} --config {ws}/none.gin", ("none.gin", "not found")),
+    Case("eval-model-unknown-name", EVAL + " --model nosuch-model --out {new_out}",
+         ("'nosuch-model'", "available models")),
+    # --- warp (issue 15): nothing is written, an existing output is kept
+    Case("warp-field-missing", "warp --field {ws}/none.nii.gz --moving {m} --out {ws}/w.nii.gz",
+         ("none.nii.gz", "not found")),
+    Case("warp-field-junk", "warp --field {junk} --moving {m} --out {ws}/w.nii.gz", ("junk.nii.gz", "cannot be read")),
+    Case("warp-field-is-an-image", "warp --field {f} --moving {m} --out {ws}/w.nii.gz", ("f.nii.gz", "(X, Y, Z, 1, 3)")),
+    Case("warp-field-suffix", "warp --field {good} --moving {m} --out {ws}/w.nii.gz", ("good.pt", ".npz")),
+    Case("warp-field-npz-junk", "warp --field {ws}/none.npz --moving {m} --out {ws}/w.nii.gz", ("none.npz", "not found")),
+    Case("warp-moving-missing", "warp --field {field} --moving {ws}/gone.nii.gz --out {ws}/w.nii.gz",
+         ("gone.nii.gz", "not found")),
+    Case("warp-moving-4d", "warp --field {field} --moving {four_d} --out {f}", ("four_d", "4-D")),
+    Case("warp-moving-nan", "warp --field {field_npz} --moving {nan_image} --out {f}", ("nan_image", "NaN")),
+    Case("warp-labels-fractions", "warp --field {field} --moving {seg_frac} --labels --out {ws}/w.nii.gz",
+         ("seg_frac", "non-integer")),
+    Case("warp-labels-over-255", "warp --field {field} --moving {seg_big} --labels --out {ws}/w.nii.gz",
+         ("seg_big", "0..255")),
+    Case("warp-out-folder", "warp --field {field} --moving {m} --out {prev_out}", ("prev_out", "is a folder")),
+    Case("warp-out-suffix", "warp --field {field} --moving {m} --out {ws}/w.txt", ("w.txt", ".nii")),
+    Case("warp-out-under-file", "warp --field {field} --moving {m} --out {a_file}/w.nii.gz", ("a_file", "is a file")),
+    Case("warp-out-proc", "warp --field {field} --moving {m} --out /proc/ddmr_w.nii.gz", ("/proc", "cannot write")),
+    # --- jacobian (issue 15)
+    Case("jac-field-missing", "jacobian --field {ws}/none.nii.gz --out {ws}/j.nii.gz", ("none.nii.gz", "not found")),
+    Case("jac-field-is-an-image", "jacobian --field {m} --out {f}", ("m.nii.gz", "(X, Y, Z, 1, 3)")),
+    Case("jac-field-suffix", "jacobian --field {pairs_empty} --out {ws}/j.nii.gz", ("pairs_empty.csv", ".npz")),
+    Case("jac-out-folder", "jacobian --field {field} --out {foreign_dir}", ("foreign_dir", "is a folder")),
+    Case("jac-out-suffix", "jacobian --field {field} --out {ws}/j.png", ("j.png", ".nii")),
+    Case("jac-out-proc", "jacobian --field {field_npz} --out /proc/ddmr_j.nii.gz", ("/proc", "cannot write")),
     # --- prepare
     Case("prep-unknown-dataset", "prepare --dataset nope --out {new_out}", ("nope", "datasets")),
     Case("prep-workers", PREP + " --out {new_out} --workers -1", ("--workers", "-1")),
@@ -184,7 +215,9 @@ def test_bad_input(case, tiny_workspace, capsys):
     workspace = tiny_workspace
     import shlex
 
-    argv = [a.format(**workspace) for a in shlex.split(case.argv)]
+    fields = {"field": str(Path(workspace["testset"], "pair_0000", "disp_true.nii.gz")),
+              "field_npz": str(Path(workspace["testset"], "pair_0000", "disp_true.npz"))}
+    argv = [a.format(**workspace, **fields) for a in shlex.split(case.argv)]
     before = snapshot(workspace["ws"])
     capsys.readouterr()
     rc = main(argv)

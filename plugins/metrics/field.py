@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddmr_core.spatial import jacobian_determinant
+from ddmr_core.spatial import folding_percentage, jacobian_determinant
 
 from .base import Metric, spacing_of
 
@@ -29,8 +29,7 @@ class Folding(Metric):
     unit = "%"
 
     def __call__(self, pair: dict) -> float:
-        jac = _jacobian(pair["disp"])
-        return float(100.0 * np.mean(jac <= 0))
+        return folding_percentage(_jacobian(pair["disp"]))
 
 
 class SDLogJ(Metric):
