@@ -56,7 +56,7 @@ import torch
 
 from .errors import CheckpointError, DataError, DdmrError
 from .io import check_field, check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
-from .spatial import resize_affine, sample_at
+from .spatial import sample_at
 
 # ---------------------------------------------------------------- inputs
 
