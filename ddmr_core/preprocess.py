@@ -182,6 +182,14 @@ class Preprocess:
             mask = np.isin(parts, keep)
         return mask
 
+    def crops_around(self, seg) -> bool:
+        """Whether the label map ``seg`` has voxels of the labels this recipe crops around
+        (``False`` for a recipe that does not crop around labels, or no label map)."""
+        if self.crop_labels is None or seg is None:
+            return False
+        seg = np.asarray(seg)
+        return bool((seg > 0).any() if self.crop_labels == ALL_LABELS else np.isin(seg, self.crop_labels).any())
+
     def _crop_mask(self, seg, image, name: str, crop: str) -> np.ndarray:
         if crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")

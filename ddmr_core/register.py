@@ -442,12 +442,14 @@ class Registrar:
     # ----------------------------------------------------------- internals
     def crop_mode(self, fixed_seg, moving_seg) -> str:
         """What the recipe crops around: ``"none"`` (it does not crop), ``"labels"`` (it
-        crops around labels and both images have label maps, as in training) or
-        ``"foreground"`` (it crops around labels but a label map is missing: each image
-        is cropped to its foreground, :meth:`ddmr_core.preprocess.Preprocess.foreground`)."""
-        if self.preprocess.crop_labels is None:
+        crops around labels and both images have label maps holding them, as in
+        training) or ``"foreground"`` (it crops around labels but a label map is missing,
+        or lacks those labels, say another atlas's numbering: each image is cropped to its
+        foreground, :meth:`ddmr_core.preprocess.Preprocess.foreground`)."""
+        pre = self.preprocess
+        if pre.crop_labels is None:
             return "none"
-        return "labels" if fixed_seg is not None and moving_seg is not None else "foreground"
+        return "labels" if pre.crops_around(fixed_seg) and pre.crops_around(moving_seg) else "foreground"
 
     def to_working_grid(self, image, seg, affine, name, crop: str, shape=None):
         """One image through the checkpoint's recipe up to, not including, its resize to

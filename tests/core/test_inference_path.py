@@ -150,9 +150,16 @@ def test_register_without_label_maps_for_every_shipped_recipe(config, tmp_path, 
     assert set(summary["metrics"]["before"]) == {"ncc"} and "NCC" in capsys.readouterr().out
     # with both label maps, a recipe that crops around labels crops around them, as in training
     fs, ms = save(tmp_path / "fs.nii.gz", fseg, aff), save(tmp_path / "ms.nii.gz", mseg, aff)
-    res = Registrar(ck).register(f, m, fs, ms)
+    reg = Registrar(ck)
+    res = reg.register(f, m, fs, ms)
     assert res.inputs["crop"] == ("none" if recipe["crop_labels"] is None else "labels")
     assert res.metrics["after"]["dice_mean"] is not None
+    # label maps numbered otherwise (another atlas): scored, and the crop is the foreground
+    other = [save(tmp_path / f"{k}9.nii.gz", (seg > 0).astype(np.uint8) * 9, aff) for k, seg in
+             (("fs", fseg), ("ms", mseg))]
+    res = reg.register(f, m, *other)
+    crop = recipe["crop_labels"]  # "all": any label is one to crop around
+    assert res.inputs["crop"] == ("none" if crop is None else "labels" if crop == "all" else "foreground")
 
 
 def test_foreground_crop_reproduces_the_label_crop_on_skull_stripped_images(tmp_path):
