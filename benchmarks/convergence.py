@@ -16,9 +16,11 @@ supervision by the ground-truth field, warm-up); ``--paper`` trains the config a
 paper does (its own backbone: the paper-size U-Net for ``experiments/*``).
 
 Then it scores the best checkpoint, the network alone (no instance optimisation), on
-fixed brain test pairs (``ddmr build-testset --seed 2023``: the demo's pairs at 64^3)
-with ``ants_syn`` and ``identity`` on the same pairs, and prints a final line: mean Dice,
-end-point error, folding and median runtime of each, and the runtime ratio.
+fixed brain test pairs (``ddmr build-testset --seed 2023``: the demo's 8 pairs at 64^3,
+and 4 pairs at 128^3 registered as ``ddmr evaluate`` does, resized to the model's grid
+and the field back) with ``ants_syn`` and ``identity`` on the same pairs, and prints a
+final line per grid: mean Dice, end-point error (mm), folding and median runtime of
+each, and the runtime ratio (runtime: prediction and warp, as ``ddmr evaluate`` times it).
 
 A rerun with ``--resume`` continues the same run (the budget counts over the whole run).
 """
@@ -48,6 +50,11 @@ def main(argv=None) -> int:
                     help="training budget (default 60m unless --steps is given)")
     ap.add_argument("--steps", type=int, default=None, help="optimiser-step budget")
     ap.add_argument("--pairs", type=int, default=8, help="test pairs (default 8, the demo's)")
+    ap.add_argument("--test-sizes", type=int, nargs="+", default=None, metavar="S",
+                    help="grids of the final comparison (default: the training grid and 128; pairs at a "
+                         "grid other than the training one are registered as ddmr evaluate does, resized "
+                         "to the model's grid and the field back)")
+    ap.add_argument("--pairs-128", type=int, default=4, help="test pairs at grids above 64^3 (default 4)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default="bench_out/convergence", help="run folder and test set")
     ap.add_argument("--resume", action="store_true", help="continue the run in --work")
@@ -97,19 +104,25 @@ def main(argv=None) -> int:
           f"{trainer.elapsed() / 60:.1f} min of training", flush=True)
     if args.no_test:
         return 0
-    return compare(args, run_dir, work, s)
+    for size in args.test_sizes or sorted({s, 128}):
+        compare(args, run_dir, work, size, args.pairs if size <= 64 else args.pairs_128)
+    return 0
 
 
-def compare(args, run_dir: Path, work: Path, s: int) -> int:
+def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
     """The best checkpoint, network alone, against ants_syn and identity on fixed pairs."""
     from ddmr_core.evaluate import evaluate
     from ddmr_core.protocol import best_checkpoint, cli
 
-    testset = work / f"testset_{s}"
+    testset = work / f"testset_{s}_{pairs}"
     if not (testset / "testset.json").exists():
-        cli("build-testset", "--dataset", "mni_brain", "--pairs", args.pairs, "--size", s,
+        cli("build-testset", "--dataset", "mni_brain", "--pairs", pairs, "--size", s,
             "--seed", 2023, "--out", testset, "--overwrite")
-    out = work / "scores"
+    out = work / f"scores_{s}"
+    if out.exists():  # a rerun scores the current checkpoint afresh
+        import shutil
+
+        shutil.rmtree(out)
     baselines = ["identity"] + ([] if args.no_ants else ["ants_syn"])
     evaluate(testset, models=[f"network={best_checkpoint(run_dir)}"], baselines=baselines, out=out,
              metrics=["dsc", "epe", "folding", "runtime"], device=args.device, figures=False,
@@ -138,7 +151,6 @@ def compare(args, run_dir: Path, work: Path, s: int) -> int:
     if "ants_syn" in methods:
         ratio = f"; ants_syn/network runtime {median_runtime('ants_syn') / median_runtime(net):.1f}x"
     print(f"final ({len(methods.get(net, []))} test pairs at {s}^3): " + " | ".join(parts) + ratio, flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -101,14 +101,19 @@ def prepare_step(dataset: str, size: int, cache: Path) -> Step:
                 f"cache {dataset} at {size}^3")
 
 
-def train_step(name: str, config: str, run_dir: Path, steps: int, bindings: list[str], device=None) -> Step:
+def train_step(name: str, config: str, run_dir: Path, steps: int | None, bindings: list[str], device=None,
+               max_time: float | None = None) -> Step:
+    """Train (or resume) one model with :func:`ddmr_core.trainer.train` for ``steps``
+    optimiser steps and/or ``max_time`` seconds of training, counted over the whole run."""
     def run():
-        extra = [a for b in bindings for a in ("--gin", b)]
-        resume = ["--resume"] if (Path(run_dir) / "last.pt").exists() else []
-        dev = ["--device", device] if device else []
-        cli("train", config, "--out", run_dir, "--max-steps", steps, *extra, *dev, *resume)
+        from .trainer import train
 
-    return Step(f"train-{name}", run, f"train {name} for {steps} optimiser steps ({config})")
+        resume = (Path(run_dir) / "last.pt").exists()
+        train(config, bindings, run_dir=run_dir, max_steps=steps, max_time=max_time, device=device, resume=resume)
+
+    budget = [f"{steps} optimiser steps"] if steps else []
+    budget += [f"{max_time / 60:.0f} min"] if max_time else []
+    return Step(f"train-{name}", run, f"train {name} for {' or '.join(budget) or 'until early stopping'} ({config})")
 
 
 def testset_step(dataset: str, pairs: int, size: int, seed: int, out: Path) -> Step:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DdmrError
+from . import duration
 from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
                         testset_step, train_step)
 
@@ -45,6 +46,11 @@ def add_arguments(parser):
     parser.add_argument("--size", type=int, default=128, metavar="S", help="grid S^3 (paper: 128)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="optimiser steps per model (default: until early stopping)")
+    parser.add_argument("--max-time", type=duration, default=None, metavar="DURATION",
+                        help="training time per model, e.g. 20m (counted over the whole run: a rerun continues)")
+    parser.add_argument("--recipe", action="store_true",
+                        help="ddmr's training recipe (mixins/recipe/learnt.gin: learnt affine stage, coarse "
+                             "diffeomorphic field, supervision by the ground-truth field, warm-up); not the paper's")
     parser.add_argument("--pairs", type=int, default=None, metavar="N",
                         help="test pairs (default: the test split size, 11 for abdomen as OSLO-COMET)")
     parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
@@ -72,9 +78,11 @@ def build_steps(args) -> list:
     runs = {}
     if folder is not None:
         bindings = data_bindings(cache, size, args.light)
+        if getattr(args, "recipe", False):
+            bindings.append("include 'mixins/recipe/learnt.gin'")
         if getattr(args, "hybrid", False):
             bindings.append("include 'mixins/model/hybrid.gin'")
-        max_steps = args.steps if args.steps is not None else 10**9
+        max_steps = args.steps
         for design in args.designs:
             f = DESIGN_FILES[design]
             extra = list(bindings)
@@ -87,7 +95,7 @@ def build_steps(args) -> list:
                                     f"run `ddmr reproduce brain --out {root}` first")
             runs[design] = exp_dir / "runs" / design
             steps.append(train_step(design, f"experiments/{folder}/{f}.gin", runs[design], max_steps,
-                                    extra, args.device))
+                                    extra, args.device, max_time=getattr(args, "max_time", None)))
     steps.append(testset_step(dataset, pairs, size, 2023, testset))
     steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device,
                                unrefined=bool(runs) and getattr(args, "hybrid", False)))

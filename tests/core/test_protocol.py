@@ -64,13 +64,19 @@ def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tm
     from ddmr_core import protocol
     from ddmr_core.commands import reproduce
 
+    import ddmr_core.trainer
+
     calls = []
     monkeypatch.setattr(protocol, "cli", lambda *argv: calls.append([str(a) for a in argv]))
+    trained = []
+    monkeypatch.setattr(ddmr_core.trainer, "train",
+                        lambda config, bindings, **kw: trained.append((config, list(bindings), kw)))
     args = argparse.Namespace(experiment="brain", out=str(tmp_path), size=32, steps=3, pairs=2,
                               designs=["BL-N"], light=True, hybrid=hybrid, device=None)
     for step in reproduce.build_steps(args):
         step.run()
-    train = next(c for c in calls if c[0] == "train")
+    (config, bindings, kw), = trained
+    assert config == "experiments/brain/bl_n.gin" and kw["max_steps"] == 3 and kw["max_time"] is None
     evaluate = next(c for c in calls if c[0] == "evaluate")
-    assert ("include 'mixins/model/hybrid.gin'" in train) == hybrid
+    assert ("include 'mixins/model/hybrid.gin'" in bindings) == hybrid
     assert ("--unrefined" in evaluate) == hybrid
