@@ -60,8 +60,7 @@ import torch
 from .errors import DataError, DdmrError
 from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder, load_image,
                  load_label_map, spacing_from_affine)
-from .register import apply_field
-from .spatial import warp
+from .spatial import apply_field, carry_field, warp
 
 ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
@@ -287,11 +286,9 @@ def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_
     linearly, border padding), the world point ``q = A (x + u(x))`` (fixed and moving test
     images share the affine ``A``). Returns the pull field on the original fixed grid in
     its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)`` float64), which
-    :func:`ddmr_core.register.apply_field` applies to the original moving image: the
+    :func:`ddmr_core.spatial.apply_field` applies to the original moving image: the
     geometry of ``ddmr register --original-resolution``
-    (:func:`ddmr_core.register.carry_field`)."""
-    from .register import carry_field
-
+    (:func:`ddmr_core.spatial.carry_field`)."""
     return carry_field(disp, affine, affine, fixed0_affine, fixed0_shape, dtype=torch.float64)
 
 

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from .errors import ConfigError, DataError
 from .io import spacing_from_affine
-from .spatial import resize_affine
+from .spatial import resize_matrix
 
 #: ``crop_labels`` value meaning "every foreground label"
 ALL_LABELS = "all"
@@ -241,11 +241,8 @@ class Preprocess:
         out_affine = affine @ m
         out_shape = tuple(int(v) for v in n1)
         if self.size is not None:
-            out_affine = resize_affine(out_affine, out_shape, self.size)
-            r2 = np.asarray(out_shape, float) / np.asarray(self.size, float)
-            m2 = np.eye(4)
-            m2[:3, :3] = np.diag(r2)
-            m2[:3, 3] = (r2 - 1) / 2
+            m2 = resize_matrix(out_shape, self.size)
+            out_affine = out_affine @ m2
             m = m @ m2
             out_shape = tuple(self.size)
         return Grid(crop_box, np.diag(m)[:3].copy(), m[:3, 3].copy(), out_shape, out_affine)

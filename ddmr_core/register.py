@@ -56,7 +56,8 @@ import torch
 
 from .errors import CheckpointError, DataError, DdmrError
 from .io import check_field, check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
-from .spatial import sample_at
+# carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
+from .spatial import apply_field, carry_field  # noqa: F401
 
 # ---------------------------------------------------------------- inputs
 
@@ -131,112 +132,6 @@ def reorient_like(image, seg, affine, reference_affine):
     if seg is not None:
         seg = np.ascontiguousarray(nio.apply_orientation(seg, tr))
     return image, seg, new_affine
-
-
-# -------------------------------------------------------------- sampling
-
-
-def _apply_affine(m: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
-    """``m`` (4, 4) applied to points ``(3, ...)`` (float32 tensor)."""
-    mt = torch.as_tensor(m, dtype=pts.dtype, device=pts.device)
-    flat = pts.reshape(3, -1)
-    return (mt[:3, :3] @ flat + mt[:3, 3:]).reshape(pts.shape)
-
-
-def _grid(shape, device) -> torch.Tensor:
-    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
-
-
-def _sample(volume: torch.Tensor, coords: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
-    """Sample ``volume`` ``(C, D, H, W)`` at voxel coordinates ``coords`` ``(3, ...)``
-    (integer volumes as float; :func:`ddmr_core.spatial.sample_at` without the batch axis)."""
-    v = volume[None]
-    return sample_at(v if v.is_floating_point() else v.float(), coords[None], mode, padding)[0]
-
-
-#: output voxels resampled per chunk (bounds the memory of the coordinate tensors)
-CHUNK_VOXELS = 2 ** 21
-
-
-def _slabs(shape):
-    """``(a, b)`` ranges along axis 0 of about :data:`CHUNK_VOXELS` voxels each."""
-    rows = max(1, CHUNK_VOXELS // max(1, int(shape[1]) * int(shape[2])))
-    for a in range(0, int(shape[0]), rows):
-        yield a, min(int(shape[0]), a + rows)
-
-
-def _as_tensor(x, device) -> torch.Tensor:
-    if hasattr(x, "detach"):
-        return x.detach().to(device)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
-
-
-def carry_field(disp, source_affine, moving_affine, target_affine, shape, interpolate: bool = True,
-                dtype=torch.float32) -> np.ndarray:
-    """A field between two grids, carried onto a third one through world coordinates.
-
-    ``disp`` ``(3, d, h, w)`` pairs voxel ``x`` of the grid ``source_affine`` with voxel
-    ``x + disp(x)`` of the grid ``moving_affine`` (the two may differ: ``ddmr register``'s
-    fixed and moving images are preprocessed each on its own). Returns the voxel pull field
-    of the grid ``(target_affine, shape)`` into the same world points,
-    ``w(y) = T^-1 M (x + disp(x)) - y`` with ``x = S^-1 T y``: ``disp`` is interpolated
-    linearly there (``interpolate``; border padding outside its grid, so the transform
-    stays continuous) or, without ``interpolate``, taken as it is (target grid = source
-    grid). ``(3, *shape)`` float32 array, in slabs of :data:`CHUNK_VOXELS` voxels.
-
-    Used by ``ddmr register`` (output grid) and ``ddmr evaluate --original-resolution``."""
-    d = _as_tensor(disp, getattr(disp, "device", "cpu")).to(dtype)
-    dev = d.device
-    to_source = np.linalg.inv(source_affine) @ target_affine  # target voxel -> source voxel
-    to_target = np.linalg.inv(target_affine) @ moving_affine  # moving voxel -> target voxel
-    shape = tuple(int(n) for n in shape)
-    out = np.zeros((3,) + shape, np.float64 if dtype == torch.float64 else np.float32)
-    for a, b in _slabs(shape):
-        y = _grid((b - a,) + shape[1:], dev).to(dtype)
-        y[0] += a
-        if interpolate:
-            x = _apply_affine(to_source, y)
-            u = _sample(d, x, "bilinear", padding="border")
-        else:
-            x, u = y, d[:, a:b]
-        out[:, a:b] = (_apply_affine(to_target, x + u) - y).cpu().numpy()
-    return out
-
-
-def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
-                padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
-    """Apply a voxel pull field to a volume on any grid, through world coordinates.
-
-    Output voxel ``y`` of the field's grid (``affine``, ``disp`` ``(3, D, H, W)``) takes
-    the value of ``volume`` at the world point ``affine @ (y + disp(y))``, i.e. at voxel
-    ``volume_affine^-1 affine (y + disp(y))`` of the volume (which may lie on another grid):
-    what ITK/ANTs do with ``field.nii.gz``. ``disp=None`` is the identity (``volume``
-    resampled onto the grid ``(affine, shape)``). Images are interpolated linearly,
-    label maps (``labels``) by nearest neighbour and returned as uint8; outside the
-    volume, ``padding`` (``"zeros"`` as ITK's default value, or ``"border"``).
-
-    Returns a ``(D, H, W)`` array (float32, or uint8 for label maps); computed in slabs
-    of :data:`CHUNK_VOXELS` voxels. ``ddmr warp`` and ``ddmr register`` apply fields here."""
-    if disp is None and shape is None:
-        raise ValueError("apply_field: give disp or the grid's shape")
-    shape = tuple(int(n) for n in (shape if disp is None else disp.shape[1:]))
-    dev = torch.device(device)
-    vol = _as_tensor(volume, dev)[None].to(dtype)  # label values 0..255 are exact in float
-    d = None if disp is None else _as_tensor(disp, dev).to(dtype)
-    to_volume = np.linalg.inv(volume_affine) @ np.asarray(affine, dtype=np.float64)
-    out = np.zeros(shape, np.uint8 if labels else np.float32)
-    for a, b in _slabs(shape):
-        y = _grid((b - a,) + shape[1:], dev).to(dtype)
-        y[0] += a
-        if d is not None:
-            y = y + d[:, a:b]
-        z = _apply_affine(to_volume, y)
-        if labels:
-            out[a:b] = _sample(vol, z, "nearest", padding)[0].round().to(torch.uint8).cpu().numpy()
-        else:
-            out[a:b] = _sample(vol, z, "bilinear", padding)[0].float().cpu().numpy()
-    return out
 
 
 def image_ncc(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,6 +1,7 @@
-"""Spatial core shared by every part: warping, resizing, composing fields, Jacobians.
+"""Spatial core shared by every part: grids, affines, warping, resizing, composing
+fields, Jacobians, and fields between grids through world coordinates.
 
-Conventions (``shared/DESIGN.md``):
+Conventions (``docs/ARCHITECTURE.md``, "Tensor conventions"):
 
 * images ``(B, C, D, H, W)``; displacement fields ``(B, 3, D, H, W)`` float32 in **voxel
   units of the fixed grid**, component ``i`` along array axis ``i``;
@@ -10,7 +11,9 @@ Conventions (``shared/DESIGN.md``):
 * resizing keeps the physical field of view (voxel centres of the new grid sit at
   ``(j + 0.5) * N_old / N_new - 0.5`` of the old one, ``align_corners=False``), so a
   field's vectors scale by ``N_new / N_old`` per axis, and the affine changes as
-  :func:`resize_affine` says.
+  :func:`resize_affine` says;
+* affines are ``(4, 4)`` voxel -> RAS millimetre maps (nibabel's), applied to points
+  ``(3, ...)`` in array-axis order by :func:`apply_affine`.
 """
 
 from __future__ import annotations
@@ -39,11 +42,18 @@ def _cached(fn):
     return build
 
 
+def voxel_grid(shape: Sequence[int], device=None, dtype=torch.float32, start: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
+    """Voxel coordinates ``(3, *shape)``: channel ``i`` holds ``start[i]`` plus the index
+    along axis ``i`` (``start``: where a slab of a larger grid begins). A new tensor; the
+    full grid from the origin is :func:`identity_grid` (cached, shared)."""
+    axes = [torch.arange(int(a), int(a) + int(n), device=device, dtype=dtype) for a, n in zip(start, shape)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
 @_cached
 def _base_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # Cached: building the identity grid is a noticeable share of a warp at 128^3.
-    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+    # cached: building the identity grid is a noticeable share of a warp
+    return voxel_grid(shape, device, dtype).unsqueeze(0)
 
 
 def normalised_scale(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -64,7 +74,10 @@ def _sampling_grid(shape: tuple, device: torch.device, dtype: torch.dtype) -> tu
 
 
 def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
-    """Voxel coordinates ``(1, 3, D, H, W)``: channel ``i`` holds the index along axis ``i``."""
+    """Voxel coordinates ``(1, 3, D, H, W)``: channel ``i`` holds the index along axis ``i``.
+
+    Cached and shared between callers: never modify it in place (:func:`voxel_grid`
+    builds a new one)."""
     return _base_grid(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)
 
 
@@ -253,15 +266,31 @@ def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return out * ratio.view(1, 3, 1, 1, 1)
 
 
-def resize_affine(affine: np.ndarray, old_shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
-    """Voxel-to-world affine of a grid resized from ``old_shape`` to ``new_shape``.
-
-    The new voxel ``j`` sits at old voxel ``(j + 0.5) * r - 0.5``, ``r = old / new``."""
+def resize_matrix(old_shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """``(4, 4)`` map from voxels of a grid resized from ``old_shape`` to ``new_shape``
+    (field of view kept) to voxels of the old grid: new voxel ``j`` sits at old voxel
+    ``(j + 0.5) * r - 0.5``, ``r = old / new``."""
     r = np.asarray(old_shape, dtype=float) / np.asarray(new_shape, dtype=float)
     m = np.eye(4)
     m[:3, :3] = np.diag(r)
     m[:3, 3] = (r - 1.0) / 2.0
-    return np.asarray(affine, dtype=float) @ m
+    return m
+
+
+def resize_affine(affine: np.ndarray, old_shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of a grid resized from ``old_shape`` to ``new_shape``
+    (``affine @`` :func:`resize_matrix`)."""
+    return np.asarray(affine, dtype=float) @ resize_matrix(old_shape, new_shape)
+
+
+def apply_affine(matrix, points: torch.Tensor) -> torch.Tensor:
+    """Points ``(3, ...)`` (array-axis order) mapped by the homogeneous ``(4, 4)`` matrix
+    ``matrix`` (NumPy or tensor; e.g. voxel -> RAS mm, or voxels of one grid -> voxels of
+    another), computed in the points' dtype and device. Returns ``(3, ...)``."""
+    m = torch.as_tensor(np.asarray(matrix, dtype=np.float64) if not torch.is_tensor(matrix) else matrix,
+                        dtype=points.dtype, device=points.device)
+    flat = points.reshape(3, -1)
+    return (m[:3, :3] @ flat + m[:3, 3:]).reshape(points.shape)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -357,3 +386,92 @@ def intensity_centroid(image: torch.Tensor, background_quantile: float = 0.1) ->
     num = torch.einsum("bdhw,cdhw->bc", w, grid)
     safe = total.clamp_min(torch.finfo(torch.float32).tiny)
     return torch.where((total > 0)[:, None], num / safe[:, None], centre.expand(b, 3))
+
+
+# ------------------------------------------------------ fields between grids
+#
+# Grids here are ``(affine, shape)`` pairs of any orientation, spacing and size; fields
+# and volumes are ``(3, D, H, W)`` / ``(D, H, W)`` arrays (no batch axis). Work is done in
+# slabs along axis 0 so that memory stays bounded on large output grids.
+
+#: output voxels resampled per slab (bounds the memory of the coordinate tensors)
+CHUNK_VOXELS = 2 ** 21
+
+
+def _slabs(shape):
+    """``(a, b)`` ranges along axis 0 of about :data:`CHUNK_VOXELS` voxels each."""
+    rows = max(1, CHUNK_VOXELS // max(1, int(shape[1]) * int(shape[2])))
+    for a in range(0, int(shape[0]), rows):
+        yield a, min(int(shape[0]), a + rows)
+
+
+def _as_tensor(x, device) -> torch.Tensor:
+    if hasattr(x, "detach"):
+        return x.detach().to(device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def carry_field(disp, source_affine, moving_affine, target_affine, shape, interpolate: bool = True,
+                dtype=torch.float32) -> np.ndarray:
+    """A field between two grids, carried onto a third one through world coordinates.
+
+    ``disp`` ``(3, d, h, w)`` pairs voxel ``x`` of the grid ``source_affine`` with voxel
+    ``x + disp(x)`` of the grid ``moving_affine`` (the two may differ: ``ddmr register``'s
+    fixed and moving images are preprocessed each on its own). Returns the voxel pull field
+    of the grid ``(target_affine, shape)`` into the same world points,
+    ``w(y) = T^-1 M (x + disp(x)) - y`` with ``x = S^-1 T y``: ``disp`` is interpolated
+    linearly there (``interpolate``; border padding outside its grid, so the transform
+    stays continuous) or, without ``interpolate``, taken as it is (target grid = source
+    grid). ``(3, *shape)`` array (float32, float64 for ``dtype=torch.float64``), computed
+    in ``dtype`` on ``disp``'s device, in slabs of :data:`CHUNK_VOXELS` voxels.
+
+    The one way a field changes grids: ``ddmr register`` (output grid) and ``ddmr evaluate
+    --original-resolution`` (the fixed image's original grid) both carry fields here."""
+    d = _as_tensor(disp, getattr(disp, "device", "cpu")).to(dtype)
+    dev = d.device
+    to_source = np.linalg.inv(source_affine) @ target_affine  # target voxel -> source voxel
+    to_target = np.linalg.inv(target_affine) @ moving_affine  # moving voxel -> target voxel
+    shape = tuple(int(n) for n in shape)
+    out = np.zeros((3,) + shape, np.float64 if dtype == torch.float64 else np.float32)
+    for a, b in _slabs(shape):
+        y = voxel_grid((b - a,) + shape[1:], dev, dtype, start=(a, 0, 0))
+        if interpolate:
+            x = apply_affine(to_source, y)
+            u = sample_at(d[None], x[None], "linear", padding="border")[0]
+        else:
+            x, u = y, d[:, a:b]
+        out[:, a:b] = (apply_affine(to_target, x + u) - y).cpu().numpy()
+    return out
+
+
+def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
+                padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
+    """Apply a voxel pull field to a volume on any grid, through world coordinates.
+
+    Output voxel ``y`` of the field's grid (``affine``, ``disp`` ``(3, D, H, W)``) takes
+    the value of ``volume`` at the world point ``affine @ (y + disp(y))``, i.e. at voxel
+    ``volume_affine^-1 affine (y + disp(y))`` of the volume (which may lie on another grid):
+    what ITK/ANTs do with ``field.nii.gz``. ``disp=None`` is the identity (``volume``
+    resampled onto the grid ``(affine, shape)``). Images are interpolated linearly,
+    label maps (``labels``) by nearest neighbour and returned as uint8; outside the
+    volume, ``padding`` (``"zeros"`` as ITK's default value, or ``"border"``).
+
+    Returns a ``(D, H, W)`` array (float32, or uint8 for label maps); computed in
+    ``dtype`` on ``device``, in slabs of :data:`CHUNK_VOXELS` voxels. ``ddmr warp``,
+    ``ddmr register`` and ``ddmr evaluate --original-resolution`` apply fields here."""
+    if disp is None and shape is None:
+        raise ValueError("apply_field: give disp or the grid's shape")
+    shape = tuple(int(n) for n in (shape if disp is None else disp.shape[1:]))
+    dev = torch.device(device)
+    vol = _as_tensor(volume, dev)[None, None].to(dtype)  # label values 0..255 are exact in float
+    d = None if disp is None else _as_tensor(disp, dev).to(dtype)
+    to_volume = np.linalg.inv(volume_affine) @ np.asarray(affine, dtype=np.float64)
+    out = np.zeros(shape, np.uint8 if labels else np.float32)
+    for a, b in _slabs(shape):
+        y = voxel_grid((b - a,) + shape[1:], dev, dtype, start=(a, 0, 0))
+        if d is not None:
+            y = y + d[:, a:b]
+        z = apply_affine(to_volume, y)
+        value = sample_at(vol, z[None], "nearest" if labels else "linear", padding)[0, 0]
+        out[a:b] = (value.round().to(torch.uint8) if labels else value.float()).cpu().numpy()
+    return out

@@ -59,8 +59,8 @@ def measure(name: str, work: Path, pair=None) -> dict:
     from ddmr_core.cli import main
     from ddmr_core.io import load_image, load_label_map
     from ddmr_core.prealign import prealign_field
-    from ddmr_core.register import Registrar, apply_field, dice_tre
-    from ddmr_core.spatial import warp
+    from ddmr_core.register import Registrar, dice_tre
+    from ddmr_core.spatial import apply_field, warp
 
     path = resolve_model(name)
     size = Path(path).stat().st_size

@@ -7,7 +7,7 @@ The field is one ``ddmr register`` wrote (``field.nii.gz``, ITK/ANTs: LPS millim
 ``field.npz``: voxels), or any ITK/ANTs displacement field. The output lies on the field's
 grid (the fixed image's); the moving volume may lie on any grid: output voxel ``y`` takes
 its value at the world point ``A (y + u(y))`` (``A`` the field's affine), as ITK's
-``DisplacementFieldTransform`` does (:func:`ddmr_core.register.apply_field`). Images are
+``DisplacementFieldTransform`` does (:func:`ddmr_core.spatial.apply_field`). Images are
 interpolated linearly (float32 output), label maps (``--labels``) by nearest neighbour
 (uint8); outside the moving volume the value is 0. The output is written atomically: an
 existing file is replaced only by a complete one.
@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from ..field_io import load_field
     from ..io import check_output_file, load_image, load_label_map, save_image, save_label_map
-    from ..register import apply_field
+    from ..spatial import apply_field
 
     out = check_output_file(args.out)  # before any work
     t = time.perf_counter()

@@ -159,9 +159,9 @@ def test_original_resolution_rescales_the_field(tmp_path, stand_in, monkeypatch)
     np.testing.assert_allclose(res.disp[1], 2.0, atol=1e-4)
     np.testing.assert_allclose(res.disp[[0, 2]], 0.0, atol=1e-4)
     # resampling in slabs (as for large CT volumes) changes nothing
-    import ddmr_core.register as register
+    import ddmr_core.spatial as spatial
 
-    monkeypatch.setattr(register, "CHUNK_VOXELS", 100)
+    monkeypatch.setattr(spatial, "CHUNK_VOXELS", 100)
     sliced = reg.register(img, img, original_resolution=True)
     np.testing.assert_allclose(sliced.disp, res.disp, atol=1e-6)
     np.testing.assert_allclose(sliced.warped, res.warped, atol=1e-6)

@@ -282,3 +282,38 @@ def test_normalised_scale_by_hand():
 
     # 2 / (n - 1): 5 voxels span [-1, 1] in steps of 0.5; a single voxel axis keeps scale 2
     torch.testing.assert_close(normalised_scale((5, 3, 1)), torch.tensor([0.5, 1.0, 2.0]))
+
+
+def test_voxel_grid_slab_is_the_identity_grid_there_and_a_new_tensor():
+    shape = (7, 5, 6)
+    full = spatial.identity_grid(shape)[0]
+    slab = spatial.voxel_grid((3, 5, 6), start=(2, 0, 0))
+    assert torch.equal(slab, full[:, 2:5])
+    slab += 1  # a new tensor: the cached identity grid is untouched
+    assert torch.equal(spatial.identity_grid(shape)[0], full) and full[0, 0, 0, 0] == 0
+
+
+def test_apply_affine_matches_nibabel():
+    from nibabel.affines import apply_affine
+
+    rng = np.random.default_rng(3)
+    m = np.eye(4)
+    m[:3, :3] = rng.normal(size=(3, 3))
+    m[:3, 3] = rng.normal(size=3) * 10
+    pts = rng.normal(size=(3, 4, 5, 2)) * 20
+    got = spatial.apply_affine(m, torch.from_numpy(pts)).numpy()
+    expected = np.moveaxis(apply_affine(m, np.moveaxis(pts, 0, -1)), -1, 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
+    # a tensor matrix, and float32 points computed in float32
+    got32 = spatial.apply_affine(torch.from_numpy(m), torch.from_numpy(pts).float())
+    assert got32.dtype == torch.float32
+    np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_resize_matrix_maps_voxel_centres_keeping_the_field_of_view():
+    m = spatial.resize_matrix((10, 8, 6), (5, 16, 6))
+    # new voxel j sits at old voxel (j + 0.5) * old / new - 0.5 along each axis
+    np.testing.assert_allclose(m @ [0, 0, 0, 1], [0.5, -0.25, 0, 1])
+    np.testing.assert_allclose(m @ [4, 15, 5, 1], [8.5, 7.25, 5, 1])
+    a = np.diag([2.0, 3.0, 1.5, 1.0])
+    np.testing.assert_allclose(spatial.resize_affine(a, (10, 8, 6), (5, 16, 6)), a @ m)
