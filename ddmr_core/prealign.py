@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .similarity import global_ncc
 from .spatial import grid_sample, identity_grid, intensity_centroid, normalised_scale
 
 METHODS = (None, "centroid", "affine")
@@ -34,13 +35,6 @@ METHODS = (None, "centroid", "affine")
 def centroid_shift(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     """``(B, 3)`` voxel translation ``t`` with ``moving(x + t)`` centred like ``fixed``."""
     return intensity_centroid(moving) - intensity_centroid(fixed)
-
-
-def global_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Global normalised cross-correlation per sample of ``(B, C, ...)`` tensors, ``(B,)``."""
-    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
-    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
 
 
 def affine_field(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

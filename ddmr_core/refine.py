@@ -22,9 +22,8 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 
-from .prealign import global_ncc
+from .similarity import box_mean, global_ncc
 from .spatial import grid_sample, identity_grid, linear_weights, normalised_scale, resize_field
 
 
@@ -33,13 +32,8 @@ def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torc
     channel (``(B, C, D, H, W)``; the box is clipped at the borders). ``eps`` (intensity
     units of [0, 1] images) keeps flat background from being amplified into noise."""
     c = image.shape[1]
-    stats = torch.cat([image, image * image], 1)  # both moments in one filtering pass
-    for axis in range(3):  # separable: three 1-D means, equal to the clipped 3-D box mean
-        k = [1, 1, 1]
-        k[axis] = window
-        pad = [0, 0, 0]
-        pad[axis] = window // 2
-        stats = F.avg_pool3d(stats, tuple(k), stride=1, padding=tuple(pad), count_include_pad=False)
+    # both moments in one filtering pass, the box clipped at the borders
+    stats = box_mean(torch.cat([image, image * image], 1), window, clip=True)
     mean, mean_sq = stats[:, :c], stats[:, c:]
     return (image - mean) / ((mean_sq - mean * mean).clamp_min(0).sqrt() + eps)
 

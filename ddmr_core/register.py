@@ -57,6 +57,8 @@ import torch
 from .errors import CheckpointError, DataError, DdmrError
 from .io import check_field, check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
+from .similarity import centroid_distance, global_ncc
+from .similarity import dice as overlap
 from .spatial import apply_field, carry_field  # noqa: F401
 
 # ---------------------------------------------------------------- inputs
@@ -136,12 +138,11 @@ def reorient_like(image, seg, affine, reference_affine):
 
 def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
     """Global normalised cross-correlation of two images on one grid (the Pearson
-    correlation of their voxels; :func:`ddmr_core.prealign.global_ncc`)."""
-    from .prealign import global_ncc
-
-    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(1, -1)
-    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).reshape(1, -1)
-    return float(global_ncc(ta.double(), tb.double())[0])
+    correlation of their voxels, :func:`ddmr_core.similarity.global_ncc` in float64):
+    the ``ncc`` metric with ``win=None``. NaN when an image is constant (undefined)."""
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).reshape(1, -1)
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64)).reshape(1, -1)
+    return float(global_ncc(ta, tb, eps=0.0)[0])
 
 
 # --------------------------------------------------------------- metrics
@@ -150,18 +151,19 @@ def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
 def dice_tre(fixed_seg: np.ndarray, warped_seg: np.ndarray, affine: np.ndarray, labels: Sequence[int]) -> dict:
     """Per-label Dice and centroid TRE (mm, via ``affine``) of two label maps on one grid.
 
-    A label missing from both maps is skipped; missing from one gives Dice 0 and no TRE."""
+    A label missing from both maps is skipped; missing from one gives Dice 0 and no TRE.
+    The values are those of the ``dsc`` and ``tre`` metrics (:mod:`ddmr_core.similarity`),
+    the TRE through the grid's whole affine."""
     dice, tre = {}, {}
     for lab in labels:
         a, b = fixed_seg == lab, warped_seg == lab
-        na, nb = int(a.sum()), int(b.sum())
-        if na == 0 and nb == 0:
+        d = float(overlap(a, b))
+        if math.isnan(d):  # in neither map
             continue
-        dice[str(lab)] = 2.0 * float((a & b).sum()) / (na + nb)
-        if na and nb:
-            ca = affine[:3, :3] @ np.argwhere(a).mean(0) + affine[:3, 3]
-            cb = affine[:3, :3] @ np.argwhere(b).mean(0) + affine[:3, 3]
-            tre[str(lab)] = float(np.linalg.norm(ca - cb))
+        dice[str(lab)] = d
+        t = centroid_distance(a, b, affine)
+        if not math.isnan(t):
+            tre[str(lab)] = t
     out = {"dice": dice, "tre_mm": tre}
     out["dice_mean"] = float(np.mean(list(dice.values()))) if dice else None
     out["tre_mm_mean"] = float(np.mean(list(tre.values()))) if tre else None

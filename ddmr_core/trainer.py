@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_text
 from .errors import CheckpointError, ConfigError, DataError, DdmrError
+from .similarity import dice
 from .spatial import jacobian_determinant, one_hot, warp
 from . import transfer as _transfer
 
@@ -119,16 +120,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Dice over labels of thresholded one-hot maps ``(B, L, ...)``; labels absent
-    from both are left out. Returns a scalar (NaN when no label is present)."""
-    a, b = pred > 0.5, target > 0.5
-    dims = tuple(range(2, a.dim()))
-    inter = (a & b).sum(dims).double()
-    size = a.sum(dims).double() + b.sum(dims).double()
-    present = size > 0
-    if not present.any():
-        return torch.tensor(float("nan"))
-    return (2 * inter[present] / size[present]).mean()
+    """Mean Dice (:func:`ddmr_core.similarity.dice`) over samples and labels of
+    thresholded one-hot maps ``(B, L, ...)``; labels absent from both are left out.
+    Returns a scalar (NaN when no label is present)."""
+    return torch.nanmean(dice(pred > 0.5, target > 0.5, dims=range(2, pred.dim())))
 
 
 def check_writable(run_dir: Path) -> None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddmr_core.similarity import global_ncc
+
 from .common import check_pair
 
 
 class NCCLoss(nn.Module):
-    """``1 - NCC``, NCC computed over the whole volume of each sample and channel, then
-    averaged. Range [0, 2]; 0 when the images agree up to a positive affine intensity map.
+    """``1 - NCC``, NCC (:func:`ddmr_core.similarity.global_ncc`) computed over the whole
+    volume of each sample and channel, then averaged. Range [0, 2]; 0 when the images
+    agree up to a positive affine intensity map.
 
     Args:
         eps: floor of the variance product, so constant images give NCC 0, not NaN.
@@ -33,13 +36,8 @@ class NCCLoss(nn.Module):
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_pair(warped, fixed, "ncc")
-        p = warped.flatten(2)
-        t = fixed.flatten(2)
-        p = p - p.mean(-1, keepdim=True)
-        t = t - t.mean(-1, keepdim=True)
-        num = (p * t).mean(-1)
-        den = torch.sqrt(((p * p).mean(-1) * (t * t).mean(-1)).clamp_min(self.eps))
-        return 1.0 - (num / den).mean()
+        # one (B * C) row per sample and channel
+        return 1.0 - global_ncc(warped.flatten(0, 1), fixed.flatten(0, 1), self.eps).mean()
 
 
 class LNCCLoss(nn.Module):

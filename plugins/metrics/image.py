@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ddmr_core.similarity import global_ncc, local_ncc
 
 from .base import Metric
 
@@ -49,7 +50,8 @@ class SSIM(Metric):
 
 
 class NCC(Metric):
-    """Normalised cross-correlation between fixed and warped image.
+    """Normalised cross-correlation between fixed and warped image
+    (:mod:`ddmr_core.similarity`, in float64).
 
     With ``win`` set (default 9, voxelmorph's and the original DDMR's window), the local
     NCC: the squared correlation coefficient in a ``win^3`` window around every voxel
@@ -66,31 +68,13 @@ class NCC(Metric):
         self.eps = eps
 
     def __call__(self, pair: dict) -> float:
-        i = np.asarray(pair["fixed"], dtype=np.float64)
-        j = np.asarray(pair["warped"], dtype=np.float64)
-        if self.win is None:
-            i, j = i - i.mean(), j - j.mean()
-            den = np.sqrt((i * i).sum() * (j * j).sum())
-            return float((i * j).sum() / den) if den > 0 else float("nan")
-        ti, tj = torch.from_numpy(i)[None, None], torch.from_numpy(j)[None, None]
-
-        w, r = self.win, self.win // 2
-
-        def mean(x):
-            # window mean with zero padding, as three 1-D box means (the box is separable):
-            # 3 * win instead of win^3 operations per voxel
-            x = F.avg_pool3d(x, (w, 1, 1), stride=1, padding=(r, 0, 0), count_include_pad=True)
-            x = F.avg_pool3d(x, (1, w, 1), stride=1, padding=(0, r, 0), count_include_pad=True)
-            return F.avg_pool3d(x, (1, 1, w), stride=1, padding=(0, 0, r), count_include_pad=True)
-
+        i = torch.from_numpy(np.asarray(pair["fixed"], dtype=np.float64))[None, None]
+        j = torch.from_numpy(np.asarray(pair["warped"], dtype=np.float64))[None, None]
+        if self.win is None:  # NaN when an image is constant: the correlation is undefined
+            return float(global_ncc(i, j, eps=0.0)[0])
         if self.win % 2 == 0:
             raise ValueError(f"ncc window must be odd, got {self.win}")
-        mi, mj = mean(ti), mean(tj)
-        cross = mean(ti * tj) - mi * mj
-        var_i = (mean(ti * ti) - mi * mi).clamp_min(0)
-        var_j = (mean(tj * tj) - mj * mj).clamp_min(0)
-        cc = cross * cross / (var_i * var_j + self.eps)
-        return float(cc.mean().item())
+        return float(local_ncc(i, j, self.win, self.eps)[0])
 
 
 def ssim(win_size: int = 7, kernel: str = "uniform", data_range: float | None = 1.0) -> SSIM:

@@ -9,10 +9,11 @@ NaNs (so the mean is over the labels that can be scored).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import ndimage
+
+from ddmr_core.similarity import centroid_distance
+from ddmr_core.similarity import dice as overlap
 
 from .base import Metric, foreground_labels, spacing_of
 
@@ -34,11 +35,8 @@ def _segs(pair: dict):
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return float("nan")
-    return 2.0 * float(np.logical_and(a, b).sum()) / total
+    """Dice of two boolean masks (:func:`ddmr_core.similarity.dice`); NaN when both are empty."""
+    return float(overlap(a, b))
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -122,17 +120,10 @@ class HD(Metric):
         )
 
 
-def centroid_mm(mask: np.ndarray, spacing) -> np.ndarray:
-    """Centroid of a mask in millimetres along the array axes (NaN if empty)."""
-    if not mask.any():
-        return np.full(3, np.nan)
-    idx = np.argwhere(mask)
-    return idx.mean(axis=0) * np.asarray(spacing, dtype=np.float64)
-
-
 class TRE(Metric):
     """Target registration error (mm): distance between the centroids of each label in the
-    fixed and in the warped label map (the paper's definition), mean over labels.
+    fixed and in the warped label map (the paper's definition,
+    :func:`ddmr_core.similarity.centroid_distance`), mean over labels.
 
     The distance uses the voxel spacing only: an orthonormal orientation does not change it.
     """
@@ -145,14 +136,8 @@ class TRE(Metric):
         fixed, warped = _segs(pair)
         if fixed is None:
             return float("nan")
-        spacing = spacing_of(pair)
-        dists = []
-        for lab in foreground_labels(pair, fixed):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                d = centroid_mm(fixed == lab, spacing) - centroid_mm(warped == lab, spacing)
-            dists.append(float(np.sqrt(np.sum(d * d))))
-        return _nanmean(dists)
+        scale = np.diag(spacing_of(pair))
+        return _nanmean(centroid_distance(fixed == lab, warped == lab, scale) for lab in foreground_labels(pair, fixed))
 
 
 def dsc(per_label: bool = True) -> DSC:

@@ -5,7 +5,7 @@ import torch
 from scipy import ndimage
 
 from ddmr_core.model import RegistrationModel
-from ddmr_core.prealign import global_ncc
+from ddmr_core.similarity import global_ncc
 from ddmr_core.refine import refine_field
 from ddmr_core.spatial import resize_field, warp
 from ddmr_plugins.losses.image import ncc
