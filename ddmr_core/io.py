@@ -52,34 +52,62 @@ def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
 
 
-def _load(path: str | Path, what: str):
+def _read_nifti(path: Path, what: str):
+    """``(data, affine)`` of a NIfTI file as nibabel reads it; ``what`` names it in errors."""
     import nibabel as nib
 
-    path = Path(path)
     if not path.exists():
-        raise DataError(f"{what} {str(path)!r} not found")
+        raise DataError(f"{what} not found")
     if not path.is_file():
-        raise DataError(f"{what} {str(path)!r} is not a file")
+        raise DataError(f"{what} is not a file")
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        return np.asarray(img.dataobj), img.affine
     except Exception as exc:  # nibabel raises many types for corrupt files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{what} {str(path)!r} cannot be read as NIfTI: {first}") from exc
-    # trailing singleton axes (e.g. (X, Y, Z, 1)) are harmless; anything else is not 3-D
+        raise DataError(f"{what} cannot be read as NIfTI: {first}") from exc
+
+
+def check_volume(data, affine, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checks every volume passes, from a file or from memory: 3-D (trailing singleton
+    axes, e.g. NIfTI's ``(X, Y, Z, 1)``, are dropped), at least 2 voxels per axis, a
+    finite, invertible ``(4, 4)`` affine. ``what`` names the volume in the one-line
+    :class:`DataError` (e.g. ``"image 'F.nii.gz'"``). Returns ``(data, affine float64)``."""
+    data = np.asarray(data)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise DataError(
-            f"{what} {str(path)!r} is {data.ndim}-D with shape {tuple(data.shape)}; "
-            "a 3-D volume is needed"
-        )
+        raise DataError(f"{what} is {data.ndim}-D with shape {tuple(data.shape)}; a 3-D volume is needed")
     if min(data.shape) < 2:
-        raise DataError(f"{what} {str(path)!r} has shape {tuple(data.shape)}: a 3-D volume is needed")
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DataError(f"{what} {str(path)!r} has a singular or invalid affine")
+        raise DataError(f"{what} has shape {tuple(data.shape)}: a 3-D volume is needed")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{what} has a singular or invalid affine")
     return data, affine
+
+
+def as_image(data, affine, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A volume checked as an image (:func:`check_volume`, finite values):
+    ``(image float32 (D, H, W), affine float64 (4, 4))``."""
+    data, affine = check_volume(data, affine, what)
+    image = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{what} contains NaN or infinite values")
+    return image, affine
+
+
+def as_label_map(data, affine, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A volume checked as a label map (:func:`check_volume`, whole numbers in 0..255):
+    ``(labels uint8 (D, H, W), affine float64 (4, 4))``."""
+    values, affine = check_volume(data, affine, what)
+    if values.dtype == np.uint8:
+        return np.ascontiguousarray(values), affine
+    if values.dtype.kind not in "biu":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise DataError(f"{what} is not a label map: it has non-integer values")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise DataError(f"{what} has labels outside 0..255 (min {values.min()}, max {values.max()})")
+    return values.astype(np.uint8), affine
 
 
 def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -87,34 +115,20 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         ``(image float32 (D, H, W), affine float64 (4, 4))``; scaling (``scl_slope``) is
-        applied, non-finite values are an error.
+        applied, non-finite values are an error (:func:`as_image`).
     """
-    data, affine = _load(path, "image")
-    image = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(image)):
-        raise DataError(f"image {str(path)!r} contains NaN or infinite values")
-    return image, affine
+    what = f"image {str(path)!r}"
+    return as_image(*_read_nifti(Path(path), what), what)
 
 
 def load_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3-D NIfTI label map as uint8 (values 0..255, 0 = background).
 
     Raises:
-        DataError: also when values are not whole numbers in 0..255.
+        DataError: also when values are not whole numbers in 0..255 (:func:`as_label_map`).
     """
-    data, affine = _load(path, "segmentation")
-    if data.dtype == np.uint8:
-        return np.ascontiguousarray(data), affine
-    values = np.asarray(data)
-    if not np.issubdtype(values.dtype, np.integer):
-        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise DataError(f"segmentation {str(path)!r} is not a label map: it has non-integer values")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise DataError(
-            f"segmentation {str(path)!r} has labels outside 0..255 "
-            f"(min {values.min()}, max {values.max()})"
-        )
-    return values.astype(np.uint8), affine
+    what = f"segmentation {str(path)!r}"
+    return as_label_map(*_read_nifti(Path(path), what), what)
 
 
 def check_same_grid(
@@ -452,7 +466,8 @@ def _check_volume(array: np.ndarray, affine: np.ndarray, what: str) -> tuple[np.
     return array, affine
 
 
-def _to_numpy(x):
+def to_numpy(x) -> np.ndarray:
+    """An array or tensor (any device) as a NumPy array."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
@@ -464,7 +479,7 @@ def save_image(path: str | Path, image, affine, dtype=np.float32) -> Path:
     The affine goes into both sform and qform (code 1, scanner)."""
     import nibabel as nib
 
-    image, affine = _check_volume(_to_numpy(image), _to_numpy(affine), "image")
+    image, affine = _check_volume(to_numpy(image), to_numpy(affine), "image")
     img = nib.Nifti1Image(image.astype(dtype, copy=False), affine)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
@@ -475,7 +490,7 @@ def save_image(path: str | Path, image, affine, dtype=np.float32) -> Path:
 
 def save_label_map(path: str | Path, labels, affine) -> Path:
     """Write a uint8 label map atomically as NIfTI (values must be whole numbers in 0..255)."""
-    labels = _to_numpy(labels)
+    labels = to_numpy(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise DataError(f"label map for {str(path)!r} has values outside 0..255")
     return save_image(path, np.rint(labels) if labels.dtype.kind == "f" else labels, affine, np.uint8)

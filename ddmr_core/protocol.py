@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import DdmrError
+from .io import write_text_atomic
 
 
 class StepFailed(DdmrError):
@@ -70,7 +71,7 @@ def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> d
             ) from exc
         seconds = time.perf_counter() - t0
         timings[step.name] = seconds
-        marker.write_text(json.dumps({"seconds": seconds}))
+        write_text_atomic(marker, json.dumps({"seconds": seconds}))
         print(f"{head}: finished in {seconds:.0f} s", flush=True)
     return timings
 

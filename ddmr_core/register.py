@@ -54,8 +54,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import CheckpointError, DataError, DdmrError
-from .io import check_field, check_finite, check_not_constant, check_same_grid, load_image, load_label_map, spacing_from_affine
+from .errors import CheckpointError, DdmrError
+from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
+                 load_label_map, spacing_from_affine, to_numpy)
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
 from .similarity import centroid_distance, global_ncc
 from .similarity import dice as overlap
@@ -71,33 +72,20 @@ def _describe(obj, name: str) -> str:
 def read_volume(obj, affine=None, *, name: str = "image", label: bool = False):
     """A path, nibabel image, array or tensor -> ``(array (D, H, W), affine (4, 4))``.
 
-    Arrays without an affine get the identity (1 mm voxels). Raises :class:`DataError`
+    Arrays without an affine get the identity (1 mm voxels); leading singleton axes
+    (``(1, D, H, W)``, ``(1, 1, D, H, W)``) are dropped. Files are read by
+    :func:`ddmr_core.io.load_image`/``load_label_map``, everything else checked as they
+    check files (:func:`ddmr_core.io.as_image`/``as_label_map``): :class:`DataError`
     naming ``obj`` (or ``name``) for missing/unreadable files and non-3-D volumes."""
     if isinstance(obj, (str, Path)):
         return load_label_map(obj) if label else load_image(obj)
     if hasattr(obj, "dataobj") and hasattr(obj, "affine"):  # nibabel image
-        data, aff = np.asarray(obj.dataobj), np.asarray(obj.affine, dtype=np.float64)
+        data, aff = np.asarray(obj.dataobj), obj.affine
     else:
-        data = obj.detach().cpu().numpy() if hasattr(obj, "detach") else np.asarray(obj)
-        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    while data.ndim > 3 and data.shape[0] == 1:  # (1, D, H, W) / (1, 1, D, H, W)
+        data, aff = to_numpy(obj), (np.eye(4) if affine is None else affine)
+    while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
-    while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1) as NIfTI writes it
-        data = data[..., 0]
-    if data.ndim != 3 or min(data.shape) < 2:
-        raise DataError(f"{name} is {data.ndim}-D with shape {tuple(data.shape)}; a 3-D volume is needed")
-    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        raise DataError(f"{name} has an invalid or singular affine")
-    if label:
-        if data.dtype.kind == "f" and (not np.all(np.isfinite(data)) or np.any(data != np.round(data))):
-            raise DataError(f"{name} is not a label map: it has non-integer values")
-        if data.size and (data.min() < 0 or data.max() > 255):
-            raise DataError(f"{name} has labels outside 0..255")
-        return data.astype(np.uint8), aff
-    data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        raise DataError(f"{name} contains NaN or infinite values")
-    return data, aff
+    return (as_label_map if label else as_image)(data, aff, name)
 
 
 def _named(what: str, name: str) -> str:

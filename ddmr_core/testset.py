@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
-from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map, write_text_atomic
+from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map, to_numpy, write_text_atomic
 
 MANIFEST = "manifest.csv"
 META = "testset.json"
@@ -66,12 +66,6 @@ def is_testset_output(folder: str | Path) -> bool:
     return True
 
 
-def _np(x):
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def write_pair(out_dir: str | Path, pair: str, fixed, moving, disp, affine, spacing=None,
                fixed_seg=None, moving_seg=None) -> dict:
     """Write one pair's files under ``out_dir/pair`` (each atomically).
@@ -91,20 +85,20 @@ def write_pair(out_dir: str | Path, pair: str, fixed, moving, disp, affine, spac
 
     out_dir = Path(out_dir)
     folder = out_dir / pair
-    affine = _np(affine).astype(np.float64)
-    disp = _np(disp).astype(np.float32)
+    affine = to_numpy(affine).astype(np.float64)
+    disp = to_numpy(disp).astype(np.float32)
     if disp.ndim == 5:
         disp = disp[0]
-    spacing = spacing_from_affine(affine) if spacing is None else _np(spacing).reshape(3)
+    spacing = spacing_from_affine(affine) if spacing is None else to_numpy(spacing).reshape(3)
     row = {"pair": pair}
-    save_image(folder / "fixed.nii.gz", _np(fixed), affine)
-    save_image(folder / "moving.nii.gz", _np(moving), affine)
+    save_image(folder / "fixed.nii.gz", to_numpy(fixed), affine)
+    save_image(folder / "moving.nii.gz", to_numpy(moving), affine)
     row["fixed"], row["moving"] = f"{pair}/fixed.nii.gz", f"{pair}/moving.nii.gz"
     for key, seg in (("fixed_seg", fixed_seg), ("moving_seg", moving_seg)):
         if seg is None:
             row[key] = ""
         else:
-            save_label_map(folder / f"{key}.nii.gz", _np(seg), affine)
+            save_label_map(folder / f"{key}.nii.gz", to_numpy(seg), affine)
             row[key] = f"{pair}/{key}.nii.gz"
     save_field_itk(folder / "disp_true.nii.gz", disp, affine)
     save_field_npz(folder / "disp_true.npz", disp, spacing, affine)

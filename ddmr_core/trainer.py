@@ -31,7 +31,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_text
 from .errors import CheckpointError, ConfigError, DataError, DdmrError
+from .io import check_output_folder, write_text_atomic
 from .similarity import dice
 from .spatial import jacobian_determinant, one_hot, warp
 from . import transfer as _transfer
@@ -124,17 +124,6 @@ def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     thresholded one-hot maps ``(B, L, ...)``; labels absent from both are left out.
     Returns a scalar (NaN when no label is present)."""
     return torch.nanmean(dice(pred > 0.5, target > 0.5, dims=range(2, pred.dim())))
-
-
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` if needed and make sure a file can be written in it."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=run_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DdmrError(f"run directory {str(run_dir)!r} is not writable: {exc.strerror or exc}") from exc
 
 
 def _configured_size(input_size) -> tuple | None:
@@ -305,8 +294,9 @@ class Trainer:
         torch.manual_seed(self.seed)  # same initial weights everywhere (DDP also broadcasts)
 
         run_dir = self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise DdmrError(f"run directory {str(run_dir)!r} exists and is not a folder")
+        # a folder, or one that can be created, and writable: checked before any work,
+        # written (created) only once every input is valid
+        check_output_folder(run_dir, "run directory", replace=False)
         if not self.resume and any((run_dir / n).exists() for n in ("last.pt", "best.pt")):
             raise DdmrError(
                 f"run directory {str(run_dir)!r} already holds a training run; pass --resume to "
@@ -344,8 +334,8 @@ class Trainer:
 
         # every input is valid: only now touch the run folder
         if self.is_main:
-            check_writable(run_dir)
-            (run_dir / "config.gin").write_text(config_text())
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.gin", config_text())
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir / "logs"))

@@ -118,3 +118,46 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((4, 4, 4, 2)), "4-D"),
+    (np.zeros((4, 1, 4)), "a 3-D volume is needed"),
+    (np.full((4, 4, 4), np.nan), "NaN"),
+])
+def test_arrays_get_the_checks_and_messages_of_files(tmp_path, bad, words):
+    """register.read_volume (arrays, tensors, nibabel images) checks as io reads files."""
+    import torch
+
+    from ddmr_core.io import as_image
+    from ddmr_core.register import read_volume
+
+    save_image(tmp_path / "bad.nii.gz", bad.astype(np.float32), np.eye(4)) if bad.ndim == 3 else None
+    with pytest.raises(DataError, match=words):
+        as_image(bad, np.eye(4), "volume X")
+    with pytest.raises(DataError, match=f"fixed image.*{words}"):
+        read_volume(torch.from_numpy(bad), name="fixed image")
+    if bad.ndim == 3:
+        with pytest.raises(DataError, match=f"bad.nii.gz.*{words}"):
+            load_image(tmp_path / "bad.nii.gz")
+
+
+def test_read_volume_of_arrays_tensors_and_nibabel_images():
+    import torch
+
+    from ddmr_core.register import read_volume
+
+    labels = np.random.default_rng(1).integers(0, 5, size=(4, 5, 6))
+    aff = oblique_affine()
+    for obj in (labels.astype(np.float64), labels.astype(bool) * 3, torch.from_numpy(labels)[None, None],
+                nib.Nifti1Image(labels.astype(np.int16), aff)):
+        got, got_aff = read_volume(obj, aff, label=True)
+        assert got.dtype == np.uint8 and got.shape == (4, 5, 6)
+        np.testing.assert_allclose(got_aff, aff)
+    assert read_volume(labels.astype(bool), label=True)[0].max() == 1
+    with pytest.raises(DataError, match="seg.*non-integer"):
+        read_volume(labels + 0.5, name="seg", label=True)
+    with pytest.raises(DataError, match="seg.*outside 0..255"):
+        read_volume(labels - 1, name="seg", label=True)
+    with pytest.raises(DataError, match="image.*singular or invalid affine"):
+        read_volume(labels.astype(np.float32), np.zeros((4, 4)))

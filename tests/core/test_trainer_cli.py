@@ -103,7 +103,7 @@ def test_unwritable_run_dir(cfg, tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
     msg = fails(capsys, cfg, "--out", blocker / "run")
-    assert "not writable" in msg and "file.txt" in msg
+    assert "file.txt" in msg and "is a file, not a folder" in msg
     msg = fails(capsys, cfg, "--out", blocker)
     assert "not a folder" in msg
     assert blocker.read_text() == "a file, not a folder"
