@@ -58,11 +58,10 @@ import numpy as np
 import torch
 
 from .errors import DataError, DdmrError
-from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder, load_image,
-                 load_label_map, spacing_from_affine)
+from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder,
+                 spacing_from_affine)
 from .spatial import apply_field, carry_field, warp
 
-ORIGINAL_COLUMNS = ("fixed_original", "moving_original", "fixed_seg_original", "moving_seg_original")
 #: order of the paper's tables, then the metrics beyond the paper
 METRIC_ORDER = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime", "folding", "sdlogj", "epe")
 
@@ -94,8 +93,9 @@ def _normalise(image: np.ndarray) -> np.ndarray:
 
 
 class TestSet:
-    """A test set folder, read with :func:`ddmr_core.testset.read_testset` (the format's
-    owner), plus the optional original-grid columns that the evaluator alone uses.
+    """A test set folder as the evaluator reads it: :func:`ddmr_core.testset.read_testset`
+    (the format's owner), pairs loaded with their images in [0, 1] and constant images
+    refused, the original-grid volumes on request.
 
     Raises:
         DataError: the folder, ``manifest.csv``, ``testset.json`` or a required column is
@@ -114,11 +114,7 @@ class TestSet:
             raise DataError(f"test set {str(self.root)!r}: {MANIFEST} lists no pairs")
         self.info: dict = dict(self._ts.meta)
         self.labels = self._ts.labels or None
-        with open(self.root / MANIFEST, newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            self._extra = [{k: (r.get(k) or "").strip() for k in ORIGINAL_COLUMNS} for r in reader]
-        self.has_original = "fixed_original" in columns and "moving_original" in columns
+        self.has_original = self._ts.has_original
 
     def __len__(self):
         return len(self._ts)
@@ -131,28 +127,17 @@ class TestSet:
 
         Raises:
             DataError: naming the missing or unreadable file."""
-        from .testset import load_pair
+        from .testset import load_original, load_pair
 
-        d = load_pair(self._ts[index])
         record = self._ts[index]
+        d = load_pair(record)
         check_not_constant(d["fixed"], f"image {str(record.fixed)!r}")
         check_not_constant(d["moving"], f"image {str(record.moving)!r}")
         pair = Pair(d["pair"], _normalise(d["fixed"]), _normalise(d["moving"]), d["affine"],
                     np.asarray(d["spacing"], np.float64), d["fixed_seg"], d["moving_seg"], d["disp_true"])
-        if original and self.has_original:
-            pair.original = {}
-            for key, value in self._extra[index].items():
-                if not value:
-                    continue
-                path = Path(value) if Path(value).is_absolute() else self.root / value
-                if key.endswith("seg_original"):
-                    arr, aff = load_label_map(path)
-                else:
-                    arr, aff = load_image(path)
-                    arr = _normalise(arr)
-                pair.original[key.replace("_original", "")] = (arr, aff)
-            if "fixed" not in pair.original or "moving" not in pair.original:
-                pair.original = None
+        if original and self.has_original and {"fixed", "moving"} <= set(record.original):
+            pair.original = {key: (arr if key.endswith("seg") else _normalise(arr), aff)
+                             for key, (arr, aff) in load_original(record).items()}
         return pair
 
 

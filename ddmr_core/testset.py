@@ -17,7 +17,8 @@ last, so a folder holding them is complete.
 
 Optional columns ``fixed_original, moving_original, fixed_seg_original, moving_seg_original``
 (``build-testset --original-grid``) hold the pair on the subject's isotropic 1 mm grid,
-whose field of view the test grid keeps; the evaluator reads them itself.
+whose field of view the test grid keeps (:attr:`PairRecord.original`,
+:func:`load_original`; ``ddmr evaluate --original-resolution`` scores there).
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ class PairRecord:
     moving_seg: Path | None
     disp_true: Path | None
     disp_true_npz: Path | None
+    #: the optional original-grid volumes: ``{"fixed", "moving", "fixed_seg",
+    #: "moving_seg"}`` -> path, for the columns the row fills
+    original: dict = field(default_factory=dict)
 
     def load(self) -> dict:
         """The arrays of this pair (see :func:`load_pair`)."""
@@ -147,6 +151,8 @@ class TestSet:
     root: Path
     meta: dict
     records: list = field(default_factory=list)
+    #: the manifest has the ``fixed_original`` and ``moving_original`` columns
+    has_original: bool = False
 
     @property
     def labels(self) -> tuple:
@@ -203,11 +209,23 @@ def read_testset(path: str | Path) -> TestSet:
     for line, r in enumerate(rows, start=2):
         if not (r.get("fixed") or "").strip() or not (r.get("moving") or "").strip():
             raise DataError(f"test set manifest {str(man_path)!r} line {line}: empty fixed or moving path")
+        original = {c[: -len("_original")]: resolve(r.get(c)) for c in ORIGINAL_COLUMNS}
         records.append(PairRecord(
             pair=(r.get("pair") or f"pair_{line - 2:04d}").strip(),
             **{k: resolve(r.get(k)) for k in COLUMNS[1:]},
+            original={k: p for k, p in original.items() if p is not None},
         ))
-    return TestSet(root, meta, records)
+    return TestSet(root, meta, records, has_original=all(c in header for c in ORIGINAL_COLUMNS[:2]))
+
+
+def load_original(record: PairRecord) -> dict:
+    """The pair's original-grid volumes its row names (:attr:`PairRecord.original`):
+    ``{"fixed", "moving" (image float32, affine), "fixed_seg", "moving_seg" (uint8 label
+    map, affine)}``, each key only when the row fills it.
+
+    Raises:
+        DataError: a missing/unreadable file."""
+    return {key: (load_label_map if key.endswith("seg") else load_image)(path) for key, path in record.original.items()}
 
 
 def load_pair(record: PairRecord) -> dict:

@@ -179,3 +179,20 @@ def test_original_grid_columns_hold_the_same_pair_on_the_isotropic_grid(tmp_path
     with pytest.raises(Exception, match="original"):
         build_testset(ShiftedAffineSynthetic(shape=(8, 8, 8)), pipeline, tmp_path / "x", pairs=1, size=(8, 8, 8),
                       seed=0, log=lambda *a: None, original_grid=True)
+
+
+def test_records_name_the_original_grid_columns(tmp_path):
+    """read_testset owns the optional *_original columns (the evaluator reads them there)."""
+    from ddmr_core.testset import load_original, read_testset
+
+    rows = [{"pair": "a", "fixed": "a/f.nii.gz", "moving": "a/m.nii.gz", "fixed_original": "a/f0.nii.gz",
+             "moving_original": str(tmp_path / "abs" / "m0.nii.gz"), "fixed_seg_original": ""}]
+    finish_testset(tmp_path, rows, {"dataset": "x", "size": [4, 4, 4], "seed": 0, "pairs": 1, "labels": []})
+    ts = read_testset(tmp_path)
+    assert ts.has_original
+    assert ts[0].original == {"fixed": tmp_path / "a" / "f0.nii.gz", "moving": tmp_path / "abs" / "m0.nii.gz"}
+    with pytest.raises(DataError, match="f0.nii.gz.*not found"):
+        load_original(ts[0])
+    finish_testset(tmp_path, [{"pair": "a", "fixed": "a/f.nii.gz", "moving": "a/m.nii.gz"}],
+                   {"dataset": "x", "size": [4, 4, 4], "seed": 0, "pairs": 1, "labels": []})
+    assert not read_testset(tmp_path).has_original and read_testset(tmp_path)[0].original == {}
