@@ -57,6 +57,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import DataError, DdmrError
 from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder,
                  spacing_from_affine)
@@ -415,7 +416,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
 
     Args:
         metrics: metric plugin names (default: all registered, paper's order first).
-        device: torch device for the models (default: CUDA when available).
+        device: torch device for the models (default: CUDA when available),
+            :func:`ddmr_core.devices.resolve_device`.
         progress: called with one line per method and pair (default: print).
         gin_files, gin_bindings: gin configuration of the baselines and metrics, e.g.
             ``ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)``.
@@ -433,7 +435,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     if not models and not baselines:
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
     out = check_output_folder(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     tset = TestSet(testset)
     if gin_files or gin_bindings:
         from .config import parse_config

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .devices import resolve_device
 from .errors import DdmrError
 from .io import write_text_atomic
 
@@ -105,7 +106,10 @@ def prepare_step(dataset: str, size: int, cache: Path) -> Step:
 def train_step(name: str, config: str, run_dir: Path, steps: int | None, bindings: list[str], device=None,
                max_time: float | None = None) -> Step:
     """Train (or resume) one model with :func:`ddmr_core.trainer.train` for ``steps``
-    optimiser steps and/or ``max_time`` seconds of training, counted over the whole run."""
+    optimiser steps and/or ``max_time`` seconds of training, counted over the whole run.
+    ``device`` is checked now, before any step runs."""
+    resolve_device(device)
+
     def run():
         from .trainer import train
 

@@ -54,6 +54,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import CheckpointError, DdmrError
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
@@ -267,18 +268,6 @@ def _resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpol
 # ------------------------------------------------------------- registrar
 
 
-def _resolve_device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DdmrError(f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DdmrError(f"--device {device!r}: CUDA is not available on this machine")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DdmrError(f"--device {device!r}: MPS is not available on this machine")
-    return dev
-
-
 class Registrar:
     """A trained model loaded once, registering any number of pairs.
 
@@ -286,7 +275,8 @@ class Registrar:
         model: a ddmr checkpoint (path), or the name of a registered model (``brain-mr``,
             see ``ddmr plugins --kind models``); a path to an existing file wins
             (:func:`ddmr_core.checkpoint.resolve_model`).
-        device: torch device for the network (``"cpu"``, ``"cuda"``, ...).
+        device: torch device for the network (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
+            None: CUDA when available), :func:`ddmr_core.devices.resolve_device`.
         registry: a :class:`ddmr_core.registry.Registry` (default: the installed plugins).
 
     Raises:
@@ -299,7 +289,7 @@ class Registrar:
         from .checkpoint import describe, load_model, resolve_model
         from .preprocess import Preprocess
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.spec = model if hasattr(model, "read") else str(model)
         self.path = resolve_model(model, registry)
         self.name = describe(self.path)

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_text
+from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, DataError, DdmrError
 from .io import check_output_folder, write_text_atomic
 from .similarity import dice
@@ -147,7 +148,8 @@ class Trainer:
     Args:
         run_dir: folder of the run (created).
         model, dataset, augmentation: built from gin (``ddmr.build_model()`` etc.) when None.
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or None (CUDA when available):
+            :func:`ddmr_core.devices.resolve_device`.
         max_steps: stop after this many optimiser steps (None: no limit).
         max_time: stop at the first optimiser-step boundary after this many seconds of
             training, counted over the whole run (a resumed run continues the count),
@@ -262,16 +264,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up
     def _resolve_device(self, device) -> torch.device:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = str(device)
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise DdmrError("--device cuda: no CUDA device is available (use --device cpu)")
-            return torch.device("cuda", self.local_rank if self.world > 1 else (torch.device(device).index or 0))
-        if device != "cpu":
-            raise DdmrError(f"--device must be cpu or cuda, got {device!r}")
-        return torch.device("cpu")
+        """:func:`ddmr_core.devices.resolve_device`; a CUDA device gets an index (this
+        process's ``LOCAL_RANK`` under torchrun)."""
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            return torch.device("cuda", self.local_rank if self.world > 1 else (dev.index or 0))
+        if self.world > 1 and dev.type != "cpu":
+            raise DdmrError(f"--device {str(device)!r}: distributed training runs on cpu or cuda")
+        return dev
 
     @property
     def is_main(self) -> bool:

@@ -193,6 +193,10 @@ CASES = [
     Case("train-unknown-backbone", TRAIN + " --gin 'ddmr.build_model.backbone = @ddmr.backbones.nope()'",
          ("nope", "backbones")),
     Case("train-max-steps", TRAIN + " --max-steps -1", ("--max-steps",)),
+    Case("train-device", TRAIN + " --device nonsense", ("--device", "'nonsense'", "not a device name")),
+    Case("train-device-type", TRAIN + " --device meta", ("--device", "'meta'", "cpu, cuda, mps")),
+    Case("eval-device", EVAL + " --out {new_out} --device nonsense", ("--device", "'nonsense'")),
+    Case("demo-device", "demo --out {new_out} --device cuda:x", ("--device", "'cuda:x'")),
     # --- demo and reproduce: arguments checked before any step runs
     Case("demo-unknown-baseline", "demo --out {new_out} --baselines nope", ("nope", "baselines")),
     Case("demo-size", "demo --out {new_out} --size 20", ("--size", "16")),

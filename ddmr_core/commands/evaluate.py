@@ -25,7 +25,8 @@ def add_arguments(parser):
                         help="gin file configuring baselines and metrics (repeatable)")
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
                         help="gin binding, e.g. 'ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)' (repeatable)")
-    parser.add_argument("--device", default=None, help="torch device for the models (default: cuda if available)")
+    parser.add_argument("--device", default=None,
+                        help="torch device for the models: cpu, cuda, cuda:N or mps (default: cuda if available)")
     parser.add_argument("--unrefined", action="store_true",
                         help="also score each model with its instance optimisation (refine_iterations) "
                              "off, as 'NAME (no refinement)'")

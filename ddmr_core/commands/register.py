@@ -50,7 +50,8 @@ def add_arguments(parser):
         help="write outputs on the fixed image's original grid (default: the working grid, the fixed "
              "image after the model's crop and resampling)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the network (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device for the network: cpu, cuda, cuda:N or mps "
+                        "(default: cpu)")
 
 
 def read_pairs(csv_path: str | Path) -> list[dict]:

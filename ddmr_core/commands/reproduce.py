@@ -60,7 +60,7 @@ def add_arguments(parser):
                         help="ddmr's hybrid model (mixins/model/hybrid.gin: affine initialisation, diffeomorphic "
                              "field, instance optimisation at inference); the report also scores the models "
                              "without refinement. Not the paper's method")
-    parser.add_argument("--device", default=None, help="device (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="device: cpu, cuda, cuda:N or mps (default: cuda if available)")
 
 
 def build_steps(args) -> list:

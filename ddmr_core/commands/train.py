@@ -27,8 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--max-time", type=duration, default=None, metavar="DURATION",
                         help="stop at the first optimiser step after this much training time, counted over "
                              "the whole run across resumes, e.g. 45m, 1h30m, 900s (a resumable checkpoint is kept)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="training device (default: cuda when available)")
+    parser.add_argument("--device", default=None,
+                        help="training device: cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last.pt")
 
