@@ -156,6 +156,10 @@ class Trainer:
             with a resumable ``last.pt`` (None: no limit).
         resume: continue from ``run_dir/last.pt``.
         lr: Adam learning rate (paper 1e-3; a ``transfer`` strategy replaces it).
+        lr_schedule: ``"plateau"`` (the paper: ReduceLROnPlateau on the validation loss)
+            or ``"cosine"``: also decay the rate to 0 along a half cosine over the run's
+            budget (``max_steps`` or ``max_time``, whichever is further along), so a run
+            planned in time ends at a low rate.
         warmup_steps: raise the learning rate linearly from ``lr / warmup_steps`` to ``lr``
             over the first optimiser steps (0: none, the paper). Adam's first steps move
             every weight by about ``lr`` whatever its gradient, which throws a deep, wide
@@ -196,6 +200,7 @@ class Trainer:
         resume: bool = False,
         lr: float = 1e-3,
         warmup_steps: int = 0,
+        lr_schedule: str = "plateau",
         max_time: float | None = None,
         batch_size: int = 1,
         accumulate: int = 8,
@@ -230,6 +235,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume, self.max_steps, self.max_time = resume, max_steps, max_time
         self.warmup_steps = int(warmup_steps)
+        if lr_schedule not in ("plateau", "cosine"):
+            raise ConfigError(f"ddmr.Trainer.lr_schedule must be 'plateau' or 'cosine', got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.batch_size, self.accumulate, self.max_epochs = int(batch_size), int(accumulate), int(max_epochs)
         self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
         self.early_stopping_patience, self.min_delta = early_stopping_patience, min_delta
@@ -591,15 +599,28 @@ class Trainer:
             w.add_scalar("train/grad_norm", grad_norm.item(), step)
         return loss
 
-    def _step_with_warmup(self) -> None:
-        """``optimizer.step()``, with the rate scaled down during the warm-up. The
-        scheduler's rate stays in the param groups; the factor applies to this step only,
-        so it depends on the step counter alone (exact resume)."""
+    def lr_factor(self) -> float:
+        """The factor on the scheduler's rate for the next step: the linear warm-up, times
+        the cosine decay over the budget (``lr_schedule="cosine"``)."""
         k = self.counters["optimizer_steps"]
-        if k >= self.warmup_steps:
+        factor = (k + 1) / self.warmup_steps if k < self.warmup_steps else 1.0
+        if self.lr_schedule == "cosine":
+            done = 0.0
+            if self.max_steps:
+                # the step being taken was counted already: the first step has done = 0
+                done = max(done, (self.counters["global_step"] - 1) / self.max_steps)
+            if self.max_time:
+                done = max(done, self.elapsed() / self.max_time)
+            factor *= 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        return factor
+
+    def _step_with_warmup(self) -> None:
+        """``optimizer.step()`` with the rate times :meth:`lr_factor`. The scheduler's
+        rate stays in the param groups; the factor applies to this step only."""
+        factor = self.lr_factor()
+        if factor == 1.0:
             self.optimizer.step()
             return
-        factor = (k + 1) / self.warmup_steps
         rates = [g["lr"] for g in self.optimizer.param_groups]
         for g in self.optimizer.param_groups:
             g["lr"] = g["lr"] * factor

@@ -126,3 +126,21 @@ def test_duration_rejects_nonsense(text):
 
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)
+
+
+def test_cosine_schedule_decays_over_the_step_budget_after_the_warmup(tmp_path):
+    import math
+
+    t = make(tmp_path, "ddmr.Trainer.lr = 1e-3", "ddmr.Trainer.warmup_steps = 2",
+             "ddmr.Trainer.lr_schedule = 'cosine'", max_steps=6)
+    t.setup()
+    rates = record_rates(t)
+    t.fit()
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    warm = [0.5, 1, 1, 1, 1, 1]
+    assert rates == pytest.approx([1e-3 * w * c for w, c in zip(warm, cosine)])
+
+
+def test_unknown_schedule_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        make(tmp_path, "ddmr.Trainer.lr_schedule = 'linear'")
