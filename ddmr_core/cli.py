@@ -102,5 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run(*argv) -> None:
+    """Run a ``ddmr`` command line in-process (for scripts such as the benchmarks); raise
+    :class:`DdmrError` if it exits non-zero. The library itself never calls the CLI."""
+    code = main([str(a) for a in argv])
+    if code:
+        raise DdmrError(f"`ddmr {' '.join(str(a) for a in argv)}` exited with status {code}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

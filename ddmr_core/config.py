@@ -147,15 +147,22 @@ def parse_config(
     return registry
 
 
+_UNBOUND = object()
+
+
+def query_macro(name: str, default=None):
+    """The value the current config gives the macro ``%name`` (e.g. ``SIZE``), or
+    ``default`` when it sets none (gin's public ``query_parameter('%NAME')``)."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return default
+
+
 def unbound_macros() -> list[str]:
     """Macros (``%NAME``) the current config refers to without binding a value."""
-    missing = []
-    for name in sorted(set(_MACRO_RE.findall(gin.config_str()))):
-        try:
-            gin.query_parameter(f"%{name}")
-        except ValueError:
-            missing.append(name)
-    return missing
+    return [name for name in sorted(set(_MACRO_RE.findall(gin.config_str())))
+            if query_macro(name, _UNBOUND) is _UNBOUND]
 
 
 def import_gin_modules() -> None:

@@ -5,6 +5,10 @@ finished leaves a marker in ``OUT/.steps/``; running the protocol again skips fi
 steps and resumes the interrupted one (training resumes from its last checkpoint).
 A failing step stops the protocol with an error naming the step; nothing a finished
 step wrote is touched.
+
+Steps call the library (:func:`ddmr_core.prepare.prepare_named`,
+:func:`ddmr_core.trainer.train`, :func:`ddmr_core.build_testset.build_testset_named`,
+:func:`ddmr_core.evaluate.evaluate`), never the command line.
 """
 
 from __future__ import annotations
@@ -31,15 +35,6 @@ class Step:
     description: str = ""
     #: files/folders the step produces, for the summary printed at the end
     outputs: Sequence[str] = field(default_factory=tuple)
-
-
-def cli(*argv: str) -> None:
-    """Run a ``ddmr`` sub-command in-process; raise :class:`DdmrError` if it fails."""
-    from .cli import main
-
-    code = main([str(a) for a in argv])
-    if code:
-        raise DdmrError(f"`ddmr {' '.join(str(a) for a in argv)}` exited with status {code}")
 
 
 def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> dict:
@@ -98,9 +93,14 @@ def data_bindings(cache: Path, size: int, light: bool) -> list[str]:
 
 
 def prepare_step(dataset: str, size: int, cache: Path) -> Step:
-    # `ddmr prepare` skips entries already written, so rerunning it is cheap
-    return Step(f"prepare-{dataset}", lambda: cli("prepare", "--dataset", dataset, "--size", size, "--out", cache),
-                f"cache {dataset} at {size}^3")
+    """Cache the dataset ``dataset`` at ``size^3`` (:func:`ddmr_core.prepare.prepare_named`,
+    which skips entries already written, so a rerun is cheap)."""
+    def run():
+        from .prepare import prepare_named
+
+        prepare_named(dataset, cache, size=size)
+
+    return Step(f"prepare-{dataset}", run, f"cache {dataset} at {size}^3")
 
 
 def train_step(name: str, config: str, run_dir: Path, steps: int | None, bindings: list[str], device=None,
@@ -122,12 +122,15 @@ def train_step(name: str, config: str, run_dir: Path, steps: int | None, binding
 
 
 def testset_step(dataset: str, pairs: int, size: int, seed: int, out: Path) -> Step:
+    """Write the fixed test pairs (:func:`ddmr_core.build_testset.build_testset_named`),
+    or reuse the test set already in ``out`` so that every method sees the same pairs."""
     def run():
+        from .build_testset import build_testset_named
+
         if (Path(out) / "testset.json").exists():
             print(f"  test set {out} exists: reused, so every method sees the same pairs", flush=True)
             return
-        cli("build-testset", "--dataset", dataset, "--pairs", pairs, "--size", size, "--seed", seed,
-            "--out", out, "--overwrite")
+        build_testset_named(dataset, pairs, size, seed, out, overwrite=True)
 
     return Step(f"testset-{dataset}", run, f"write {pairs} fixed {dataset} test pairs")
 
@@ -138,19 +141,34 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=None, unrefined=False) -> Step:
+    """Score the best checkpoint of each run in ``models`` (``{name: run folder}``) and
+    the ``baselines`` on ``testset`` (:func:`ddmr_core.evaluate.evaluate`) into
+    ``report``; a method/pair run that failed fails the step (after the report is written)."""
+    resolve_device(device)
+
     def run():
         import shutil
 
-        args = []
-        for name, run_dir in models.items():
-            args += ["--model", f"{name}={best_checkpoint(run_dir)}"]
-        for b in baselines:
-            args += ["--baseline", b]
+        from .evaluate import evaluate
+
         if Path(report).exists():  # an interrupted evaluation is redone from scratch
             shutil.rmtree(report)
-        dev = ["--device", device] if device else []
-        extra = ["--unrefined"] if unrefined else []
-        cli("evaluate", "--testset", testset, *args, "--out", report, *dev, *extra)
+        result = evaluate(testset, models=[f"{name}={best_checkpoint(d)}" for name, d in models.items()],
+                          baselines=list(baselines), out=report, device=device, unrefined=unrefined)
+        if result.failures:
+            raise DdmrError(f"{result.failures} method/pair run(s) failed; see the error column of "
+                            f"{str(Path(report) / 'per_pair.csv')!r}")
 
     what = ", ".join(list(models) + list(baselines))
     return Step("evaluate", run, f"evaluate {what}")
+
+
+def __getattr__(name):
+    # ``protocol.cli`` ran a command line in-process; protocols now call the library. The
+    # runner lives in the CLI module (:func:`ddmr_core.cli.run`); the old name stays for
+    # scripts that still use it.
+    if name == "cli":
+        from .cli import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``prepared``: samples cached on disk by ``ddmr prepare`` (no preprocessing at load time).
 
-Layout of a cache folder ``DIR`` (see :mod:`ddmr_core.commands.prepare`)::
+Layout of a cache folder ``DIR`` (written by :mod:`ddmr_core.prepare`, which owns the format)::
 
     DIR/index.json                 # format, dataset, labels, preprocess, splits
     DIR/<split>/<index>.npz        # image float32 (D, H, W), seg uint8 (D, H, W) (optional), affine (4, 4)
@@ -12,25 +12,15 @@ refused. Entries are plain (uncompressed) ``.npz`` files: loading one is a file 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ddmr_core.errors import DataError
+from ddmr_core.prepare import FORMAT, FORMAT_VERSION, INDEX, default_workers  # noqa: F401  (the format's owner)
 
 from .common import SPLITS, make_sample
-
-FORMAT = "ddmr-prepared"
-FORMAT_VERSION = 1
-INDEX = "index.json"
-
-
-def default_workers() -> int:
-    """DataLoader workers for reading a cache: the CPU count, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
-
 
 def read_index(path: str | Path) -> dict:
     root = Path(path)

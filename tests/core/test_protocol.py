@@ -56,27 +56,68 @@ def test_demo_rejects_bad_sizes(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("hybrid", [False, True])
-def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tmp_path, monkeypatch, hybrid):
-    # the steps call `ddmr ...` sub-commands: record their arguments instead of running them
-    import argparse
+def _record_library_calls(monkeypatch, failures=0):
+    """The steps call library functions: record their arguments instead of running them;
+    the command line must never be entered."""
+    import types
 
-    from ddmr_core import protocol
-    from ddmr_core.commands import reproduce
-
+    import ddmr_core.build_testset
+    import ddmr_core.cli
+    import ddmr_core.evaluate
+    import ddmr_core.prepare
     import ddmr_core.trainer
 
-    calls = []
-    monkeypatch.setattr(protocol, "cli", lambda *argv: calls.append([str(a) for a in argv]))
-    trained = []
-    monkeypatch.setattr(ddmr_core.trainer, "train",
-                        lambda config, bindings, **kw: trained.append((config, list(bindings), kw)))
+    calls = {}
+
+    def record(name, result=None):
+        return lambda *a, **kw: calls.setdefault(name, []).append((a, kw)) or result
+
+    monkeypatch.setattr(ddmr_core.cli, "main", lambda *a: pytest.fail("a protocol step entered the CLI"))
+    monkeypatch.setattr(ddmr_core.prepare, "prepare_named", record("prepare"))
+    monkeypatch.setattr(ddmr_core.trainer, "train", record("train"))
+    monkeypatch.setattr(ddmr_core.build_testset, "build_testset_named", record("testset"))
+    monkeypatch.setattr(ddmr_core.evaluate, "evaluate", record("evaluate", types.SimpleNamespace(failures=failures)))
+    return calls
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tmp_path, monkeypatch, hybrid):
+    import argparse
+
+    from ddmr_core.commands import reproduce
+
+    calls = _record_library_calls(monkeypatch)
     args = argparse.Namespace(experiment="brain", out=str(tmp_path), size=32, steps=3, pairs=2,
                               designs=["BL-N"], light=True, hybrid=hybrid, device=None)
     for step in reproduce.build_steps(args):
         step.run()
-    (config, bindings, kw), = trained
+    ((name, cache), kw), = calls["prepare"]
+    assert name == "mni_brain" and kw == {"size": 32} and cache == tmp_path / "data" / "mni_brain_32"
+    ((config, bindings), kw), = calls["train"]
     assert config == "experiments/brain/bl_n.gin" and kw["max_steps"] == 3 and kw["max_time"] is None
-    evaluate = next(c for c in calls if c[0] == "evaluate")
+    ((dataset, pairs, size, seed, out), kw), = calls["testset"]
+    assert (dataset, pairs, size, seed, kw) == ("mni_brain", 2, 32, 2023, {"overwrite": True})
+    ((testset,), kw), = calls["evaluate"]
+    assert testset == out and kw["models"] == [f"BL-N={tmp_path / 'brain' / 'runs' / 'BL-N' / 'last.pt'}"]
     assert ("include 'mixins/model/hybrid.gin'" in bindings) == hybrid
-    assert ("--unrefined" in evaluate) == hybrid
+    assert kw["unrefined"] == hybrid
+
+
+def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
+    from ddmr_core.protocol import evaluate_step
+
+    _record_library_calls(monkeypatch, failures=2)
+    with pytest.raises(StepFailed, match="step 'evaluate' failed: 2 method/pair run.*per_pair.csv"):
+        run_protocol(tmp_path, [evaluate_step(tmp_path / "ts", {}, ["identity"], tmp_path / "report")])
+
+
+def test_the_old_protocol_cli_name_runs_the_command_line(tmp_path, capsys):
+    from ddmr_core import protocol
+    from ddmr_core.cli import run
+
+    assert protocol.cli is run
+    run("plugins", "--kind", "metrics")
+    assert "dsc" in capsys.readouterr().out
+    with pytest.raises(DdmrError, match="`ddmr register --fixed f.nii.gz --model m.pt --out .*` exited with status 2"):
+        run("register", "--fixed", "f.nii.gz", "--model", "m.pt", "--out", tmp_path / "out")
+    assert "--moving" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 from ddmr_core.augment import AugmentationPipeline
 from ddmr_core.cli import main
-from ddmr_core.commands.build_testset import build_testset
+from ddmr_core.build_testset import build_testset
 from ddmr_core.errors import DataError
 from ddmr_core.field_io import load_field_itk
 from ddmr_core.registry import Registry
