@@ -12,6 +12,7 @@ import importlib
 import importlib.util  # noqa: F401  gin's include error path needs it imported
 import inspect
 import logging
+import pkgutil
 import re
 import tokenize
 import types
@@ -25,15 +26,8 @@ from gin import config_parser
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry, unknown_name_message
 
-#: Modules defining gin configurables outside the plugin registry; imported before parsing
-#: so that configs can bind them (gin only knows a configurable once its module is imported).
-GIN_MODULES = (
-    "ddmr_core.experiment",
-    "ddmr_core.augment",
-    "ddmr_core.trainer",
-    "ddmr_core.transfer",
-    "ddmr_core.preprocess",
-)
+#: modules of ``ddmr_core`` that are the command line, not the library (no configurables)
+_NOT_LIBRARY = ("cli", "__main__")
 
 _MACRO_RE = re.compile(r"%([A-Za-z_][\w.]*)")
 _SEARCH_PATHS: set = set()  # gin appends duplicates; remember what was added
@@ -165,14 +159,22 @@ def unbound_macros() -> list[str]:
             if query_macro(name, _UNBOUND) is _UNBOUND]
 
 
+def gin_modules() -> list[str]:
+    """The library's modules: every module of the ``ddmr_core`` package but the command
+    line (``cli``, ``__main__``, the ``commands`` package)."""
+    import ddmr_core
+
+    return [f"ddmr_core.{m.name}" for m in pkgutil.iter_modules(ddmr_core.__path__)
+            if not m.ispkg and m.name not in _NOT_LIBRARY]
+
+
 def import_gin_modules() -> None:
-    """Import every module in :data:`GIN_MODULES` that exists in this installation."""
-    for name in GIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a missing dependency inside it is a real error
-                raise
+    """Import every library module (:func:`gin_modules`) before parsing: gin only knows a
+    configurable once its module is imported, and configs may bind any of them (plugins'
+    configurables come through the :class:`~ddmr_core.registry.Registry`). Found, not
+    listed, so a new configurable needs no registration here."""
+    for name in gin_modules():
+        importlib.import_module(name)
 
 
 def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Exception:

@@ -50,9 +50,15 @@ def build_dataset(dataset=gin.REQUIRED):
 
 
 @gin.configurable(module="ddmr")
-def input_size(size: Sequence[int] = (64, 64, 64)) -> tuple:
-    """The network's input grid ``(D, H, W)``, shared through the ``SIZE`` macro."""
-    return tuple(int(s) for s in size)
+def input_size(size: Sequence[int] | None = None) -> tuple | None:
+    """The network's input grid ``(D, H, W)``: ``size`` as the config binds it (experiment
+    configs bind ``ddmr.input_size.size = %SIZE``), else the config's ``SIZE`` macro, else
+    None (the trainer then takes the data's own grid)."""
+    if size is None:
+        from .config import query_macro
+
+        size = query_macro("SIZE")
+    return None if size is None else tuple(int(s) for s in size)
 
 
 def build_named_dataset(name: str, configs=(), bindings=(), size: int | None = None):

@@ -127,19 +127,6 @@ def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nanmean(dice(pred > 0.5, target > 0.5, dims=range(2, pred.dim())))
 
 
-def _configured_size(input_size) -> tuple | None:
-    """The network grid if the config sets it (``ddmr.input_size.size`` or ``SIZE``), else None."""
-    try:
-        gin.query_parameter("ddmr.input_size.size")
-        return tuple(input_size())
-    except ValueError:
-        pass
-    try:
-        return tuple(int(n) for n in gin.query_parameter("SIZE/macro.value"))
-    except ValueError:
-        return None
-
-
 @gin.configurable(module="ddmr")
 class Trainer:
     """Gradient-accumulating trainer. ``run_dir``, ``device``, ``max_steps`` and ``resume``
@@ -313,7 +300,7 @@ class Trainer:
         self.model = self.model if self.model is not None else build_model()
         self.dataset = self.dataset if self.dataset is not None else build_dataset()
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
-        self.input_size = _configured_size(input_size)
+        self.input_size = input_size()  # None: the dataset's own grid, below
         self.labels = tuple(getattr(self.dataset, "labels", ()) or ())
         if hasattr(self.model, "check_segmentations"):  # before anything is written
             self.model.check_segmentations(self.labels)

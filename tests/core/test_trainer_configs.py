@@ -43,3 +43,27 @@ def test_experiment_configs(group):
         assert model.needs_segmentations == (not design.startswith("bl")), design
         assert (model.weighting is not None and sum(p.numel() for p in model.weighting.parameters()) > 0) \
             == design.startswith("uw"), design
+
+
+def test_input_size_from_its_binding_else_the_size_macro_else_none():
+    parse_config(text="SIZE = (8, 8, 8)\nddmr.input_size.size = (16, 12, 8)")
+    assert input_size() == (16, 12, 8)
+    parse_config(text="SIZE = (8, 8, 8)")
+    assert input_size() == (8, 8, 8)
+    parse_config(text="")
+    assert input_size() is None  # the trainer then takes the data's grid
+
+
+def test_gin_knows_every_configurable_of_the_library_without_a_list():
+    """Every ddmr_core module defining a configurable is imported before parsing."""
+    import ddmr_core
+    from pathlib import Path
+
+    from ddmr_core.config import gin_modules
+
+    names = set(gin_modules())
+    assert "ddmr_core.cli" not in names and not any(n.startswith("ddmr_core.commands") for n in names)
+    for path in Path(ddmr_core.__file__).parent.glob("*.py"):
+        if "gin.configurable" in path.read_text():
+            assert f"ddmr_core.{path.stem}" in names, path
+    parse_config(text="ddmr.Trainer.lr = 0.5\nddmr.finetune.lr = 0.1\nddmr.preprocess.spacing = 2.0")
