@@ -7,10 +7,11 @@ A checkpoint is a dict saved with ``torch.save``:
 * ``gin_config``: the operative gin config text, enough to rebuild the model;
 * ``input_size``: the network grid ``[D, H, W]``; ``labels``: foreground label values;
 * ``preprocess``: the preprocessing applied to inputs (dict, see ``ddmr_core.preprocess``);
-* the trainer's ``optimizer``, ``scheduler``, ``counters`` and ``rng`` states.
+* the trainer's ``optimizer``, ``scheduler``, ``counters``, validation ``history`` and
+  ``rng`` states (:func:`training_state`, read back by :func:`load_training_state`).
 
-Only tensors, numbers, strings, lists and dicts are stored, so it loads with
-``torch.load(weights_only=True)``.
+Only tensors, numbers, strings, lists and dicts are stored (:func:`plain`), so it loads
+with ``torch.load(weights_only=True)``.
 
 Models are named by a checkpoint path or by a name registered through the ``ddmr_models``
 plugin hook (``brain-mr``): :func:`resolve_model` turns either into what
@@ -19,11 +20,13 @@ plugin hook (``brain-mr``): :func:`resolve_model` turns either into what
 
 from __future__ import annotations
 
+import random
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -202,3 +205,93 @@ def load_model(path, device="cpu", registry=None):
             f"(different architecture?): {first}"
         ) from exc
     return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------- training runs
+def plain(obj):
+    """``obj`` with NumPy values as plain Python ones, tuples as lists and keys as strings:
+    what ``weights_only`` loading accepts besides tensors."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def rng_state() -> dict:
+    """The torch, NumPy, Python (and CUDA) random states, as plain values and tensors."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states where CUDA is available)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][: torch.cuda.device_count()])
+
+
+def training_state(model, optimizer, scheduler, counters: dict, history: list, input_size, labels,
+                   preprocess=None) -> dict[str, Any]:
+    """The checkpoint dict of a training run (keys: see the module docstring), with the
+    current gin config and RNG states; :func:`save_checkpoint` adds the format keys."""
+    from .config import config_text
+
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "counters": dict(counters),
+        "history": plain(history),
+        "rng": rng_state(),
+        "gin_config": config_text(),
+        "input_size": list(input_size) if input_size else None,
+        "labels": list(labels),
+    }
+    if preprocess is not None:
+        state["preprocess"] = plain(preprocess)
+    return state
+
+
+def load_training_state(path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Resume a run: load ``path``'s weights (strictly), optimiser and scheduler states
+    into the given objects and restore its RNG states. Returns the checkpoint (its
+    ``counters`` and ``history`` are the caller's).
+
+    Raises:
+        CheckpointError: unreadable, not resumable (no optimiser, scheduler or counters),
+            or made by another architecture than ``model``'s.
+    """
+    ckpt = load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "counters"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it cannot be resumed")
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        first = " ".join(lines[:2])[:400]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match the model the config builds "
+            f"(different architecture?): {first}") from exc
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    return ckpt

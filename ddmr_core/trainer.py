@@ -1,4 +1,5 @@
-"""The one training loop every design uses (paper section 2.4), set entirely from gin.
+"""The one trainer every design uses (paper section 2.4), set entirely from gin: the run's
+set-up here, the loop in :mod:`ddmr_core.training_loop`.
 
 Per optimiser step the trainer runs ``accumulate`` micro-batches of ``batch_size``
 samples: dataset sample -> (on the device) one-hot segmentations -> augmentation
@@ -16,59 +17,40 @@ checkpoint stores the position inside the epoch, model/optimiser/scheduler state
 counters and the RNG states, and ``resume`` continues bit for bit on CPU.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the loss module is wrapped in
-DistributedDataParallel (gloo on CPU, NCCL on CUDA); gradient all-reduce runs only on
-the last micro-batch of each accumulation group (``no_sync`` on the others). Rank 0
-writes checkpoints and logs.
+DistributedDataParallel (gloo on CPU, NCCL on CUDA; :mod:`ddmr_core.distributed`);
+gradient all-reduce runs only on the last micro-batch of each accumulation group
+(``no_sync`` on the others). Rank 0 writes checkpoints and logs.
 
-Run folder: ``config.gin`` (the operative gin config), ``last.pt``, ``best.pt`` (see
-:mod:`ddmr_core.checkpoint`), TensorBoard events under ``logs/``.
+Run folder: ``config.gin`` (the operative gin config), ``last.pt``, ``best.pt``
+(:func:`ddmr_core.checkpoint.training_state`), TensorBoard events under ``logs/``
+(:mod:`ddmr_core.training_log`). Transfer learning's phases: :mod:`ddmr_core.transfer`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
-import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 import gin
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_training_state, save_checkpoint, training_state
 from .config import config_text
 from .devices import resolve_device
-from .errors import CheckpointError, ConfigError, DataError, DdmrError
+from .errors import ConfigError, DataError, DdmrError
 from .io import check_output_folder, write_text_atomic
-from .similarity import dice
-from .spatial import jacobian_determinant, one_hot, warp
+from .spatial import one_hot
+from .training_log import TrainingLog
+from .training_loop import TrainingError, TrainingLoop  # noqa: F401  (TrainingError: importable from here)
+from . import distributed as _dist
 from . import transfer as _transfer
 
 #: Offset between the augmentation seeds of two training epochs (larger than any dataset).
 INDEX_STRIDE = 1_000_003
-
-
-class TrainingError(DdmrError):
-    """Training cannot go on (e.g. the loss stayed non-finite); the last good checkpoint is kept."""
-
-
-class _LossForward(nn.Module):
-    """``forward(batch) -> (total, terms, out)``: lets DDP see ``compute_loss`` as a forward."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch):
-        return self.model.compute_loss(batch)
 
 
 class _ListSampler(Sampler):
@@ -84,53 +66,13 @@ class _ListSampler(Sampler):
         return len(self.indices)
 
 
-def _plain(obj):
-    """Tensors, numbers, strings, lists and dicts only (``weights_only`` loading)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][: torch.cuda.device_count()])
-
-
-def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Dice (:func:`ddmr_core.similarity.dice`) over samples and labels of
-    thresholded one-hot maps ``(B, L, ...)``; labels absent from both are left out.
-    Returns a scalar (NaN when no label is present)."""
-    return torch.nanmean(dice(pred > 0.5, target > 0.5, dims=range(2, pred.dim())))
-
-
 @gin.configurable(module="ddmr")
-class Trainer:
+class Trainer(TrainingLoop):
     """Gradient-accumulating trainer. ``run_dir``, ``device``, ``max_steps`` and ``resume``
     come from the command line; everything else from gin (``ddmr.Trainer.<param>``).
+    This class builds and checks the run (:meth:`setup`), holds its state
+    (:meth:`state`) and turns loader samples into training pairs (:meth:`prepare`); the
+    loop itself is :class:`~ddmr_core.training_loop.TrainingLoop` (:meth:`fit`).
 
     Args:
         run_dir: folder of the run (created).
@@ -166,10 +108,9 @@ class Trainer:
         num_workers: DataLoader worker processes.
         bf16: bf16 autocast of the forward pass on CUDA (ignored on CPU).
         cudnn_benchmark: let cuDNN time its algorithms once per layer shape (training
-            shapes never change). Without it, bf16 training of the paper network ran at
-            0.21x the fp32 speed on an H200 (cuDNN's default choice for one layer's
-            weight gradient took 83 % of the step); with it, 1.15x
-            (``benchmarks/gpu_check.py``). Bit-exact resume is promised on the CPU only.
+            shapes never change); cuDNN's default choices can make bf16 training slower
+            than fp32 (``benchmarks/gpu_check.py`` measures both). Bit-exact resume is
+            promised on the CPU only.
         transfer: a :class:`ddmr_core.transfer.finetune` to start from a pretrained model.
         progress: show a tqdm progress bar (rank 0).
         log_images: write image slices to TensorBoard at each validation.
@@ -234,10 +175,7 @@ class Trainer:
         self.base_lr = transfer.lr if transfer is not None else lr
         self.find_unused_parameters = find_unused_parameters
 
-        # distributed set-up (torchrun exports these)
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world, self.rank, self.local_rank = _dist.ranks()  # torchrun exports them
         self.device = self._resolve_device(device)
         self.bf16 = bool(bf16) and self.device.type == "cuda"
         self.cudnn_benchmark = bool(cudnn_benchmark)
@@ -254,7 +192,8 @@ class Trainer:
         self._clock = None
         #: sample indices this rank trained on (for checks and tests)
         self.seen_indices: list[int] = []
-        self.writer = None
+        #: rank 0's :class:`~ddmr_core.training_log.TrainingLog` while :meth:`fit` runs
+        self.log: TrainingLog | None = None
         self._setup_done = False
 
     # ----------------------------------------------------------------- set-up
@@ -280,9 +219,8 @@ class Trainer:
         """Build everything and check every input before anything is written to ``run_dir``."""
         from .experiment import build_augmentation, build_dataset, build_model, input_size
 
-        if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self._owns_process_group = True
+        if self.distributed:
+            self._owns_process_group = _dist.start(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
@@ -331,9 +269,7 @@ class Trainer:
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.gin", config_text())
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(run_dir / "logs"))
+            self.log = TrainingLog(run_dir)
         self._setup_done = True
 
     def _new_scheduler(self):
@@ -341,56 +277,19 @@ class Trainer:
             self.optimizer, mode="min", factor=self.plateau_factor, patience=self.plateau_patience)
 
     def _wrap(self) -> None:
-        self.loss_module = _LossForward(self.model)
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.loss_module = DistributedDataParallel(
-                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.find_unused_parameters)
+        self.loss_module = _dist.wrap(self.model, self.world, self.device, self.find_unused_parameters)
 
     def _load_resume(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        for key in ("optimizer", "scheduler", "counters"):
-            if key not in ckpt:
-                raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it cannot be resumed")
-        try:
-            self.model.load_state_dict(ckpt["model"], strict=True)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            lines = [l.strip() for l in str(exc).splitlines() if l.strip()] or [type(exc).__name__]
-            first = " ".join(lines[:2])[:400]
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not match the model the config builds "
-                f"(different architecture?): {first}") from exc
+        ckpt = load_training_state(path, self.model, self.optimizer, self.scheduler)
         self.counters.update(ckpt["counters"])
         self.history = [dict(h) for h in ckpt.get("history", [])]
-        if "rng" in ckpt:
-            _set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "counters": {**self.counters, "train_seconds": self.elapsed()},
-            "history": _plain(self.history),
-            "rng": _rng_state(),
-            "gin_config": config_text(),
-            "input_size": list(self.input_size) if self.input_size else None,
-            "labels": list(self.labels),
-        }
-        preprocess = getattr(self.dataset, "preprocess", None)
-        if preprocess is not None:
-            state["preprocess"] = _plain(preprocess)
-        return state
-
-    def _weights_finite(self) -> bool:
-        """Every floating-point parameter and buffer of the model is finite."""
-        return all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
-                   if t.is_floating_point())
+        """The checkpoint dict of the run now (:func:`ddmr_core.checkpoint.training_state`)."""
+        return training_state(self.model, self.optimizer, self.scheduler,
+                              {**self.counters, "train_seconds": self.elapsed()}, self.history,
+                              self.input_size, self.labels, getattr(self.dataset, "preprocess", None))
 
     def save(self, name: str) -> None:
         if self.is_main:
@@ -422,314 +321,6 @@ class Trainer:
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    # ---------------------------------------------------------------- training
-    def fit(self) -> dict:
-        """Train until ``max_epochs``, early stopping or ``max_steps``; returns a summary."""
-        if not self._setup_done:
-            self.setup()
-        reason = "max_epochs"
-        c = self.counters
-        self._clock = (time.perf_counter(), c["train_seconds"])
-        if self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience:
-            reason = "early_stopping"  # a resumed run that had already stopped
-        try:
-            while reason == "max_epochs" and c["epoch"] < self.max_epochs:
-                if not self._train_epoch():
-                    reason = self._budget_spent() or "max_steps"
-                    break
-                metrics = self.validate()
-                if self._end_epoch(metrics):
-                    reason = "early_stopping"
-                    break
-            if self._owns_process_group:
-                dist.barrier()  # rank 0's last checkpoint is written before anyone leaves
-        finally:
-            if self.writer is not None:
-                self.writer.flush()
-                self.writer.close()
-                self.writer = None
-            if self._owns_process_group and dist.is_initialized():
-                dist.destroy_process_group()
-                self._owns_process_group = False
-        return {"stopped": reason, **self.counters}
-
-    def elapsed(self) -> float:
-        """Seconds of training (and validation) in this run so far, across resumes."""
-        if self._clock is None:
-            return float(self.counters["train_seconds"])
-        start, before = self._clock
-        return before + time.perf_counter() - start
-
-    def _budget_spent(self) -> str | None:
-        """``"max_steps"`` or ``"max_time"`` when that budget is used up, else None."""
-        if self.max_steps is not None and self.counters["global_step"] >= self.max_steps:
-            return "max_steps"
-        if self.max_time is not None:
-            spent = self.elapsed() >= self.max_time
-            if self.distributed:  # every rank must stop at the same step
-                flag = torch.tensor(float(spent), device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                spent = bool(flag.item())
-            if spent:
-                return "max_time"
-        return None
-
-    def _steps_left(self) -> bool:
-        return self._budget_spent() is None
-
-    def _train_epoch(self) -> bool:
-        """One epoch from the saved position; False when ``max_steps`` stopped it."""
-        c = self.counters
-        if not self._steps_left():
-            return False
-        self.sampler.set_epoch(c["epoch"])
-        order = list(iter(self.sampler))
-        n_micro = math.ceil(len(order) / self.batch_size)
-        start = c["batch_in_epoch"]
-        loader = self._loader(self.train_set, order[start * self.batch_size:])
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            # in a log file (no terminal) every redraw is a new chunk of text: redraw rarely
-            interactive = sys.stderr.isatty()
-            bar = tqdm(total=n_micro, initial=start, desc=f"epoch {c['epoch'] + 1}", unit="batch",
-                       dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30.0)
-        self.model.train()
-        group_losses, group_terms, nonfinite = [], defaultdict(list), torch.zeros((), device=self.device)
-        try:
-            for i, sample in enumerate(loader, start=start):
-                group_start = (i // self.accumulate) * self.accumulate
-                group_len = min(self.accumulate, n_micro - group_start)
-                last = i == group_start + group_len - 1
-                self.seen_indices.extend(int(v) for v in torch.as_tensor(sample["index"]).view(-1))
-                batch = self.prepare(sample, train=True)
-                sync = contextlib.nullcontext()
-                if self.distributed and not last:
-                    sync = self.loss_module.no_sync()
-                with sync:
-                    with self._autocast():
-                        total, terms, _ = self.loss_module(batch)
-                    total = total.float()
-                    (total / group_len).backward()
-                nonfinite = nonfinite + (~torch.isfinite(total.detach())).float()
-                group_losses.append(total.detach())
-                for k, v in terms.items():
-                    group_terms[k].append(v.detach().float())
-                if bar is not None:
-                    bar.update(1)
-                if last:
-                    loss = self._optimizer_step(group_losses, group_terms, nonfinite)
-                    c["batch_in_epoch"] = i + 1
-                    if bar is not None and loss is not None:
-                        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
-                    group_losses, group_terms = [], defaultdict(list)
-                    nonfinite = torch.zeros((), device=self.device)
-                    if not self._steps_left() and c["batch_in_epoch"] < n_micro:
-                        if self._weights_finite():  # a blown-up state never replaces last.pt
-                            self.save("last.pt")  # mid-epoch position, resumable
-                        return False
-        finally:
-            if bar is not None:
-                bar.close()
-        return True
-
-    def _params(self):
-        return [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-
-    def _optimizer_step(self, losses, terms, nonfinite) -> float | None:
-        """Step on the accumulated gradients unless the loss or gradient is non-finite."""
-        c = self.counters
-        params = self._params()
-        grads = [p.grad for p in params]
-        if self.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        elif grads:
-            grad_norm = torch.nn.utils.get_total_norm(grads)
-        else:
-            grad_norm = torch.zeros((), device=self.device)
-        bad = nonfinite + (~torch.isfinite(grad_norm)).float()
-        if self.distributed:  # every rank must take the same decision
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        step = c["global_step"]
-        c["global_step"] += 1
-        if bad.item() > 0:
-            self.optimizer.zero_grad(set_to_none=True)
-            c["nonfinite_total"] += 1
-            c["nonfinite_in_a_row"] += 1
-            if self.writer is not None:
-                self.writer.add_scalar("train/nonfinite_steps", c["nonfinite_total"], step)
-            if c["nonfinite_in_a_row"] >= self.max_nonfinite:
-                best_pt = self.run_dir / "best.pt"
-                kept = (f"the last good checkpoint {str(best_pt)!r} is left as it was"
-                        if best_pt.exists() else "no good checkpoint had been written yet")
-                raise TrainingError(
-                    f"training stopped: the loss or its gradient was non-finite in "
-                    f"{c['nonfinite_in_a_row']} optimiser steps in a row (epoch {c['epoch'] + 1}, "
-                    f"step {step + 1}; {c['nonfinite_total']} skipped in all); {kept}. Try a lower "
-                    "learning rate (ddmr.Trainer.lr) or ddmr.Trainer.grad_clip, or check the data")
-            return None
-        self._step_with_warmup()
-        self.optimizer.zero_grad(set_to_none=True)
-        c["nonfinite_in_a_row"] = 0
-        c["optimizer_steps"] += 1
-        loss = torch.stack(losses).mean().item()
-        if self.writer is not None:
-            w = self.writer
-            w.add_scalar("train/loss", loss, step)
-            for k, v in terms.items():
-                w.add_scalar(f"train/terms/{k}", torch.stack(v).mean().item(), step)
-            for k, v in self.model.current_weights().items():
-                w.add_scalar(f"weights/{k}", float(v), step)
-            w.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-            w.add_scalar("train/grad_norm", grad_norm.item(), step)
-        return loss
-
-    def lr_factor(self) -> float:
-        """The factor on the scheduler's rate for the next step: the linear warm-up, times
-        the cosine decay over the budget (``lr_schedule="cosine"``)."""
-        k = self.counters["optimizer_steps"]
-        factor = (k + 1) / self.warmup_steps if k < self.warmup_steps else 1.0
-        if self.lr_schedule == "cosine":
-            done = 0.0
-            if self.max_steps:
-                # the step being taken was counted already: the first step has done = 0
-                done = max(done, (self.counters["global_step"] - 1) / self.max_steps)
-            if self.max_time:
-                done = max(done, self.elapsed() / self.max_time)
-            factor *= 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-        return factor
-
-    def _step_with_warmup(self) -> None:
-        """``optimizer.step()`` with the rate times :meth:`lr_factor`. The scheduler's
-        rate stays in the param groups; the factor applies to this step only."""
-        factor = self.lr_factor()
-        if factor == 1.0:
-            self.optimizer.step()
-            return
-        rates = [g["lr"] for g in self.optimizer.param_groups]
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["lr"] * factor
-        try:
-            self.optimizer.step()
-        finally:
-            for g, lr in zip(self.optimizer.param_groups, rates):
-                g["lr"] = lr
-
-    # -------------------------------------------------------------- validation
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Mean validation loss, terms and metrics over this rank's share, all-reduced."""
-        self.model.eval()
-        mine = list(range(self.rank, len(self.val_set), self.world))
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, float] = defaultdict(float)
-        first = None
-        for sample in self._loader(self.val_set, mine):
-            batch = self.prepare(sample, train=False)
-            with self._autocast():
-                total, terms, out = self.model.compute_loss(batch)
-            n = batch["fixed"].shape[0]
-            vals = {"loss": total.float(), **{f"terms/{k}": v.float() for k, v in terms.items()}}
-            disp = out["disp"].float()
-            if batch.get("fixed_segs") is not None:
-                warped_segs = out.get("warped_segs")
-                if warped_segs is None:
-                    warped_segs = warp(batch["moving_segs"], disp, mode="linear", padding="zeros")
-                vals["dice"] = dice_score(warped_segs, batch["fixed_segs"])
-            if batch.get("disp_true") is not None:
-                # mean end-point error against the synthetic field, voxels
-                vals["field_error"] = (disp - batch["disp_true"]).norm(dim=1).mean()
-            vals["negative_jacobian"] = (jacobian_determinant(disp) <= 0).float().mean()
-            for k, v in vals.items():
-                v = float(v)
-                if math.isfinite(v) or k == "loss":
-                    sums[k] += v * n
-                    counts[k] += n
-            if first is None:
-                first = (batch, out)
-        keys = sorted(set(sums) | {"loss"})
-        if self.distributed:
-            # a rank with no validation pair has fewer keys: reduce over the union
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, keys)
-            keys = sorted(set().union(*gathered))
-            t = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t)
-            sums = {k: t[i, 0].item() for i, k in enumerate(keys)}
-            counts = {k: t[i, 1].item() for i, k in enumerate(keys)}
-        metrics = {k: (sums[k] / counts[k] if counts[k] else math.nan) for k in keys}
-        if not math.isfinite(metrics["loss"]):
-            metrics["loss"] = math.inf
-        step = self.counters["global_step"]
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if math.isfinite(v):
-                    self.writer.add_scalar(f"validation/{k}", v, step)
-            if self.log_images and first is not None:
-                self._log_images(*first, step)
-        self.model.train()
-        return metrics
-
-    def _log_images(self, batch, out, step) -> None:
-        """Middle slice (array axis 0) of fixed, moving, warped and field magnitude."""
-        def mid(vol):  # (B, C, D, H, W) -> (1, H, W) in [0, 1]
-            s = vol[0, :1, vol.shape[2] // 2].float().cpu()
-            return s.clamp(0, 1)
-
-        mag = out["disp"][:1].float().norm(dim=1, keepdim=True)
-        peak = float(mag.max())
-        for name, vol in (("fixed", batch["fixed"]), ("moving", batch["moving"]), ("warped", out["warped"]),
-                          ("field_magnitude", mag / peak if peak > 0 else mag)):
-            self.writer.add_image(f"validation/{name}", mid(vol), step)
-        self.writer.add_scalar("validation/field_magnitude_max_voxels", peak, step)
-
-    def _end_epoch(self, metrics: dict) -> bool:
-        """Schedule, checkpoint, early stopping, two-step phases; True to stop."""
-        c = self.counters
-        val = metrics["loss"]
-        self.scheduler.step(val)
-        c["epoch"] += 1
-        c["batch_in_epoch"] = 0
-        c["phase_epochs"] += 1
-        # a checkpoint is "good" only with finite weights and a finite validation loss
-        healthy = math.isfinite(val) and self._weights_finite()
-        improved = healthy and val < c["best_val"] - self.min_delta
-        if improved:
-            c["best_val"], c["bad_epochs"] = val, 0
-        else:
-            c["bad_epochs"] += 1
-        patience_out = self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience
-        stop = patience_out
-        t = self.transfer
-        if t is not None and t.strategy == "two_step" and c["phase"] == 0 and (
-                patience_out or c["phase_epochs"] >= t.decoder_epochs):
-            # second step: the whole model, from the base rate, with fresh patience
-            c["phase"], c["phase_epochs"], c["bad_epochs"] = 1, 0, 0
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.base_lr
-            self.scheduler = self._new_scheduler()
-            _transfer.set_phase(self.model, t, 1)
-            self._wrap()
-            stop = False
-        entry = {"epoch": c["epoch"], "step": c["optimizer_steps"], "seconds": round(self.elapsed(), 3),
-                 **{k: float(v) for k, v in metrics.items()}}
-        self.history.append(entry)
-        if self.on_validation is not None and self.is_main:
-            self.on_validation(entry)
-        if improved:
-            self.save("best.pt")
-        if healthy:  # a blown-up run keeps the last.pt from before the blow-up
-            self.save("last.pt")
-        if self.writer is not None:
-            self.writer.add_scalar("train/epoch", c["epoch"], c["global_step"])
-            self.writer.flush()
-        if self.is_main and self.progress:
-            extra = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "loss" and not k.startswith("terms/"))
-            print(f"epoch {c['epoch']}: validation loss {val:.4g}{' (best)' if improved else ''}"
-                  f"{', ' + extra if extra else ''}", flush=True)
-        return stop
 
 
 def train(config: str | Path | None, bindings=(), run_dir: str | Path = "run", max_steps=None,

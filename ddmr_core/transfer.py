@@ -122,8 +122,23 @@ def set_phase(model: nn.Module, strategy: finetune | None, phase: int) -> None:
             p.grad = None
 
 
+def next_phase(strategy: finetune | None, counters: dict, patience_out: bool) -> bool:
+    """After an epoch: whether ``two_step``'s first phase (decoder only) ends now, when
+    early stopping would fire (``patience_out``) or after ``decoder_epochs`` epochs. If so,
+    ``counters`` enter phase 1 with fresh patience (``phase``, ``phase_epochs``,
+    ``bad_epochs``); the trainer then trains the whole model from the base rate with a new
+    scheduler (:func:`set_phase`)."""
+    if strategy is None or strategy.strategy != "two_step" or counters["phase"] != 0:
+        return False
+    if not (patience_out or counters["phase_epochs"] >= strategy.decoder_epochs):
+        return False
+    counters.update(phase=1, phase_epochs=0, bad_epochs=0)
+    return True
+
+
 def trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["finetune", "load_pretrained", "set_phase", "encoder_parameters", "trainable_count", "STRATEGIES"]
+__all__ = ["finetune", "load_pretrained", "set_phase", "next_phase", "encoder_parameters", "trainable_count",
+           "STRATEGIES"]
