@@ -2,7 +2,7 @@
 
 In memory a field is ``(3, D, H, W)`` float32 in **voxel units of the fixed grid**,
 component ``i`` along array axis ``i`` of the NIfTI as nibabel loads it, pull mapping
-``warped(x) = moving(x + u(x))`` (``shared/DESIGN.md``).
+``warped(x) = moving(x + u(x))`` (``docs/ARCHITECTURE.md``, "Tensor conventions").
 
 ITK (and so SimpleITK, ANTs, 3D Slicer) wants something else: a vector image whose
 vectors are **physical displacements in millimetres in LPS** coordinates, on the fixed

@@ -16,7 +16,7 @@ with :data:`hookimpl`, and announced through the ``ddmr`` entry-point group::
 Built-in components are registered the same way (see ``setup.cfg``) and marked
 ``trylast``. Two plugins giving the same name for one kind is an error naming both.
 
-Contracts of the components (layouts follow ``shared/DESIGN.md``: tensors are
+Contracts of the components (layouts follow ``docs/ARCHITECTURE.md``: tensors are
 ``(B, C, D, H, W)``, fields are ``(B, 3, D, H, W)`` pull displacements in voxels of the
 fixed grid):
 

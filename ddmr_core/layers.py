@@ -5,13 +5,13 @@ between oneDNN (MKLDNN) and its generic ``slow_conv3d`` by a size rule meant for
 images: with a batch of one it takes the slow kernel whenever ``channels x depth x height
 <= 20480``, which is most layers of a light registration U-Net at 32^3-64^3 (batch 1 is
 how the paper trains and how every pair is registered), and its backward follows the same
-rule. There the slow kernel is 10-15x slower than oneDNN for the same result (``(1, 16,
-32^3) -> 16`` channels: 34 ms against 2.3 ms forward on a 2-core CPU). For those calls
+rule. There the slow kernel is many times slower than oneDNN for the same result
+(``benchmarks/cpu_kernels.py`` times both). For those calls
 :class:`Conv3d` runs oneDNN forward and backward (:class:`_OneDNNConv3d`): the input
 gradient is the convolution of the output gradient with the flipped, transposed kernel,
 the weight gradient the convolution of the input with the output gradient, batch and
 channels swapped. Parameters and ``state_dict`` keys are those of ``nn.Conv3d``, so
-checkpoints are interchangeable. ``benchmarks/cpu_kernels.py`` times both.
+checkpoints are interchangeable.
 """
 
 from __future__ import annotations
@@ -82,11 +82,10 @@ class Conv3d(nn.Conv3d):
     def replaces_slow_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call takes :class:`_OneDNNConv3d`: PyTorch would pick
         ``slow_conv3d`` (its rule: batch 1 and ``C x D x H <= 20480``), the layer is light
-        (``C_in x C_out <= 2^16``) and a plain stride-1 convolution. Light layers run 3-15x
-        faster forward and backward. Wide ones are left to PyTorch: for the paper
-        network's deep layers (up to 1024 channels at 2^3) oneDNN was slower, and the
-        whole network's training step took 5 % (oneDNN forward) to 2x (and backward)
-        longer with them."""
+        (``C_in x C_out <= 2^16``) and a plain stride-1 convolution: there oneDNN is the
+        faster kernel, forward and backward. Wide ones are left to PyTorch: for the paper
+        network's deep layers (up to 1024 channels at 2^3) oneDNN was the slower one
+        (``benchmarks/cpu_kernels.py``)."""
         return (
             _onednn_usable(x, self)
             and x.shape[0] == 1

@@ -167,9 +167,8 @@ class RegistrationModel(nn.Module):
         The refinement (:attr:`refine_iterations`) runs on the images' own grid, after the
         field is resized back: the network sees the model grid, the similarity the
         full-resolution images (sub-lattice steps keep its cost per step fixed, see
-        :func:`~ddmr_core.refine.refine_field`). On the 128^3 brain pairs with the demo's
-        64^3 model this gave Dice 0.849 / 0.869 / 0.879 for 20 / 30 / 40 steps, against
-        0.836 when refining on the 64^3 grid.
+        :func:`~ddmr_core.refine.refine_field`), which registers better than refining on
+        the model grid.
         """
         grid = tuple(fixed.shape[2:])
         if size is None or tuple(size) == grid:
@@ -190,8 +189,8 @@ class RegistrationModel(nn.Module):
 
         Terms are computed in float32 with autocast off, whatever the forward pass ran in:
         losses are reductions that need the precision, and under bf16 autocast cuDNN
-        picked a grouped-convolution kernel for SSIM's separable blur that made a whole
-        training step ~5x slower than fp32 (``benchmarks/gpu_check.py``'s profile)."""
+        picks a slow grouped-convolution kernel for SSIM's separable blur
+        (``benchmarks/gpu_check.py`` profiles a step)."""
         with torch.autocast(out["disp"].device.type, enabled=False):
             return self._loss_terms({k: _float(v) for k, v in batch.items()},
                                     {k: _float(v) for k, v in out.items()})

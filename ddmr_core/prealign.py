@@ -8,14 +8,14 @@ do the same (``prealign=``):
 
 * ``"centroid"``: translate the moving image so that its intensity centroid
   (:func:`~ddmr_core.spatial.intensity_centroid`) lands on the fixed one's. No
-  parameters, ~1 ms.
+  parameters.
 * ``"affine"``: from that translation, fit a 12-parameter affine map by gradient
   descent on global NCC over a coarse-to-fine pyramid (:func:`fit_affine`). Affine, not
   rigid, because the model sees voxel arrays without their spacing: a rigid motion in
   millimetres is an affine map in voxels of an anisotropic grid.
 
 Both return a pull field in voxels of the fixed grid (``(B, 3, D, H, W)``, array-axis
-order, ``shared/DESIGN.md``), and are computed without gradient to the network: the
+order, ``docs/ARCHITECTURE.md``), and are computed without gradient to the network: the
 network sees ``warp(moving, prealignment)`` and predicts the residual.
 """
 
@@ -61,11 +61,9 @@ def fit_affine(
         iterations: Adam steps at each level.
         lr: Adam step in normalised coordinates (the grid spans [-1, 1]).
 
-    The defaults fit at 1/4 and 1/2 of the grid only. On the demo's 64^3 brain test
-    pairs (rotations up to 10 degrees, translations up to 30 mm) they raise the mean Dice
-    of the unregistered pairs from 0.28 (0.48 after the centroid shift alone) to 0.65,
-    in ~0.1 s per pair on a 2-core CPU; (40, 20), (80, 40) or an added full-resolution
-    level gain under 0.01, a single 1/4 level loses 0.03. Training pays this per sample.
+    The defaults fit at 1/4 and 1/2 of the grid only: more steps or a full-resolution
+    level add cost (training pays it per sample) for little gain. The objective is
+    :func:`ddmr_core.similarity.global_ncc`.
 
     Returns:
         ``(B, 3, 4)`` ``theta`` (see :func:`affine_field`), started from the centroid

@@ -41,10 +41,10 @@ def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torc
 def sub_lattice_stride(shape, step_voxels: int) -> int:
     """The stride ``k`` (every ``k``-th voxel per axis) whose sub-lattice of a ``shape`` grid
     holds about ``step_voxels`` voxels: ``(voxels / step_voxels)^(1/3)`` rounded to the
-    nearest integer, at least 1. Rounded rather than raised: on 128^3 brain pairs a
-    stride-4 sub-lattice (32^3 voxels a step) lost Dice whatever the step size or
-    correction spacing, so a grid a little over ``3^3 * step_voxels`` (the paper's
-    182 x 218 x 182) keeps stride 3 at ~1.03x the cost per step."""
+    nearest integer, at least 1. Rounded rather than raised: too sparse a sub-lattice
+    gives the correction too few samples per node, so a grid a little over
+    ``3^3 * step_voxels`` (the paper's 182 x 218 x 182) keeps stride 3 at a little more
+    than ``step_voxels`` per step."""
     ratio = math.prod(int(n) for n in shape) / float(step_voxels)
     return max(1, math.floor(ratio ** (1.0 / 3.0) + 0.5))
 
@@ -79,13 +79,9 @@ def refine_field(
     Returns:
         The refined field, ``(B, 3, D, H, W)``, detached from any graph.
 
-    Measured on the demo's 64^3 brain test pairs (2-core CPU), from the affine
-    initialisation alone (mean Dice 0.65): 0.836 with 20 steps (~0.65 s per pair), 0.845
-    with 30; raw images (``window=0``) 0.807, ``window`` 3 0.836, 9 0.822; ``smoothness``
-    0.05 0.825 (the correction starts to fit noise). A real local NCC (five box filters
-    per step) reached 0.84 at about ten times the cost. On 128^3 pairs (stride 2), a
-    sub-lattice of stride 4 (``step_voxels=32**3``) lost Dice whatever the step size: too
-    few samples per correction node.
+    The loss is :func:`ddmr_core.similarity.global_ncc` of the locally normalised images
+    (:func:`local_normalise`): close to what local NCC measures at the cost of a global
+    one. A lower ``smoothness`` lets the correction fit noise.
     """
     if iterations <= 0:
         return disp

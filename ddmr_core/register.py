@@ -28,8 +28,8 @@ that physical correspondence and the *original* files:
   field is interpolated at ``x = F_w^-1 T y`` (border padding outside the working
   grid, so the transform stays continuous);
 * the exported field is ``w(y) = T^-1 M_w (x + u) - y`` (:func:`carry_field`): a voxel
-  pull field of the output grid into the moving image's world position, in the DESIGN
-  convention. Written by :func:`ddmr_core.field_io.save_field_itk`, ITK/ANTs applying it
+  pull field of the output grid into the moving image's world position, in the toolkit's
+  convention (``docs/ARCHITECTURE.md``, "Tensor conventions"). Written by :func:`ddmr_core.field_io.save_field_itk`, ITK/ANTs applying it
   to the original moving file reproduce ``warped`` (when fixed and moving share a grid
   and no preprocessing moves them, ``w`` is just the network's field);
 * the warped image and label maps are ``w`` applied to the **original moving image**
@@ -167,8 +167,8 @@ class RegistrationResult:
     """Everything one registration produces, on the output grid ``affine``.
 
     Arrays are ``(D, H, W)`` along the output grid's array axes; ``disp`` is the
-    ``(3, D, H, W)`` voxel pull field of that grid into the moving image (DESIGN
-    convention), ``model_disp`` the predicted field on the fixed working grid
+    ``(3, D, H, W)`` voxel pull field of that grid into the moving image (the toolkit's
+    convention, ``docs/ARCHITECTURE.md``), ``model_disp`` the predicted field on the fixed working grid
     ``model_affine`` (the network's, refined, before it is carried to the output grid)."""
 
     fixed: np.ndarray

@@ -123,7 +123,7 @@ def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
     base, scale = _sampling_grid(tuple(disp.shape[2:]), disp.device, dtype)
     # One fused pass (plus the channel flip) over the field, channels first; the xyz-last
     # layout grid_sample wants is a permuted view, which it reads as fast as a contiguous
-    # grid (measured on the CPU: ~10x cheaper than a (N, 3) @ (3, 3) matmul building it).
+    # grid (on the CPU far cheaper than a (N, 3) @ (3, 3) matmul building it).
     return torch.addcmul(base, disp.to(dtype).flip(1), scale).permute(0, 2, 3, 4, 1)
 
 
@@ -159,8 +159,7 @@ def grid_sample(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear"
     On the CPU with ``B == 1``, the grid is cut along ``d`` into ``k`` slabs (``k`` the
     largest divisor of ``d`` up to the thread count, at most 8) sampled as a batch of
     ``k`` from the same, expanded (not copied) volume: the result and its gradients are
-    identical (``benchmarks/cpu_kernels.py`` times it against ``F.grid_sample``: about 2x
-    for 64^3 points in a 128^3 volume on 2 threads).
+    identical (``benchmarks/cpu_kernels.py`` times it against ``F.grid_sample``).
     """
     b, d = grid.shape[0], grid.shape[1]
     k = 1
@@ -203,9 +202,9 @@ def upsample_lattice(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     rounding). Values are not rescaled: a displacement field on such a lattice holds
     voxels of the full grid.
 
-    Done as three matmuls with the (two-tap) interpolation matrix of each axis, which is
-    ~4x faster than ``F.interpolate`` on the CPU. Trilinear interpolation reproduces affine
-    functions exactly, and it is linear."""
+    Done as three matmuls with the (two-tap) interpolation matrix of each axis, faster
+    than ``F.interpolate`` on the CPU. Trilinear interpolation reproduces affine functions
+    exactly, and it is linear."""
     shape = tuple(int(s) for s in shape)
     lat = tuple(field.shape[2:])
     if lat == shape:

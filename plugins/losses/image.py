@@ -67,8 +67,8 @@ class SSIMLoss(nn.Module):
     The statistics are those of MONAI's ``SSIMLoss`` and of scikit-image's
     ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``, but the
     Gaussian window is applied as three 1-D passes (``3 * win`` instead of ``win ** 3``
-    multiplications per voxel): at 64^3 this makes SSIM's forward and backward ~40x
-    cheaper on a CPU, where MONAI's dense 11^3 kernel dominated a training step.
+    multiplications per voxel): on a CPU, MONAI's dense 11^3 kernel dominated a training
+    step.
 
     Args:
         win: window size (odd), voxels; 11 with sigma 1.5 is scikit-image's Gaussian window.

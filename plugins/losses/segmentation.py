@@ -1,5 +1,5 @@
 """Segmentation losses, called ``(warped_segs, fixed_segs)`` on one-hot ``(B, L, D, H, W)``
-maps over the foreground labels (no background channel; see ``shared/DESIGN.md``).
+maps over the foreground labels (no background channel; see ``docs/ARCHITECTURE.md``).
 
 * ``dice``: soft multi-label Dice, ``1 - mean_l DSC_l`` (MONAI ``DiceLoss``);
 * ``hausdorff``: differentiable distance-transform Hausdorff loss of Karimi and

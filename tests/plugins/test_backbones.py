@@ -97,7 +97,7 @@ def test_half_resolution_runs_the_head_at_half_size_and_doubles_vectors():
     disp = net(*pair((16, 16, 24)))
     assert seen["shape"] == (1, 3, 8, 8, 12)
     assert disp.shape == (1, 3, 16, 16, 24)
-    # resizing a field x2 scales its vectors x2 (DESIGN: voxel units of the fixed grid)
+    # resizing a field x2 scales its vectors x2 (ARCHITECTURE: voxel units of the fixed grid)
     assert torch.allclose(disp, torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1, 1).expand_as(disp), atol=1e-6)
 
 
