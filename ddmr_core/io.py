@@ -334,6 +334,16 @@ def _restore_swapped_out(out_dir: Path) -> None:
             return
 
 
+def _probe_writable(folder: Path, option: str, path: Path) -> None:
+    """Raise :class:`DataError` unless something can be created in ``folder`` (a probe
+    folder made and removed: as root, ``os.access`` says yes even to ``/proc``)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ddmr-probe.", dir=folder))
+    except OSError as exc:
+        raise DataError(f"{option} {str(path)!r}: cannot write in {str(folder)!r} "
+                        f"({exc.strerror or type(exc).__name__})") from exc
+
+
 def _first_existing(path: Path) -> Path:
     p = path
     while not p.exists() and p != p.parent:
@@ -371,12 +381,7 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
             raise DataError(
                 f"{option} {str(path)!r} is a folder holding files that {what} did not write; "
                 "it would be replaced as a whole: choose another folder or empty it")
-    try:  # a probe where the files will go (as root, os.access says yes even to /proc)
-        probe = tempfile.mkdtemp(prefix=".ddmr-probe.", dir=anc)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise DataError(f"{option} {str(path)!r}: cannot write in {str(anc)!r} "
-                        f"({exc.strerror or type(exc).__name__})") from exc
+    _probe_writable(anc, option, path)
     return path
 
 
@@ -397,12 +402,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes=NIFTI_SU
     anc = _first_existing(path.parent)
     if not anc.is_dir():
         raise DataError(f"{option} {str(path)!r}: {str(anc)!r} is a file, not a folder")
-    try:  # a probe where the file will go (as root, os.access says yes even to /proc)
-        probe = tempfile.mkdtemp(prefix=".ddmr-probe.", dir=anc)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise DataError(f"{option} {str(path)!r}: cannot write in {str(anc)!r} "
-                        f"({exc.strerror or type(exc).__name__})") from exc
+    _probe_writable(anc, option, path)
     return path
 
 
@@ -494,6 +494,24 @@ def save_label_map(path: str | Path, labels, affine) -> Path:
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise DataError(f"label map for {str(path)!r} has values outside 0..255")
     return save_image(path, np.rint(labels) if labels.dtype.kind == "f" else labels, affine, np.uint8)
+
+
+def read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict]]:
+    """``(header, rows)`` of a CSV file with a header line, rows as ``csv.DictReader``
+    gives them. ``what`` names the file in the one-line :class:`DataError`: not found, or
+    cannot be read (unreadable, not text, malformed CSV)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} not found")
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{what} {str(path)!r} cannot be read: {exc}") from exc
 
 
 def list_nifti(folder: str | Path) -> list[Path]:

@@ -33,7 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
-from .io import check_same_grid, load_image, load_label_map, save_image, save_label_map, to_numpy, write_text_atomic
+from .io import (check_same_grid, load_image, load_label_map, read_csv, save_image, save_label_map, to_numpy,
+                 write_text_atomic)
 
 MANIFEST = "manifest.csv"
 META = "testset.json"
@@ -187,13 +188,7 @@ def read_testset(path: str | Path) -> TestSet:
         raise DataError(f"test set file {str(meta_path)!r} cannot be read: {exc}") from exc
     if not isinstance(meta, dict):
         raise DataError(f"test set file {str(meta_path)!r} is not a JSON object")
-    try:
-        with open(man_path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"test set manifest {str(man_path)!r} cannot be read: {exc}") from exc
+    header, rows = read_csv(man_path, "test set manifest")
     missing = [c for c in ("pair", "fixed", "moving") if c not in header]
     if missing:
         raise DataError(f"test set manifest {str(man_path)!r} lacks column(s) {', '.join(missing)}")

@@ -66,6 +66,50 @@ def tiny_workspace(tmp_path_factory):
     return build_workspace(tmp_path_factory.mktemp("tiny") / "ws")
 
 
+def make_trainer(tmp_path, config_text, *bindings, run="run", **kw):
+    """A CPU :class:`~ddmr_core.trainer.Trainer` of ``config_text`` (written to
+    ``tmp_path/exp.gin``) plus ``bindings``, run folder ``tmp_path/run``."""
+    from ddmr_core.config import parse_config
+    from ddmr_core.trainer import Trainer
+
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text(config_text)
+    parse_config([cfg], list(bindings))
+    return Trainer(run_dir=tmp_path / run, device="cpu", **kw)
+
+
+def smooth_field(shape, amplitude, seed=1):
+    """A smooth random ``(3, *shape)`` float32 field whose largest component is ``amplitude``."""
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    f = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 3) for _ in range(3)])
+    return (f / np.abs(f).max() * amplitude).astype(np.float32)
+
+
+def save_nifti(path, data, affine) -> str:
+    """``data`` as a plain NIfTI at ``path`` (nibabel, no ddmr code); returns the path."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+def rotation_theta(degrees, shift_xyz):
+    """``(1, 3, 4)`` ``F.affine_grid`` map: a rotation by ``degrees`` in the x-y plane and a
+    shift (normalised units, xyz)."""
+    import math
+
+    import torch
+
+    a = math.radians(degrees)
+    t = torch.zeros(1, 3, 4)
+    t[0, :, :3] = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    t[0, :, 3] = torch.tensor(shift_xyz)
+    return t
+
+
 def run_cli(*args, env_extra=None):
     env = dict(os.environ)
     env.update(env_extra or {})

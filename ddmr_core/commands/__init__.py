@@ -1,4 +1,4 @@
-"""One module per ``ddmr`` sub-command (see :mod:`ddmr_core.cli`), and the argument types
+"""One module per ``ddmr`` sub-command (see :mod:`ddmr_core.cli`), and the arguments
 they share."""
 
 from __future__ import annotations
@@ -20,3 +20,9 @@ def duration(text: str) -> float:
     if total <= 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it must be positive")
     return total
+
+
+def add_field_argument(parser) -> None:
+    """``--field F``: a saved displacement field (:func:`ddmr_core.field_io.load_field`)."""
+    parser.add_argument("--field", required=True, metavar="F",
+                        help="displacement field: ITK/ANTs NIfTI (field.nii.gz) or ddmr's field.npz")

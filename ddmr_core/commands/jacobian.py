@@ -13,14 +13,15 @@ coordinates (1 keeps volumes, < 1 shrinks, > 1 expands). The field is ``field.ni
 
 from __future__ import annotations
 
+from . import add_field_argument
+
 NAME = "jacobian"
 HELP = "write the Jacobian determinant map of a saved field and print its folding percentage"
 ORDER = 43
 
 
 def add_arguments(parser):
-    parser.add_argument("--field", required=True, metavar="F",
-                        help="displacement field: ITK/ANTs NIfTI (field.nii.gz) or ddmr's field.npz")
+    add_field_argument(parser)
     parser.add_argument("--out", required=True, metavar="J", help="output NIfTI (.nii or .nii.gz) on the field's grid")
 
 

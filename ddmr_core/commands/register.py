@@ -58,20 +58,15 @@ def read_pairs(csv_path: str | Path) -> list[dict]:
     """Rows of a pairs CSV as dicts ``{pair, fixed, moving, fixed_seg, moving_seg}``
     (absent or empty segmentation cells are ``None``; paths resolved against the CSV's
     folder). Checks that every named file exists before anything runs."""
+    from ..io import read_csv
+
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"pairs CSV {str(csv_path)!r} not found")
-    try:
-        with open(csv_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-            header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"pairs CSV {str(csv_path)!r} cannot be read: {exc}") from exc
+    header, rows = read_csv(csv_path, "pairs CSV")
     if not rows:
         raise DataError(f"pairs CSV {str(csv_path)!r} has no rows")
     missing = [c for c in ("fixed", "moving") if c not in header]
     if missing:
-        raise DataError(f"pairs CSV {str(csv_path)!r} lacks column(s) {missing}; it has {list(header)}")
+        raise DataError(f"pairs CSV {str(csv_path)!r} lacks column(s) {missing}; it has {header}")
     base = csv_path.parent
     out, seen = [], set()
     for i, row in enumerate(rows):

@@ -15,14 +15,15 @@ existing file is replaced only by a complete one.
 
 from __future__ import annotations
 
+from . import add_field_argument
+
 NAME = "warp"
 HELP = "apply a saved field (field.nii.gz or field.npz) to another image or label map"
 ORDER = 42
 
 
 def add_arguments(parser):
-    parser.add_argument("--field", required=True, metavar="F",
-                        help="displacement field: ITK/ANTs NIfTI (field.nii.gz) or ddmr's field.npz")
+    add_field_argument(parser)
     parser.add_argument("--moving", required=True, metavar="IMG", help="image or label map to warp (NIfTI, any grid)")
     parser.add_argument("--labels", action="store_true",
                         help="the moving volume is a label map: nearest neighbour, uint8 output")

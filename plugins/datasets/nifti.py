@@ -21,13 +21,12 @@ Relative paths are relative to the CSV's folder.
 
 from __future__ import annotations
 
-import csv
 from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from ddmr_core.errors import DataError
-from ddmr_core.io import list_nifti, load_image_and_seg, load_label_map, nifti_stem
+from ddmr_core.io import list_nifti, load_image_and_seg, load_label_map, nifti_stem, read_csv
 from ddmr_core.preprocess import Preprocess, as_preprocess
 
 from .common import SPLITS, Subject, SubjectDataset, scan_labels, seeded_splits
@@ -128,14 +127,8 @@ class ManifestDataset(SubjectDataset):
     def __init__(self, path: str = "manifest.csv", splits: Sequence[float] = DEFAULT_SPLITS, seed: int = 0,
                  labels: Sequence[int] | None = None, size: Sequence[int] | None = None, preprocess=None):
         csv_path = Path(path)
-        if not csv_path.is_file():
-            raise DataError(f"manifest {str(path)!r} not found")
-        try:
-            with open(csv_path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-                header = [h.strip() for h in (rows[0].keys() if rows else [])]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"manifest {str(path)!r} cannot be read: {exc}") from exc
+        header, rows = read_csv(csv_path, "manifest")
+        header = [(h or "").strip() for h in header]
         if not rows:
             raise DataError(f"manifest {str(path)!r} has no rows")
         if "image" not in header:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ddmr_core.checkpoint import save_checkpoint
 from ddmr_core.cli import main as cli_main
-from ddmr_core.errors import DataError, DdmrError
+from ddmr_core.errors import DataError
 from ddmr_core.evaluate import TestSet, evaluate, to_original_grid
 from ddmr_core.hookspecs import hookimpl
 from ddmr_core.plugins import get_plugin_manager

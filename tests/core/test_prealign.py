@@ -1,6 +1,5 @@
 """ddmr_core.prealign: global initialisation before the network (hand-made cases)."""
 
-import math
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from ddmr_core import prealign
 from ddmr_core.errors import ConfigError
 from ddmr_core.model import RegistrationModel
 from ddmr_core.spatial import compose, warp
+from conftest import rotation_theta
 
 
 def blob_image(shape=(32, 32, 32), seed=0):
@@ -21,14 +21,6 @@ def blob_image(shape=(32, 32, 32), seed=0):
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     mask = (zz / 0.7) ** 2 + (yy / 0.55) ** 2 + ((xx - 0.1) / 0.6) ** 2 < 1
     return torch.from_numpy((img * mask + 0.5 * mask).astype(np.float32))[None, None]
-
-
-def rotation_theta(degrees, shift):
-    a = math.radians(degrees)
-    theta = torch.zeros(1, 3, 4)
-    theta[0, :, :3] = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    theta[0, :, 3] = torch.tensor(shift)
-    return theta
 
 
 def test_affine_field_of_identity_and_translation():

@@ -16,6 +16,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from ddmr_core.checkpoint import save_checkpoint
+from conftest import save_nifti as save, smooth_field
 from ddmr_core.cli import main
 from ddmr_core.config import config_text, parse_config
 from ddmr_core.errors import DataError
@@ -92,17 +93,6 @@ def smooth_volume(shape, seed=0):
     rng = np.random.default_rng(seed)
     a, b = rng.uniform(2, 4, 2)
     return (np.sin(a * g[0]) * np.cos(b * g[1]) + g[2] ** 2 + 0.5 * np.sin(5 * g[0] * g[2]) + 2).astype(np.float32)
-
-
-def smooth_field(shape, amplitude, seed=1):
-    rng = np.random.default_rng(seed)
-    f = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 3) for _ in range(3)])
-    return (f / np.abs(f).max() * amplitude).astype(np.float32)
-
-
-def save(path, data, affine):
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return str(path)
 
 
 def boxes(shape, start0):

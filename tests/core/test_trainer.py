@@ -5,16 +5,14 @@ the ``tps`` augmenter, synthetic 16^3 phantoms.
 """
 
 import copy
-import math
 
 import pytest
 import torch
 from torch.utils.data import default_collate
 
 from ddmr_core.checkpoint import load_model
-from ddmr_core.config import parse_config
-from ddmr_core.trainer import Trainer, TrainingError
-from conftest import TINY_TRAINING
+from ddmr_core.trainer import TrainingError
+from conftest import TINY_TRAINING, make_trainer
 
 BASE = TINY_TRAINING + """
 
@@ -25,10 +23,7 @@ ddmr.datasets.synthetic.subjects = (4, 1, 1)   # 2 optimiser steps per epoch
 
 
 def make(tmp_path, *bindings, run="run", **kw):
-    cfg = tmp_path / "exp.gin"
-    cfg.write_text(BASE)
-    parse_config([cfg], list(bindings))
-    return Trainer(run_dir=tmp_path / run, device="cpu", **kw)
+    return make_trainer(tmp_path, BASE, *bindings, run=run, **kw)
 
 
 def weights(module):

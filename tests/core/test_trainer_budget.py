@@ -4,10 +4,8 @@ import pytest
 import torch
 
 from ddmr_core.commands import duration
-from ddmr_core.config import parse_config
 from ddmr_core.errors import ConfigError
-from ddmr_core.trainer import Trainer
-from conftest import TINY_TRAINING
+from conftest import TINY_TRAINING, make_trainer
 
 BASE = TINY_TRAINING + """
 ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'grad_l2': @ddmr.losses.grad_l2()}
@@ -18,10 +16,7 @@ ddmr.Trainer.log_images = False
 
 
 def make(tmp_path, *bindings, run="run", **kw):
-    cfg = tmp_path / "exp.gin"
-    cfg.write_text(BASE)
-    parse_config([cfg], list(bindings))
-    return Trainer(run_dir=tmp_path / run, device="cpu", **kw)
+    return make_trainer(tmp_path, BASE, *bindings, run=run, **kw)
 
 
 def record_rates(trainer):

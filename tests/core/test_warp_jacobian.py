@@ -6,9 +6,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from conftest import save_nifti as save, smooth_field
 from ddmr_core.cli import main
 from ddmr_core.field_io import save_field_itk, save_field_npz
 from ddmr_core.io import spacing_from_affine
@@ -31,17 +31,6 @@ def smooth(shape, seed):
     g = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
     a, b = rng.uniform(2, 4, 2)
     return (np.sin(a * g[0]) * np.cos(b * g[1]) + g[2] ** 2 + 2).astype(np.float32)
-
-
-def smooth_field(shape, amplitude, seed=1):
-    rng = np.random.default_rng(seed)
-    f = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 3) for _ in range(3)])
-    return (f / np.abs(f).max() * amplitude).astype(np.float32)
-
-
-def save(path, data, affine):
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return str(path)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """``affine_cascade``: learnt affine stage + deformable backbone, exact composition, learning."""
 
-import math
 
 import pytest
 import torch
@@ -11,20 +10,13 @@ from ddmr_core.registry import Registry
 from ddmr_core.spatial import compose, compose_affine, warp
 from ddmr_plugins.backbones.affine import AffineCascade, KeypointAffine
 from ddmr_plugins.backbones.vxm_unet import VxmUNet
+from conftest import rotation_theta
 
 
 def blob(shape=(32, 32, 32), centre=(16.0, 15.0, 17.0), sigma=(5.0, 4.0, 6.0)):
     axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
     r2 = sum(((a - c) / s) ** 2 for a, c, s in zip(axes, centre, sigma))
     return torch.exp(-0.5 * r2)[None, None]
-
-
-def rotation_theta(degrees, shift_xyz):
-    a = math.radians(degrees)
-    t = torch.zeros(1, 3, 4)
-    t[0, :, :3] = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    t[0, :, 3] = torch.tensor(shift_xyz)
-    return t
 
 
 def test_compose_affine_is_warping_twice():
