@@ -58,3 +58,11 @@ def resolve_device(device=None, option: str = "--device") -> torch.device:
     if dev.type == "mps" and not _mps_available():
         raise DdmrError(f"{option} {str(device)!r}: MPS is not available on this machine (use {option} cpu)")
     return dev
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA; nothing to wait for elsewhere), so that a
+    clock read next times it: ``register``'s and ``evaluate``'s runtimes."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

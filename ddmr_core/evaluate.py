@@ -57,7 +57,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .devices import resolve_device
+from .devices import resolve_device, synchronize
 from .errors import DataError, DdmrError
 from .io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder,
                  spacing_from_affine)
@@ -143,9 +143,12 @@ class TestSet:
 
 
 # ===================================================================== methods
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+def warp_array(volume: np.ndarray, disp: np.ndarray, labels: bool = False) -> np.ndarray:
+    """``volume`` ``(D, H, W)`` warped by the voxel field ``disp`` ``(3, D, H, W)`` on its own
+    grid, as the evaluation does: images linearly with border padding (as the models warp
+    in training), label maps by nearest neighbour with zeros outside."""
+    mode, padding = ("nearest", "zeros") if labels else ("linear", "border")
+    return warp(torch.from_numpy(volume)[None, None], torch.from_numpy(disp)[None], mode, padding)[0, 0].numpy()
 
 
 class ModelMethod:
@@ -180,11 +183,11 @@ class ModelMethod:
     def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
         f = torch.from_numpy(fixed)[None, None].to(self.device)
         m = torch.from_numpy(moving)[None, None].to(self.device)
-        _sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         disp = self.registrar.predict(f, m)
-        warped = warp(m, disp, mode="linear", padding="border")
-        _sync(self.device)
+        warped = warp(m, disp, mode="linear", padding="border")  # on the device: part of the runtime
+        synchronize(self.device)
         seconds = time.perf_counter() - start
         return disp[0].float().cpu().numpy(), warped[0, 0].float().cpu().numpy(), seconds
 
@@ -214,9 +217,9 @@ class BaselineMethod:
         disp = np.asarray(self.method.register(fixed, moving, tuple(float(s) for s in spacing)), np.float32)
         if disp.shape != (3,) + fixed.shape:
             raise ValueError(f"baseline {self.name!r} returned a field of shape {disp.shape}, expected {(3,) + fixed.shape}")
-        warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")
+        warped = warp_array(moving, disp)
         seconds = time.perf_counter() - start
-        return disp, warped[0, 0].numpy(), seconds
+        return disp, warped, seconds
 
 
 def _model_name(spec: str) -> tuple[str, str]:
@@ -301,10 +304,10 @@ def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime:
         fixed, moving, disp, spacing = f0, m0, disp0.astype(np.float32), spacing_from_affine(f0_aff)
     else:
         if warped is None:
-            warped = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(disp)[None], "linear", "border")[0, 0].numpy()
+            warped = warp_array(moving, disp)
         warped_seg = None
         if moving_seg is not None:
-            warped_seg = warp(torch.from_numpy(moving_seg)[None, None], torch.from_numpy(disp)[None], "nearest", "zeros")[0, 0].numpy()
+            warped_seg = warp_array(moving_seg, disp, labels=True)
     if fixed_seg is None:
         warped_seg = None
     record = {

@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .devices import resolve_device
+from .devices import resolve_device, synchronize
 from .errors import CheckpointError, DdmrError
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
@@ -402,8 +402,7 @@ class Registrar:
         disp = self.predict(fx, mv)[0].float()  # (3, D, H, W) voxels of the fixed working grid
         what = f"checkpoint {self.name!r} on {fname!r} and {mname!r}"
         check_field(what, disp)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         timings["predict"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -412,8 +411,7 @@ class Registrar:
         outs = _resample_outputs(
             disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
         )
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         timings["apply"] = time.perf_counter() - t
         check_finite(what, warped=outs["warped"], exported_field=outs["disp"])
 
