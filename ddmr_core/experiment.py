@@ -28,11 +28,13 @@ def build_model(
     refine_iterations: int = 0,
     supervision: nn.Module | None = None,
     supervision_weight: float = 1.0,
+    prealign_iterations=None,
 ) -> RegistrationModel:
     """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`
     (``prealign``, ``refine_iterations``, ``supervision``: see :class:`RegistrationModel`)."""
     return RegistrationModel(backbone, losses, weighting, prealign=prealign, refine_iterations=refine_iterations,
-                             supervision=supervision, supervision_weight=supervision_weight)
+                             supervision=supervision, supervision_weight=supervision_weight,
+                             prealign_iterations=prealign_iterations)
 
 
 @gin.configurable(module="ddmr")

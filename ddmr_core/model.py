@@ -49,6 +49,8 @@ class RegistrationModel(nn.Module):
             so any design can take it (not in the paper, which is weakly supervised). Its
             value is reported as the term ``"supervision"``.
         supervision_weight: its weight (>= 0).
+        prealign_iterations: ``prealign="affine"`` only: Adam steps of the fit at 1/4 and
+            1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`; ``None``: its defaults).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class RegistrationModel(nn.Module):
         refine_iterations: int = 0,
         supervision: nn.Module | None = None,
         supervision_weight: float = 1.0,
+        prealign_iterations=None,
     ):
         super().__init__()
         if int(refine_iterations) != refine_iterations or refine_iterations < 0:
@@ -68,6 +71,12 @@ class RegistrationModel(nn.Module):
         if prealign not in PREALIGN:
             raise ConfigError(f"prealign must be one of {PREALIGN}, got {prealign!r}")
         self.prealign = prealign
+        if prealign_iterations is not None:
+            prealign_iterations = tuple(int(n) for n in prealign_iterations)
+            if len(prealign_iterations) != 2 or min(prealign_iterations) < 0:
+                raise ConfigError(f"prealign_iterations must be two non-negative integers (1/4 and 1/2 "
+                                  f"resolution), got {prealign_iterations!r}")
+        self.prealign_iterations = prealign_iterations
         self.backbone = backbone
         losses = dict(losses or {})
         for name, loss in losses.items():
@@ -146,7 +155,7 @@ class RegistrationModel(nn.Module):
         fixed and moving images: the backbone's prediction, after :attr:`prealign`, and
         refined when :attr:`refine_iterations` > 0 and ``refine`` (``None``: the model is in
         evaluation mode)."""
-        pre = prealign_field(self.prealign, fixed, moving)
+        pre = prealign_field(self.prealign, fixed, moving, self.prealign_iterations)
         if pre is None:
             disp = self.backbone(fixed, moving)
         else:

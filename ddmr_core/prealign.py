@@ -101,7 +101,7 @@ def voxel_matrix(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return a * s.view(1, 1, 3) / s.view(1, 3, 1)
 
 
-def prealign_field(method: str | None, fixed: torch.Tensor, moving: torch.Tensor):
+def prealign_field(method: str | None, fixed: torch.Tensor, moving: torch.Tensor, iterations=None):
     """``(field, matrix)`` of the pre-alignment ``method``, or ``None`` for no method.
 
     ``field`` ``(B, 3, D, H, W)`` is the pull field of the global map ``x -> x + field(x)``
@@ -118,6 +118,6 @@ def prealign_field(method: str | None, fixed: torch.Tensor, moving: torch.Tensor
             eye = torch.eye(3, device=fixed.device, dtype=fixed.dtype).expand(b, 3, 3)
             return t[:, :, None, None, None].expand(-1, -1, *shape), eye
         if method == "affine":
-            theta = fit_affine(fixed, moving)
+            theta = fit_affine(fixed, moving) if iterations is None else fit_affine(fixed, moving, iterations=iterations)
             return affine_field(theta, shape).to(fixed.dtype), voxel_matrix(theta, shape).to(fixed.dtype)
     raise ValueError(f"prealign must be one of {METHODS}, got {method!r}")
