@@ -112,12 +112,12 @@ def main(argv=None) -> int:
 def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
     """The best checkpoint, network alone, against ants_syn and identity on fixed pairs."""
     from ddmr_core.evaluate import evaluate
-    from ddmr_core.protocol import best_checkpoint, cli
+    from ddmr_core.build_testset import build_testset_named
+    from ddmr_core.protocol import best_checkpoint
 
     testset = work / f"testset_{s}_{pairs}"
     if not (testset / "testset.json").exists():
-        cli("build-testset", "--dataset", "mni_brain", "--pairs", pairs, "--size", s,
-            "--seed", 2023, "--out", testset, "--overwrite")
+        build_testset_named("mni_brain", pairs, s, 2023, testset, overwrite=True, log=lambda *a: None)
     out = work / f"scores_{s}"
     if out.exists():  # a rerun scores the current checkpoint afresh
         import shutil

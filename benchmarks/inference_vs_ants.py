@@ -128,14 +128,13 @@ def dice_comparison(args, s: int) -> None:
     import csv
     from pathlib import Path
 
+    from ddmr_core.build_testset import build_testset_named
     from ddmr_core.evaluate import evaluate
-    from ddmr_core.protocol import cli
 
     work = Path(args.work)
     testset = work / f"testset_{s}"
     if not (testset / "testset.json").exists():
-        cli("build-testset", "--dataset", "mni_brain", "--pairs", args.dice_pairs, "--size", s,
-            "--seed", 2023, "--out", testset, "--overwrite")
+        build_testset_named("mni_brain", args.dice_pairs, s, 2023, testset, overwrite=True, log=lambda *a: None)
     out = work / f"scores_{s}"
     evaluate(testset, models=[f"ddmr={args.model}"], baselines=["ants_syn"], out=out, metrics=["dsc", "runtime"],
              device=args.device, figures=False, progress=lambda line: None)

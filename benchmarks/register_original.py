@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ddmr_core.io import load_image, load_label_map
-    from ddmr_core.register import Registrar, apply_field, dice_tre
+    from ddmr_core.register import Registrar, dice_tre
+    from ddmr_core.spatial import apply_field
     from ddmr_core.registry import Registry
     from ddmr_plugins.datasets.mni_brain import CSF, GREY_MATTER, WHITE_MATTER, LABEL_NAMES
 

@@ -1,7 +1,7 @@
 """Shared pieces of the backbones: size checks, the small-initialised output layer and
 diffeomorphic integration by scaling and squaring.
 
-Fields follow ``shared/DESIGN.md``: ``(B, 3, D, H, W)`` voxel pull displacements.
+Fields follow ``docs/ARCHITECTURE.md``: ``(B, 3, D, H, W)`` voxel pull displacements.
 """
 
 from __future__ import annotations
