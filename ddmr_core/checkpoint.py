@@ -207,6 +207,29 @@ def load_model(path, device="cpu", registry=None):
     return model.to(device).eval(), ckpt
 
 
+#: what a shipped model keeps of a training checkpoint (:func:`export_model`)
+EXPORTED_KEYS = ("model", "gin_config", "input_size", "labels", "preprocess", "history")
+
+
+def export_model(source, dest: str | Path, card: dict | None = None, registry=None) -> Path:
+    """Write the model of checkpoint ``source`` (a path or a registered name) to ``dest``
+    as a checkpoint for inference only: weights, config, grid, labels, preprocessing and
+    validation history, without the optimiser, scheduler and RNG states (for the light
+    U-Net about a third of a training checkpoint). ``card`` (plain values) describes the
+    model: data, training command, budget, measured figures; it is stored as ``card``.
+
+    The source is checked as :func:`load_model` checks it (finite weights, a config that
+    builds the model its weights fit), so a shipped model always loads.
+    """
+    load_model(source, registry=registry)  # refuses anything that would not load
+    ckpt = load_checkpoint(resolve_model(source, registry))
+    state = {k: ckpt[k] for k in EXPORTED_KEYS if k in ckpt}
+    state["model"] = {k: v.detach().clone().contiguous() for k, v in state["model"].items()}
+    if card is not None:
+        state["card"] = plain(card)
+    return save_checkpoint(dest, state)
+
+
 # ----------------------------------------------------------- training runs
 def plain(obj):
     """``obj`` with NumPy values as plain Python ones, tuples as lists and keys as strings:

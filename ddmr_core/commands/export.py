@@ -1,0 +1,44 @@
+"""``ddmr export``: a training checkpoint as a model to ship or share.
+
+    ddmr export runs/brain/uw_nsd/best.pt --out brain-mr.pt [--card card.json]
+
+Keeps what inference needs (weights, config, grid, labels, preprocessing) and the
+validation history, drops the optimiser, scheduler and RNG states
+(:func:`ddmr_core.checkpoint.export_model`), and stores an optional model card (a JSON
+object: data, training command, budget, measured figures). A plugin ships models by
+returning such files from its ``ddmr_models`` hook (``docs/plugin_hooks.md``).
+"""
+
+from __future__ import annotations
+
+NAME = "export"
+HELP = "strip a training checkpoint to a model for inference (weights, config, card) to ship or share"
+ORDER = 45
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="a ddmr checkpoint (best.pt of a run) or a registered model name")
+    parser.add_argument("--out", required=True, metavar="MODEL.pt", help="the model file to write")
+    parser.add_argument("--card", metavar="JSON", help="a JSON file describing the model, stored with it")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import export_model
+    from ..errors import DataError
+    from ..io import check_output_file
+
+    out = check_output_file(args.out, suffixes=(".pt",))  # before any work
+    card = None
+    if args.card:
+        try:
+            card = json.loads(Path(args.card).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"--card {args.card!r} is not a readable JSON file: {exc}") from exc
+        if not isinstance(card, dict):
+            raise DataError(f"--card {args.card!r} must hold a JSON object")
+    path = export_model(args.checkpoint, out, card)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
