@@ -140,8 +140,10 @@ def best_checkpoint(run_dir: Path) -> Path:
     return best if best.exists() else Path(run_dir) / "last.pt"
 
 
-def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=None, unrefined=False) -> Step:
-    """Score the best checkpoint of each run in ``models`` (``{name: run folder}``) and
+def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=None, unrefined=False,
+                  checkpoints: dict | None = None) -> Step:
+    """Score the best checkpoint of each run in ``models`` (``{name: run folder}``), the
+    ``checkpoints`` as they are (``{name: checkpoint path or registered model name}``) and
     the ``baselines`` on ``testset`` (:func:`ddmr_core.evaluate.evaluate`) into
     ``report``; a method/pair run that failed fails the step (after the report is written)."""
     resolve_device(device)
@@ -153,7 +155,9 @@ def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=N
 
         if Path(report).exists():  # an interrupted evaluation is redone from scratch
             shutil.rmtree(report)
-        result = evaluate(testset, models=[f"{name}={best_checkpoint(d)}" for name, d in models.items()],
+        specs = [f"{name}={best_checkpoint(d)}" for name, d in models.items()]
+        specs += [f"{name}={c}" for name, c in (checkpoints or {}).items()]
+        result = evaluate(testset, models=specs,
                           baselines=list(baselines), out=report, device=device, unrefined=unrefined)
         if result.failures:
             raise DdmrError(f"{result.failures} method/pair run(s) failed; see the error column of "

@@ -121,3 +121,27 @@ def test_the_old_protocol_cli_name_runs_the_command_line(tmp_path, capsys):
     with pytest.raises(DdmrError, match="`ddmr register --fixed f.nii.gz --model m.pt --out .*` exited with status 2"):
         run("register", "--fixed", "f.nii.gz", "--model", "m.pt", "--out", tmp_path / "out")
     assert "--moving" in capsys.readouterr().err
+
+
+def test_demo_trains_both_designs_with_the_recipe_in_time_and_scores_the_shipped_model(tmp_path, monkeypatch):
+    import argparse
+
+    from ddmr_core.commands import demo
+    from ddmr_core.registry import Registry
+
+    calls = _record_library_calls(monkeypatch)
+    args = argparse.Namespace(out=str(tmp_path), size=32, max_time=90.0, steps=None, pairs=2,
+                              baselines=["identity"], device=None)
+    for step in demo.build_steps(args):
+        step.run()
+    trained = {config: (bindings, kw) for (config, bindings), kw in calls["train"]}
+    assert set(trained) == {"experiments/brain/bl_n.gin", "experiments/brain/uw_nsd.gin"}
+    for bindings, kw in trained.values():
+        # the recipe comes after the design's own config, and the budget is time, not steps
+        assert bindings[-1] == "include 'mixins/recipe/learnt.gin'"
+        assert kw["max_time"] == 90.0 and kw["max_steps"] is None
+    ((_,), kw), = calls["evaluate"]
+    names = [m.split("=", 1)[0] for m in kw["models"]]
+    assert names[:2] == ["BL-N", "UW-NSD"] and kw["baselines"] == ["identity"] and not kw["unrefined"]
+    # the shipped brain model is scored beside them when it is installed
+    assert ("brain-mr (pretrained)" in names) == ("brain-mr" in Registry(bind_gin=False).names("models"))
