@@ -46,7 +46,10 @@ def test_tps_matches_scipy_thin_plate_rbf(shape):
     got = _at_voxels(u[0], torch.as_tensor(vox)).numpy() * sp  # voxels -> mm
     err = np.linalg.norm(got - expected, axis=1)
     if tuple(tps.lattice_shape(shape)) == shape:
-        assert err.max() < 1e-3
+        # exact up to the float32 design matrix: its 516 terms per voxel reach ~1e5 mm
+        # and cancel to a few mm, so float32 rounding leaves ~1e-3 mm (0.02 % of the bound);
+        # any lattice or frame error shows as 0.1 mm and more (the upsampled case below)
+        assert err.max() < 1e-2
     else:  # documented lattice error: ~0.1 mm mean, < 1 mm max
         assert err.mean() < 0.25 and err.max() < 1.2
     # the field is not trivial: a real share of the bound
