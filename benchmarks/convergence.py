@@ -4,19 +4,22 @@
     python benchmarks/convergence.py experiments/brain/bl_n.gin --max-time 20m
     python benchmarks/convergence.py experiments/brain/uw_nsd.gin --paper --steps 100   # paper network
     python benchmarks/convergence.py --device cuda --size 128 --paper --max-time 5m
+    python benchmarks/convergence.py experiments/finetune_two_step/uw_nsd.gin --data abdomen_phantom \
+        --gin "ddmr.finetune.checkpoint = 'brain-mr'" --max-time 20m     # transfer, from the shipped model
 
-Trains CONFIG (default ``experiments/brain/uw_nsd.gin``) on the brain template with the
-paper's augmentation, from a clean start in ``--work``, for a wall-clock (``--max-time``)
+Trains CONFIG (default ``experiments/brain/uw_nsd.gin``, on the brain template with the
+paper's augmentation; the config names its data) from a clean start in ``--work``, for a wall-clock (``--max-time``)
 or step (``--steps``) budget, and prints one row per validation: optimiser step, training
 wall time, validation Dice, mean end-point error against the augmentation's ground-truth
 field (voxels), folding (% of voxels with a non-positive Jacobian determinant) and the
 validation loss. Unless ``--paper`` is given, ddmr's training recipe is included
-(``mixins/recipe/learnt.gin``: learnt affine stage, diffeomorphic light U-Net,
-supervision by the ground-truth field, warm-up); ``--paper`` trains the config as the
+(``mixins/recipe/learnt.gin``: affine start, light GroupNorm U-Net with a coarse
+diffeomorphic field, supervision by the ground-truth field, warm-up and cosine decay); ``--paper`` trains the config as the
 paper does (its own backbone: the paper-size U-Net for ``experiments/*``).
 
 Then it scores the best checkpoint, the network alone (no instance optimisation), on
-fixed brain test pairs (``ddmr build-testset --seed 2023``: the demo's 8 pairs at 64^3,
+fixed test pairs of ``--data`` (default the brain template; ``ddmr build-testset --seed
+2023``: for the brain, the demo's 8 pairs at 64^3,
 and 4 pairs at 128^3 registered as ``ddmr evaluate`` does, resized to the model's grid
 and the field back) with ``ants_syn`` and ``identity`` on the same pairs, and prints a
 final line per grid: mean Dice, end-point error (mm), folding and median runtime of
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the run in --work")
     ap.add_argument("--no-ants", action="store_true", help="skip ants_syn in the final comparison")
     ap.add_argument("--no-test", action="store_true", help="learning curve only")
+    ap.add_argument("--data", default="mni_brain", metavar="DATASET",
+                    help="built-in dataset of the test pairs (default mni_brain; abdomen_phantom for CT)")
     args = ap.parse_args(argv)
     if args.max_time is None and args.steps is None:
         args.max_time = 3600.0
@@ -115,9 +120,9 @@ def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
     from ddmr_core.build_testset import build_testset_named
     from ddmr_core.protocol import best_checkpoint
 
-    testset = work / f"testset_{s}_{pairs}"
+    testset = work / f"testset_{args.data}_{s}_{pairs}"
     if not (testset / "testset.json").exists():
-        build_testset_named("mni_brain", pairs, s, 2023, testset, overwrite=True, log=lambda *a: None)
+        build_testset_named(args.data, pairs, s, 2023, testset, overwrite=True, log=lambda *a: None)
     out = work / f"scores_{s}"
     if out.exists():  # a rerun scores the current checkpoint afresh
         import shutil

@@ -25,7 +25,7 @@ from pathlib import Path
 import gin
 from torch import nn
 
-from .checkpoint import check_finite_weights, load_checkpoint
+from .checkpoint import check_finite_weights, load_checkpoint, resolve_model
 from .errors import CheckpointError, ConfigError
 
 STRATEGIES = ("full", "two_step")
@@ -37,7 +37,8 @@ class finetune:  # noqa: N801 - lower case so gin configs read ``@ddmr.finetune(
     """How to start from a pretrained checkpoint.
 
     Args:
-        checkpoint: path of a ddmr checkpoint (``best.pt`` of the source run).
+        checkpoint: path of a ddmr checkpoint (``best.pt`` of the source run) or the
+            name of a registered model (``'brain-mr'``, ``ddmr plugins`` lists them).
         strategy: ``"full"`` or ``"two_step"``.
         lr: learning rate while finetuning (paper: 1e-4); replaces ``Trainer.lr``.
         decoder_epochs: ``two_step`` only: epochs of the first step (encoder frozen);
@@ -79,7 +80,7 @@ def load_pretrained(model: nn.Module, path: str | Path, load_weighting: bool = T
     Returns:
         the checkpoint dict.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(resolve_model(path))
     state = ckpt["model"]
     check_finite_weights(state, path)  # finetuning a blown-up model learns nothing
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}

@@ -151,3 +151,22 @@ def test_unknown_model_name_is_one_line(tiny_workspace, install_models, tmp_path
         assert len(lines) == 1 and lines[0].startswith("ddmr: error: "), lines
         assert "'tiny_mr'" in lines[0] and "did you mean 'tiny-mr'" in lines[0] and "tiny-mr" in lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "ev").exists()
+
+
+def test_finetuning_starts_from_a_registered_model_by_name(tiny_workspace, install_models):
+    import copy
+
+    import torch
+
+    from ddmr_core.transfer import load_pretrained
+
+    good = Path(tiny_workspace["good"])
+    install_models({"tiny-mr": lambda: good})
+    model, _ = load_model(good)
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in fresh.backbone.parameters():
+            p.zero_()
+    load_pretrained(fresh, "tiny-mr")  # ddmr.finetune.checkpoint = 'tiny-mr'
+    for (name, a), b in zip(model.backbone.state_dict().items(), fresh.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
