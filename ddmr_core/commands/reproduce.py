@@ -49,8 +49,9 @@ def add_arguments(parser):
     parser.add_argument("--max-time", type=duration, default=None, metavar="DURATION",
                         help="training time per model, e.g. 20m (counted over the whole run: a rerun continues)")
     parser.add_argument("--recipe", action="store_true",
-                        help="ddmr's training recipe (mixins/recipe/learnt.gin: learnt affine stage, coarse "
-                             "diffeomorphic field, supervision by the ground-truth field, warm-up); not the paper's")
+                        help="ddmr's training recipe (mixins/recipe/learnt.gin: affine start, coarse "
+                             "diffeomorphic field, supervision by the ground-truth field, warm-up and cosine "
+                             "decay); not the paper's")
     parser.add_argument("--pairs", type=int, default=None, metavar="N",
                         help="test pairs (default: the test split size, 11 for abdomen as OSLO-COMET)")
     parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
