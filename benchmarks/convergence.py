@@ -14,7 +14,7 @@ wall time, validation Dice, mean end-point error against the augmentation's grou
 field (voxels), folding (% of voxels with a non-positive Jacobian determinant) and the
 validation loss. Unless ``--paper`` is given, ddmr's training recipe is included
 (``mixins/recipe/learnt.gin``: affine start, light GroupNorm U-Net with a coarse
-diffeomorphic field, supervision by the ground-truth field, warm-up and cosine decay); ``--paper`` trains the config as the
+diffeomorphic field, supervision by the ground-truth field, warm-up); ``--paper`` trains the config as the
 paper does (its own backbone: the paper-size U-Net for ``experiments/*``).
 
 Then it scores the best checkpoint, the network alone (no instance optimisation), on
@@ -150,7 +150,7 @@ def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
 
     parts = []
     for name in [net] + baselines:
-        parts.append(f"{name}: Dice {mean(name, 'dsc'):.3f}, EPE {mean(name, 'epe'):.2f} vox, "
+        parts.append(f"{name}: Dice {mean(name, 'dsc'):.3f}, EPE {mean(name, 'epe'):.2f} mm, "
                      f"folding {mean(name, 'folding'):.3f} %, runtime {median_runtime(name):.3f} s")
     ratio = ""
     if "ants_syn" in methods:

@@ -9,7 +9,7 @@ Steps (each resumable: a rerun skips finished steps and resumes training):
    segmentation-guided design (light U-Net), each for a wall-clock budget, with pairs made
    on the fly by the augmentation layer (TPS, rigid, gamma, brightness), by ddmr's training
    recipe (``mixins/recipe/learnt.gin``: affine start, coarse diffeomorphic field,
-   supervision by the pairs' ground-truth fields, cosine schedule over the budget);
+   supervision by the pairs' ground-truth fields, warm-up);
 3. ``testset`` -- fixed evaluation pairs written once (the same for every method);
 4. ``evaluate`` -- both networks, the shipped pretrained ``brain-mr`` (the same recipe,
    trained for an hour; see docs/models.md) when it is installed, ``ants_syn`` and

@@ -50,8 +50,8 @@ def add_arguments(parser):
                         help="training time per model, e.g. 20m (counted over the whole run: a rerun continues)")
     parser.add_argument("--recipe", action="store_true",
                         help="ddmr's training recipe (mixins/recipe/learnt.gin: affine start, coarse "
-                             "diffeomorphic field, supervision by the ground-truth field, warm-up and cosine "
-                             "decay); not the paper's")
+                             "diffeomorphic field, supervision by the ground-truth field, warm-up); not the "
+                             "paper's")
     parser.add_argument("--pairs", type=int, default=None, metavar="N",
                         help="test pairs (default: the test split size, 11 for abdomen as OSLO-COMET)")
     parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
