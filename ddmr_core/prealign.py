@@ -52,6 +52,7 @@ def fit_affine(
     levels: Sequence[int] = (4, 2),
     iterations: Sequence[int] = (30, 10),
     lr: float = 0.04,
+    scale_bounds: tuple[float, float] | None = (2 / 3, 1.5),
 ) -> torch.Tensor:
     """Affine pre-alignment by maximising global NCC, coarse to fine.
 
@@ -60,6 +61,11 @@ def fit_affine(
         levels: downsampling factor of each pyramid level (average pooling).
         iterations: Adam steps at each level.
         lr: Adam step in normalised coordinates (the grid spans [-1, 1]).
+        scale_bounds: ``(lo, hi)``: after every step the linear part's singular values
+            (its scalings) are clamped into ``[lo, hi]`` (:func:`clamp_scales`), or
+            ``None`` for no bound. Global NCC can rise by squashing an axis flat (a
+            constant image along it): on a whole-body CT pair the unbounded fit reached
+            singular values (0.96, 0.96, 0.01). The bound leaves fits inside it unchanged.
 
     The defaults fit at 1/4 and 1/2 of the grid only: more steps or a full-resolution
     level add cost (training pays it per sample) for little gain. The objective is
@@ -81,6 +87,8 @@ def fit_affine(
         theta[:, :, 3] = shift.flip(-1)  # xyz
         theta.requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=lr)
+        eye = torch.eye(3, device=f0.device)
+        inside = None if scale_bounds is None else min(1 - scale_bounds[0], scale_bounds[1] - 1)
         for factor, steps in zip(levels, iterations):
             f = F.avg_pool3d(f0, factor) if factor > 1 else f0
             m = F.avg_pool3d(m0, factor) if factor > 1 else m0
@@ -91,7 +99,21 @@ def fit_affine(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                # every singular value lies within |A - I|_F of 1 (Weyl): the SVD is
+                # needed only beyond that
+                if inside is not None and float(torch.linalg.matrix_norm(theta.detach()[:, :, :3] - eye).max()) > inside:
+                    with torch.no_grad():
+                        theta[:, :, :3] = clamp_scales(theta[:, :, :3], *scale_bounds)
         return theta.detach()
+
+
+def clamp_scales(linear: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``(B, 3, 3)`` linear maps with their singular values clamped into ``[lo, hi]``
+    (same singular vectors); a batch already inside the bounds is returned as it is."""
+    u, sv, vh = torch.linalg.svd(linear)
+    if bool(((sv >= lo) & (sv <= hi)).all()):
+        return linear
+    return u @ torch.diag_embed(sv.clamp(lo, hi)) @ vh
 
 
 def voxel_matrix(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

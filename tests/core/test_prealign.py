@@ -106,3 +106,25 @@ def test_centroid_prealignment_recovers_a_translation_without_training():
 def test_unknown_prealignment_is_a_config_error():
     with pytest.raises(ConfigError, match="prealign"):
         RegistrationModel(torch.nn.Identity(), prealign="moments")
+
+
+def test_clamp_scales_bounds_singular_values_and_keeps_their_vectors():
+    rot = rotation_theta(20, [0, 0, 0])[:, :, :3]
+    a = rot @ torch.diag(torch.tensor([3.0, 1.0, 0.01]))[None] @ rot.transpose(1, 2)
+    out = prealign.clamp_scales(a, 2 / 3, 1.5)
+    assert torch.allclose(torch.linalg.svdvals(out)[0], torch.tensor([1.5, 1.0, 2 / 3]), atol=1e-5)
+    expected = rot @ torch.diag(torch.tensor([1.5, 1.0, 2 / 3]))[None] @ rot.transpose(1, 2)
+    assert torch.allclose(out, expected, atol=1e-5)
+    inside = rot @ torch.diag(torch.tensor([1.2, 0.9, 0.8]))[None]
+    assert prealign.clamp_scales(inside, 2 / 3, 1.5) is inside
+
+
+def test_the_scale_bound_leaves_an_ordinary_fit_exactly_as_it_was():
+    # a rotated, shifted head: the fit's scalings stay near 1, so the bound (checked every
+    # step, applied only beyond it) changes nothing, bit for bit
+    fixed = blob_image()
+    moving = warp(fixed, prealign.affine_field(rotation_theta(8, [0.1, 0, 0]), (32, 32, 32)))
+    bounded = prealign.fit_affine(fixed, moving)
+    assert torch.equal(bounded, prealign.fit_affine(fixed, moving, scale_bounds=None))
+    sv = torch.linalg.svdvals(bounded[:, :, :3])
+    assert sv.min() > 0.9 and sv.max() < 1.1
