@@ -7,7 +7,8 @@ For every model the built-in plugin registers (``ddmr_plugins.models``: one per
   (``torch.load(weights_only=True)``, config bindings only), and checks its size (<= 2 MB);
 * builds one fixed small pair with ``ddmr build-testset`` (:data:`PAIRS`: dataset, grid,
   seed), registers it with ``Registrar(name)`` on the NIfTI files *without* label maps (as a
-  user runs ``ddmr register``), output on the pair's grid;
+  user runs ``ddmr register``), output on the pair's grid; a CT model (its preprocessing
+  windows Hounsfield units) gets the pair back in HU (the window's inverse);
 * scores Dice of the moving label map warped with the exported field (as
   ``ddmr warp --labels``), and asserts it beats the identity and the affine start
   (:func:`ddmr_core.prealign.prealign_field` ``"affine"``, ddmr's own initialisation) by
@@ -37,13 +38,19 @@ MARGINS: dict[str, tuple[float, str]] = {
     # measured 2026-11-28 on the 2-core CI machine: identity 0.267, affine start 0.664,
     # brain-mr 0.819 (+0.154); `python tests/test_shipped_models.py brain-mr`
     "brain-mr": (0.10, "python tests/test_shipped_models.py brain-mr: +0.154 over the affine start"),
+    # measured 2026-11-28: identity 0.358, affine start 0.744, abdomen-ct 0.848 (+0.103),
+    # the pair in HU, no label maps: `python tests/test_shipped_models.py abdomen-ct`
+    "abdomen-ct": (0.06, "python tests/test_shipped_models.py abdomen-ct: +0.103 over the affine start"),
 }
 
-#: ``{name: (dataset, grid edge, seed)}``: the pair ``ddmr build-testset --dataset D --pairs 1
-#: --size S --seed K`` writes (the test split's first subject through the paper's augmentation).
-PAIRS: dict[str, tuple[str, int, int]] = {
-    "brain-mr": ("mni_brain", 64, 2024),
-    "abdomen-ct": ("abdomen_phantom", 64, 2024),
+#: ``{name: (dataset, grid edge, seed, gin bindings)}``: the pair ``ddmr build-testset --dataset D
+#: --pairs 1 --size S --seed K [--gin B]...`` writes (the test split's first subject through the
+#: paper's augmentation), as a user would hold it: the whole image, no crop around labels.
+PAIRS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
+    "brain-mr": ("mni_brain", 64, 2024, ()),  # skull-stripped: the label crop is the foreground
+    # the whole field of view, as a CT scan comes (the dataset's default crops around the liver)
+    "abdomen-ct": ("abdomen_phantom", 64, 2024,
+                   ("ddmr.datasets.abdomen_phantom.preprocess = {'crop_labels': None, 'window': (-150.0, 250.0)}",)),
 }
 
 #: the most a shipped checkpoint may weigh (issue 15)
@@ -69,11 +76,12 @@ def measure(name: str, work: Path, pair=None) -> dict:
     path = resolve_model(name)
     size = Path(path).stat().st_size
     ckpt = load_checkpoint(path)  # torch.load(weights_only=True)
-    dataset, edge, seed = pair or PAIRS[name]
+    dataset, edge, seed, bindings = pair or PAIRS[name]
     testset = Path(work) / f"pair_{dataset}_{edge}_{seed}"
     if not (testset / "testset.json").exists():
+        gin = [a for b in bindings for a in ("--gin", b)]
         assert main(["build-testset", "--dataset", dataset, "--pairs", "1", "--size", str(edge), "--seed",
-                     str(seed), "--out", str(testset)]) == 0
+                     str(seed), "--out", str(testset), *gin]) == 0
     files = {k: testset / "pair_0000" / f"{k}.nii.gz" for k in ("fixed", "moving", "fixed_seg", "moving_seg")}
     fixed, affine = load_image(files["fixed"])
     moving, _ = load_image(files["moving"])
@@ -84,7 +92,17 @@ def measure(name: str, work: Path, pair=None) -> dict:
     def dice(warped_seg):
         return dice_tre(fixed_seg, warped_seg, affine, labels)["dice_mean"]
 
-    res = Registrar(name).register(files["fixed"], files["moving"], original_resolution=True)
+    images = [files["fixed"], files["moving"]]
+    window = (ckpt.get("preprocess") or {}).get("window")
+    if window:  # a CT model windows Hounsfield units: give it the scan in HU, as a user would
+        lo, hi = window
+        import nibabel as nib
+
+        images = []
+        for k, img in (("fixed", fixed), ("moving", moving)):
+            images.append(Path(work) / f"{k}_hu.nii.gz")
+            nib.save(nib.Nifti1Image((lo + img * (hi - lo)).astype(np.float32), affine), str(images[-1]))
+    res = Registrar(name).register(*images, original_resolution=True)
     f = torch.from_numpy(fixed)[None, None]
     m = torch.from_numpy(moving)[None, None]
     field, _ = prealign_field("affine", f, m)
@@ -125,7 +143,7 @@ def test_the_scaffolding_runs_on_a_tiny_model(tiny_workspace, tmp_path, monkeypa
     (tmp_path / "weights").mkdir()
     shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "brain-mr.pt")
     assert builtin_models() == ["brain-mr"]
-    got = measure("brain-mr", tmp_path, pair=("mni_brain", 16, 2024))
+    got = measure("brain-mr", tmp_path, pair=("mni_brain", 16, 2024, ()))
     assert got["bytes"] <= MAX_BYTES and got["crop"] == "none"
     assert all(0.0 <= got[k] <= 1.0 for k in ("identity", "affine", "model"))
     assert got["affine"] > got["identity"]  # the affine start does align the pair
