@@ -53,7 +53,9 @@ def test_names_may_hold_hyphens_but_not_dots_or_slashes():
         with pytest.raises(PluginError, match="not a valid model name"):
             Registry(pm, bind_gin=False)
     pm = get_plugin_manager(autoload=False, extra_plugins=[("ok", ModelPlugin({"brain-mr_2": lambda: "x.pt"}))])
-    assert Registry(pm).names("models") == ["brain-mr_2"]  # bind_gin: models are skipped
+    # bind_gin: models are skipped; the built-in models (distribution ddmr) are listed too
+    entries = Registry(pm).entries("models")
+    assert [e.name for e in entries if e.distribution != "ddmr"] == ["brain-mr_2"]
 
 
 def test_resolve_model_path_wins_then_names(tiny_workspace, install_models, tmp_path, monkeypatch):
@@ -71,7 +73,7 @@ def test_resolve_model_path_wins_then_names(tiny_workspace, install_models, tmp_
     assert resolve_model("gone.pt") == Path("gone.pt")
     assert resolve_model("sub/tiny-mr") == Path("sub/tiny-mr")
     with pytest.raises(UnknownNameError, match=r"model 'tiny-m' is neither a checkpoint file nor a registered model "
-                                               r"name \(did you mean 'tiny-mr'\?\); available models: good, tiny-mr"):
+                                               r"name \(did you mean 'tiny-mr'\?\); available models: (.+, )?good, tiny-mr$"):
         resolve_model("tiny-m")
     with pytest.raises(PluginError, match=r"model 'good' of plugin 'test_models'.*does not exist"):
         resolve_model("good")
@@ -95,11 +97,16 @@ def test_ddmr_plugins_lists_models(tiny_workspace, install_models, capsys):
     install_models({"tiny-mr": lambda: Path(tiny_workspace["good"])})
     assert main(["plugins", "--kind", "models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows == [{"kind": "models", "name": "tiny-mr", "gin": None, "plugin": "test_models",
-                     "distribution": "<local>"}]
+    import ddmr_plugins.models as builtin
+
+    # the shipped models (one per weights file) are listed like the third party's
+    assert [r for r in rows if r["distribution"] != "ddmr"] == [
+        {"kind": "models", "name": "tiny-mr", "gin": None, "plugin": "test_models", "distribution": "<local>"}]
+    assert sorted(r["name"] for r in rows if r["distribution"] == "ddmr") == sorted(builtin.shipped())
     assert main(["plugins", "--kind", "models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["KIND", "NAME", "DISTRIBUTION"] and lines[1].split()[:2] == ["models", "tiny-mr"]
+    assert lines[0].split()[:3] == ["KIND", "NAME", "DISTRIBUTION"]
+    assert ["models", "tiny-mr", "<local>"] in [line.split()[:3] for line in lines[1:]]
     assert main(["plugins"]) == 0
     assert "tiny-mr" in capsys.readouterr().out
 
