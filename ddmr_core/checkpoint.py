@@ -221,10 +221,8 @@ def export_model(source, dest: str | Path, card: dict | None = None, registry=No
     The source is checked as :func:`load_model` checks it (finite weights, a config that
     builds the model its weights fit), so a shipped model always loads.
     """
-    load_model(source, registry=registry)  # refuses anything that would not load
-    ckpt = load_checkpoint(resolve_model(source, registry))
+    _, ckpt = load_model(source, registry=registry)  # refuses anything that would not load
     state = {k: ckpt[k] for k in EXPORTED_KEYS if k in ckpt}
-    state["model"] = {k: v.detach().clone().contiguous() for k, v in state["model"].items()}
     if card is not None:
         state["card"] = plain(card)
     return save_checkpoint(dest, state)
