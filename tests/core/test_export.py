@@ -53,3 +53,12 @@ def test_export_command_writes_the_model_with_its_card(trained, tmp_path):
     assert torch.load(tmp_path / "tiny.pt", weights_only=True)["card"]["name"] == "tiny"
     bad = run_cli("export", str(trained), "--out", str(tmp_path / "tiny.nii.gz"))
     assert bad.returncode == 2 and bad.stderr.count("ddmr: error:") == 1
+
+
+def test_export_refuses_a_bad_card_in_one_line_and_writes_nothing(trained, tmp_path):
+    for name, text in (("broken.json", "{not json"), ("list.json", "[1, 2]")):
+        card = tmp_path / name
+        card.write_text(text)
+        r = run_cli("export", str(trained), "--out", str(tmp_path / "m.pt"), "--card", str(card))
+        assert r.returncode == 2 and r.stderr.count("ddmr: error:") == 1 and "--card" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "m.pt").exists()
