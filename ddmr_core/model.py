@@ -49,8 +49,9 @@ class RegistrationModel(nn.Module):
             so any design can take it (not in the paper, which is weakly supervised). Its
             value is reported as the term ``"supervision"``.
         supervision_weight: its weight (>= 0).
-        prealign_iterations: ``prealign="affine"`` only: Adam steps of the fit at 1/4 and
-            1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`; ``None``: its defaults).
+        prealign_iterations: ``prealign="affine"`` only: Levenberg-Marquardt iterations of
+            the fit at 1/4 and 1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`;
+            ``None``: its defaults).
     """
 
     def __init__(

@@ -9,9 +9,9 @@ do the same (``prealign=``):
 * ``"centroid"``: translate the moving image so that its intensity centroid
   (:func:`~ddmr_core.spatial.intensity_centroid`) lands on the fixed one's. No
   parameters.
-* ``"affine"``: from that translation, fit a 12-parameter affine map by gradient
-  descent on global NCC over a coarse-to-fine pyramid (:func:`fit_affine`). Affine, not
-  rigid, because the model sees voxel arrays without their spacing: a rigid motion in
+* ``"affine"``: from that translation, fit a 12-parameter affine map maximising
+  global NCC by Levenberg-Marquardt over a coarse-to-fine pyramid (:func:`fit_affine`).
+  Affine, not rigid, because the model sees voxel arrays without their spacing: a rigid motion in
   millimetres is an affine map in voxels of an anisotropic grid.
 
 Both return a pull field in voxels of the fixed grid (``(B, 3, D, H, W)``, array-axis
@@ -26,7 +26,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .similarity import global_ncc
 from .spatial import grid_sample, identity_grid, intensity_centroid, normalised_scale
 
 METHODS = (None, "centroid", "affine")
@@ -50,61 +49,116 @@ def fit_affine(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     levels: Sequence[int] = (4, 2),
-    iterations: Sequence[int] = (30, 10),
-    lr: float = 0.04,
+    iterations: Sequence[int] = (8, 3),
+    damping: float = 1e-2,
     scale_bounds: tuple[float, float] | None = (2 / 3, 1.5),
 ) -> torch.Tensor:
-    """Affine pre-alignment by maximising global NCC, coarse to fine.
+    """Affine pre-alignment maximising global NCC by Levenberg-Marquardt, coarse to fine.
+
+    The 12 parameters are those of ``theta`` (normalised coordinates, :func:`affine_field`).
+    Global NCC is ``1 - |r|^2 / 2`` for the residual ``r = w' / |w'| - f' / |f'|`` between
+    the centred warped moving image ``w'`` and the centred fixed ``f'``, so it is maximised
+    as a least-squares problem: each iteration samples the moving image and the exact
+    derivative of trilinear sampling with respect to the grid (one forward and backward
+    pass of ``grid_sample``), forms the 12 x 12 Gauss-Newton system of ``r`` and takes the
+    damped step ``(H + lambda diag H)^-1 J^T f' / |f'|``. A step that raises the NCC is
+    kept and ``lambda`` divided by 10; one that does not is undone and ``lambda`` multiplied
+    by 10 (per sample). The centroid start is taken on the finest pyramid level.
 
     Args:
         fixed, moving: ``(B, 1, D, H, W)`` images on one grid.
         levels: downsampling factor of each pyramid level (average pooling).
-        iterations: Adam steps at each level.
-        lr: Adam step in normalised coordinates (the grid spans [-1, 1]).
-        scale_bounds: ``(lo, hi)``: after every step the linear part's singular values
-            (its scalings) are clamped into ``[lo, hi]`` (:func:`clamp_scales`), or
-            ``None`` for no bound. Global NCC can rise by squashing an axis flat (a
-            constant image along it): on a whole-body CT pair the unbounded fit reached
-            singular values (0.96, 0.96, 0.01). The bound leaves fits inside it unchanged.
-
-    The defaults fit at 1/4 and 1/2 of the grid only: more steps or a full-resolution
-    level add cost (training pays it per sample) for little gain. The objective is
-    :func:`ddmr_core.similarity.global_ncc`.
+        iterations: Levenberg-Marquardt iterations at each level (each one sampling pass).
+        damping: the initial ``lambda`` of every level.
+        scale_bounds: ``(lo, hi)``: a step whose linear part has singular values (its
+            scalings) outside ``[lo, hi]`` is clamped into them (:func:`clamp_scales`)
+            before it is tried, or ``None`` for no bound. Global NCC can rise by squashing
+            an axis flat (a constant image along it): on a whole-body CT pair an unbounded
+            fit reached singular values (0.96, 0.96, 0.01). Fits inside the bound are
+            unchanged by it.
 
     Returns:
         ``(B, 3, 4)`` ``theta`` (see :func:`affine_field`), started from the centroid
-        translation. Each sample is fitted independently (the loss is a sum over samples).
+        translation. Each sample is fitted independently.
     """
     if len(levels) != len(iterations):
         raise ValueError("levels and iterations must have the same length")
     shape = fixed.shape[2:]
-    with torch.inference_mode(False), torch.enable_grad():
-        f0, m0 = fixed.detach().clone().float(), moving.detach().clone().float()
+    with torch.inference_mode(False), torch.no_grad():
+        # no copy of the full-resolution images: each level pools them into new tensors
+        # (which autograd may save, inference-mode inputs may not), cloned only at factor 1
+        f0, m0 = fixed.detach().float(), moving.detach().float()
         b = f0.shape[0]
-        shift = centroid_shift(f0, m0) * normalised_scale(shape, f0.device)  # normalised, array order
+        pyramid = {k: (F.avg_pool3d(f0, k), F.avg_pool3d(m0, k)) if k > 1 else (f0.clone(), m0.clone())
+                   for k in sorted({int(k) for k in levels})}
+        # the centroids on the finest level's grid (a start for the fit; pooling by k keeps
+        # mass, and a shift of one pooled voxel is k voxels)
+        k = min(pyramid)
+        shift = k * centroid_shift(*pyramid[k]) * normalised_scale(shape, f0.device)  # normalised, array order
         theta = torch.zeros(b, 3, 4, device=f0.device)
         theta[:, :, :3] = torch.eye(3, device=f0.device)
         theta[:, :, 3] = shift.flip(-1)  # xyz
-        theta.requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=lr)
-        eye = torch.eye(3, device=f0.device)
-        inside = None if scale_bounds is None else min(1 - scale_bounds[0], scale_bounds[1] - 1)
         for factor, steps in zip(levels, iterations):
-            f = F.avg_pool3d(f0, factor) if factor > 1 else f0
-            m = F.avg_pool3d(m0, factor) if factor > 1 else m0
+            if int(steps) <= 0:
+                continue
+            f, m = pyramid[int(factor)]
+            f = f.flatten(1) - f.flatten(1).mean(1, keepdim=True)
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            # homogeneous normalised xyz coordinates of the level's voxels, (N, 4)
+            ident = torch.eye(3, 4, device=f0.device)[None]
+            coords = F.affine_grid(ident, (1, 1, *m.shape[2:]), align_corners=True).reshape(-1, 3)
+            coords = torch.cat([coords, torch.ones_like(coords[:, :1])], 1)
+            ncc, grad, hess = _ncc_system(f, m, theta, coords)
+            lam = torch.full((b,), float(damping), device=f0.device, dtype=torch.float64)
             for _ in range(int(steps)):
-                grid = F.affine_grid(theta, f.shape, align_corners=True)
-                warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
-                loss = -global_ncc(warped, f).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                # every singular value lies within |A - I|_F of 1 (Weyl): the SVD is
-                # needed only beyond that
-                if inside is not None and float(torch.linalg.matrix_norm(theta.detach()[:, :, :3] - eye).max()) > inside:
-                    with torch.no_grad():
-                        theta[:, :, :3] = clamp_scales(theta[:, :, :3], *scale_bounds)
-        return theta.detach()
+                diag = torch.diagonal(hess, dim1=1, dim2=2)
+                system = hess + torch.diag_embed(lam[:, None] * diag + 1e-12 * diag.mean(1, keepdim=True))
+                step = torch.linalg.solve(system, grad[..., None])[..., 0]
+                trial = theta + step.to(theta.dtype).view(b, 3, 4)
+                if scale_bounds is not None:
+                    trial[:, :, :3] = clamp_scales(trial[:, :, :3], *scale_bounds)
+                t_ncc, t_grad, t_hess = _ncc_system(f, m, trial, coords)
+                better = t_ncc > ncc
+                theta = torch.where(better.view(b, 1, 1), trial, theta)
+                ncc = torch.where(better, t_ncc, ncc)
+                grad = torch.where(better.view(b, 1), t_grad, grad)
+                hess = torch.where(better.view(b, 1, 1), t_hess, hess)
+                lam = torch.where(better, lam / 10, lam * 10)
+        return theta
+
+
+def _ncc_system(f: torch.Tensor, m: torch.Tensor, theta: torch.Tensor, coords: torch.Tensor):
+    """Global NCC of ``warp(m, theta)`` with ``f`` (``(B, N)``, centred, unit norm) and its
+    Gauss-Newton gradient ``(B, 12)`` and matrix ``(B, 12, 12)`` (float64) in ``theta``.
+
+    With ``J`` the ``(N, 12)`` derivative of the warped image, ``w_hat`` the centred warped
+    image over its norm ``n`` and ``a = J^T w_hat``, the residual's Jacobian is
+    ``(C J - w_hat a^T) / n`` (``C`` centres over the voxels), whose normal matrix is
+    ``(J^T J - N mu mu^T - a a^T) / n^2`` (``mu`` the mean row of ``J``) and whose product
+    with ``f`` is ``(J^T f - a (w_hat . f)) / n``: ``J`` is formed once and never centred
+    or projected voxel by voxel."""
+    b = theta.shape[0]
+    with torch.enable_grad():
+        grid = F.affine_grid(theta, (b, 1, *m.shape[2:]), align_corners=True).requires_grad_(True)
+        warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        # each voxel's sample depends on its own grid point only: the gradient of the sum
+        # is every voxel's derivative with respect to its sampling position
+        (dgrid,) = torch.autograd.grad(warped.sum(), grid)
+    w = warped.flatten(1)
+    w = w - w.mean(1, keepdim=True)
+    norm = w.norm(dim=1).clamp_min(1e-12)
+    w_hat = w / norm[:, None]
+    # d warped / d theta[i, j] = dgrid_i * coords_j
+    jac = (dgrid.reshape(b, -1, 3, 1) * coords[None, :, None, :]).reshape(b, -1, 12)
+    n = jac.shape[1]
+    proj = torch.bmm(torch.stack([f, w_hat, torch.full_like(f, 1.0 / n)], 2).transpose(1, 2), jac).double()
+    jf, a, mu = proj[:, 0], proj[:, 1], proj[:, 2]  # J^T f, J^T w_hat, mean row of J
+    ncc = (w_hat * f).sum(1).double()
+    nd = norm.double()
+    grad = (jf - a * ncc[:, None]) / nd[:, None]
+    jtj = torch.bmm(jac.transpose(1, 2), jac).double()
+    hess = (jtj - n * mu[:, :, None] * mu[:, None, :] - a[:, :, None] * a[:, None, :]) / (nd * nd)[:, None, None]
+    return ncc, grad, hess
 
 
 def clamp_scales(linear: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
