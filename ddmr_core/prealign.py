@@ -144,7 +144,7 @@ def _ncc_system(f: torch.Tensor, m: torch.Tensor, theta: torch.Tensor, coords: t
         # each voxel's sample depends on its own grid point only: the gradient of the sum
         # is every voxel's derivative with respect to its sampling position
         (dgrid,) = torch.autograd.grad(warped.sum(), grid)
-    w = warped.flatten(1)
+    w = warped.detach().flatten(1)
     w = w - w.mean(1, keepdim=True)
     norm = w.norm(dim=1).clamp_min(1e-12)
     w_hat = w / norm[:, None]
