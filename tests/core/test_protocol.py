@@ -123,7 +123,7 @@ def test_the_old_protocol_cli_name_runs_the_command_line(tmp_path, capsys):
     assert "--moving" in capsys.readouterr().err
 
 
-def test_demo_trains_both_designs_with_the_recipe_in_time_and_scores_the_shipped_model(tmp_path, monkeypatch):
+def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_model(tmp_path, monkeypatch):
     import argparse
 
     from ddmr_core.commands import demo
@@ -131,7 +131,7 @@ def test_demo_trains_both_designs_with_the_recipe_in_time_and_scores_the_shipped
 
     calls = _record_library_calls(monkeypatch)
     args = argparse.Namespace(out=str(tmp_path), size=32, max_time=90.0, steps=None, pairs=2,
-                              baselines=["identity"], device=None)
+                              baselines=["identity"], device=None, designs=["BL-N", "UW-NSD"])
     for step in demo.build_steps(args):
         step.run()
     trained = {config: (bindings, kw) for (config, bindings), kw in calls["train"]}
@@ -143,5 +143,10 @@ def test_demo_trains_both_designs_with_the_recipe_in_time_and_scores_the_shipped
     ((_,), kw), = calls["evaluate"]
     names = [m.split("=", 1)[0] for m in kw["models"]]
     assert names[:2] == ["BL-N", "UW-NSD"] and kw["baselines"] == ["identity"] and not kw["unrefined"]
+    # without --designs: UW-NSD alone, 45 minutes
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    defaults = parser.parse_args([])
+    assert defaults.designs == ["UW-NSD"] and defaults.max_time == 2700.0
     # the shipped brain model is scored beside them when it is installed
     assert ("brain-mr (pretrained)" in names) == ("brain-mr" in Registry(bind_gin=False).names("models"))
