@@ -89,6 +89,12 @@ class Trainer(TrainingLoop):
             or ``"cosine"``: also decay the rate to 0 along a half cosine over the run's
             budget (``max_steps`` or ``max_time``, whichever is further along), so a run
             planned in time ends at a low rate.
+        weighting_lr: Adam learning rate of the loss weighting's own parameters (the
+            log-variances of ``uw``) when it should differ from ``lr`` (None: ``lr``, the
+            paper). Adam moves each log-variance by about the rate per step, so at 3e-3 a
+            weight takes ~2000 steps to travel the factor of ~100 to its plateau
+            (``docs/ARCHITECTURE.md``, "Training that learns"). Scaled by the warm-up,
+            the schedule and a finetuning phase change like ``lr``.
         warmup_steps: raise the learning rate linearly from ``lr / warmup_steps`` to ``lr``
             over the first optimiser steps (0: none, the paper). Adam's first steps move
             every weight by about ``lr`` whatever its gradient, which throws a deep, wide
@@ -127,6 +133,7 @@ class Trainer(TrainingLoop):
         max_steps: int | None = None,
         resume: bool = False,
         lr: float = 1e-3,
+        weighting_lr: float | None = None,
         warmup_steps: int = 0,
         lr_schedule: str = "plateau",
         max_time: float | None = None,
@@ -154,6 +161,8 @@ class Trainer(TrainingLoop):
                 raise ConfigError(f"ddmr.Trainer.{name} must be >= {low}, got {value}")
         if lr <= 0:
             raise ConfigError(f"ddmr.Trainer.lr must be positive, got {lr}")
+        if weighting_lr is not None and not weighting_lr > 0:
+            raise ConfigError(f"ddmr.Trainer.weighting_lr must be positive or None, got {weighting_lr!r}")
         if max_steps is not None and max_steps < 0:
             raise ConfigError(f"--max-steps must be >= 0, got {max_steps}")
         if max_time is not None and not max_time > 0:
@@ -173,6 +182,7 @@ class Trainer(TrainingLoop):
         self.num_workers, self.progress, self.log_images = num_workers, progress, log_images
         self.transfer = transfer
         self.base_lr = transfer.lr if transfer is not None else lr
+        self.weighting_lr = None if weighting_lr is None else float(weighting_lr)
         self.find_unused_parameters = find_unused_parameters
 
         self.world, self.rank, self.local_rank = _dist.ranks()  # torchrun exports them
@@ -255,7 +265,7 @@ class Trainer(TrainingLoop):
             self.input_size = tuple(int(n) for n in self.train_set[0]["image"].shape[1:])
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=self.seed, drop_last=False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr)
+        self.optimizer = torch.optim.Adam(self._param_groups(), lr=self.base_lr)
         self.scheduler = self._new_scheduler()
 
         if self.resume:
@@ -271,6 +281,21 @@ class Trainer(TrainingLoop):
             write_text_atomic(run_dir / "config.gin", config_text())
             self.log = TrainingLog(run_dir)
         self._setup_done = True
+
+    def _param_groups(self) -> list[dict]:
+        """The optimiser's groups: every parameter at ``lr``, or, with ``weighting_lr``,
+        the loss weighting's parameters in a second group at that rate."""
+        weighting = getattr(self.model, "weighting", None)
+        own = [] if weighting is None or self.weighting_lr is None else list(weighting.parameters())
+        if not own:
+            return [{"params": list(self.model.parameters())}]
+        ids = {id(p) for p in own}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": own, "lr": self.weighting_lr}]
+
+    def base_rates(self) -> list[float]:
+        """Each optimiser group's rate before warm-up and schedule."""
+        return [self.base_lr] + [self.weighting_lr] * (len(self.optimizer.param_groups) - 1)
 
     def _new_scheduler(self):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

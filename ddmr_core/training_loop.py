@@ -243,8 +243,8 @@ class TrainingLoop:
         stop = patience_out
         if _transfer.next_phase(self.transfer, c, patience_out):
             # second step: the whole model, from the base rate, with fresh patience
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.base_lr
+            for g, lr in zip(self.optimizer.param_groups, self.base_rates()):
+                g["lr"] = lr
             self.scheduler = self._new_scheduler()
             _transfer.set_phase(self.model, self.transfer, 1)
             self._wrap()

@@ -139,3 +139,35 @@ def test_cosine_schedule_decays_over_the_step_budget_after_the_warmup(tmp_path):
 def test_unknown_schedule_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="lr_schedule"):
         make(tmp_path, "ddmr.Trainer.lr_schedule = 'linear'")
+
+
+def test_weighting_lr_steps_the_uncertainty_weights_at_their_own_rate(tmp_path):
+    # Adam's first step moves every parameter by its group's rate (sign of the gradient),
+    # so after one step the log-variances have moved by weighting_lr, the network by lr
+    uw = ("ddmr.build_model.weighting = @ddmr.loss_weightings.uw", "ddmr.Trainer.lr = 1e-4",
+          "ddmr.Trainer.weighting_lr = 1e-2")
+    t = make(tmp_path, *uw, max_steps=1)
+    t.setup()
+    assert [g["lr"] for g in t.optimizer.param_groups] == [1e-4, 1e-2]
+    before = t.model.weighting.log_vars.detach().clone()
+    net = [p.detach().clone() for p in t.model.backbone.parameters()]
+    t.fit()
+    moved = (t.model.weighting.log_vars.detach() - before).abs()
+    assert torch.allclose(moved, torch.full_like(moved, 1e-2), rtol=1e-3)
+    net_moved = max((p.detach() - q).abs().max().item() for p, q in zip(t.model.backbone.parameters(), net))
+    assert net_moved == pytest.approx(1e-4, rel=1e-3)
+    # resumes with both groups and their rates
+    r = make(tmp_path, *uw, max_steps=2, resume=True)
+    r.fit()
+    assert [g["lr"] for g in r.optimizer.param_groups] == [1e-4, 1e-2]
+
+
+def test_without_weighting_lr_there_is_one_group(tmp_path):
+    t = make(tmp_path, "ddmr.build_model.weighting = @ddmr.loss_weightings.uw")
+    t.setup()
+    assert len(t.optimizer.param_groups) == 1
+
+
+def test_weighting_lr_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="weighting_lr"):
+        make(tmp_path, "ddmr.Trainer.weighting_lr = 0.0")
