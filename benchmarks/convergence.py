@@ -122,7 +122,11 @@ def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
 
     testset = work / f"testset_{args.data}_{s}_{pairs}"
     if not (testset / "testset.json").exists():
-        build_testset_named(args.data, pairs, s, 2023, testset, overwrite=True, log=lambda *a: None)
+        # the test pairs are preprocessed as the run's data: --gin bindings of that dataset
+        # (e.g. ddmr.datasets.abdomen_phantom.preprocess) apply to them too
+        own = [b for b in args.gin if b.strip().startswith(f"ddmr.datasets.{args.data}.")]
+        build_testset_named(args.data, pairs, s, 2023, testset, bindings=own, overwrite=True,
+                            log=lambda *a: None)
     out = work / f"scores_{s}"
     if out.exists():  # a rerun scores the current checkpoint afresh
         import shutil
