@@ -112,8 +112,12 @@ def fit_affine(
             lam = torch.full((b,), float(damping), device=f0.device, dtype=torch.float64)
             for _ in range(int(steps)):
                 diag = torch.diagonal(hess, dim1=1, dim2=2)
-                system = hess + torch.diag_embed(lam[:, None] * diag + 1e-12 * diag.mean(1, keepdim=True))
-                step = torch.linalg.solve(system, grad[..., None])[..., 0]
+                # the ridge keeps a degenerate system (a constant image: all zeros) solvable;
+                # its gradient is zero too, so the step is
+                ridge = 1e-12 * diag.mean(1, keepdim=True) + 1e-30
+                step, failed = torch.linalg.solve_ex(hess + torch.diag_embed(lam[:, None] * diag + ridge),
+                                                     grad[..., None])
+                step = torch.where((failed != 0).view(b, 1), 0.0, step[..., 0].nan_to_num(0.0, 0.0, 0.0))
                 trial = theta + step.to(theta.dtype).view(b, 3, 4)
                 if scale_bounds is not None:
                     trial[:, :, :3] = clamp_scales(trial[:, :, :3], *scale_bounds)

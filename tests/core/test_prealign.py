@@ -183,3 +183,11 @@ def test_fit_affine_reaches_the_ncc_maximum_scipy_finds():
     theirs = prealign.affine_field(torch.tensor(ref.x, dtype=torch.float32).view(1, 3, 4), shape)
     inside = fixed[:, 0] > 0
     assert (ours - theirs).norm(dim=1)[inside].mean() < 0.1
+
+
+def test_fit_affine_of_a_blank_pair_is_the_identity():
+    # a constant image has no gradient: the Gauss-Newton system is all zeros and the fit
+    # must neither raise nor move
+    blank = torch.zeros(1, 1, 16, 16, 16)
+    theta = prealign.fit_affine(blank, blank.clone())
+    torch.testing.assert_close(theta, torch.eye(3, 4)[None])
