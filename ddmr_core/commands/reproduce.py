@@ -5,6 +5,7 @@
     ddmr reproduce finetune_full     --out paper_runs   # (ii)  Table 4: brain -> abdomen, whole model
     ddmr reproduce finetune_two_step --out paper_runs   # (ii)  Table 5: decoder first, then all
     ddmr reproduce baselines         --out paper_runs   # (iii) Table 5: ANTs SyN and SyNCC
+    ddmr reproduce brain --seeds 0 1 --out paper_runs   # every design twice, rows side by side
     python benchmarks/augmentation_overhead.py          # (iv)  training-runtime cost of augmentation
 
 All experiments share ``OUT/data/<dataset>`` (prepared caches) and
@@ -56,6 +57,10 @@ def add_arguments(parser):
                         help="test pairs (default: the test split size, 11 for abdomen as OSLO-COMET)")
     parser.add_argument("--designs", nargs="+", default=list(DESIGN_FILES), choices=list(DESIGN_FILES),
                         metavar="DESIGN", help="subset of the six designs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                        help="training seeds (weights, sample order, augmentation): one run per design and "
+                             "seed, scored side by side (default: 0; seed 0 runs in runs/DESIGN, seed k in "
+                             "runs/DESIGN-seedk)")
     parser.add_argument("--light", action="store_true", help="the light CPU U-Net instead of the paper's")
     parser.add_argument("--hybrid", action="store_true",
                         help="ddmr's hybrid model (mixins/model/hybrid.gin: affine initialisation, diffeomorphic "
@@ -84,19 +89,25 @@ def build_steps(args) -> list:
         if getattr(args, "hybrid", False):
             bindings.append("include 'mixins/model/hybrid.gin'")
         max_steps = args.steps
+        seeds = list(dict.fromkeys(getattr(args, "seeds", None) or [0]))
         for design in args.designs:
             f = DESIGN_FILES[design]
-            extra = list(bindings)
-            if folder.startswith("finetune"):
-                source = root / "brain" / "runs" / design
-                ckpt = source / "best.pt"
-                extra.append(f"ddmr.finetune.checkpoint = '{ckpt.as_posix()}'")
-                if not source.exists():
-                    raise DdmrError(f"{args.experiment}: needs the brain run of {design} in {source}; "
-                                    f"run `ddmr reproduce brain --out {root}` first")
-            runs[design] = exp_dir / "runs" / design
-            steps.append(train_step(design, f"experiments/{folder}/{f}.gin", runs[design], max_steps,
-                                    extra, args.device, max_time=getattr(args, "max_time", None)))
+            for seed in seeds:
+                name, folder_name = (design, design) if seed == 0 else (f"{design} (seed {seed})",
+                                                                        f"{design}-seed{seed}")
+                extra = list(bindings) + ([f"ddmr.Trainer.seed = {int(seed)}"] if seed != 0 else [])
+                if folder.startswith("finetune"):
+                    # each seed finetunes the brain model of the same seed
+                    source = root / "brain" / "runs" / folder_name
+                    ckpt = source / "best.pt"
+                    extra.append(f"ddmr.finetune.checkpoint = '{ckpt.as_posix()}'")
+                    if not source.exists():
+                        raise DdmrError(f"{args.experiment}: needs the brain run of {name} in {source}; "
+                                        f"run `ddmr reproduce brain --out {root}"
+                                        f"{' --seeds ' + str(seed) if seed else ''}` first")
+                runs[name] = exp_dir / "runs" / folder_name
+                steps.append(train_step(name, f"experiments/{folder}/{f}.gin", runs[name], max_steps,
+                                        extra, args.device, max_time=getattr(args, "max_time", None)))
     steps.append(testset_step(dataset, pairs, size, 2023, testset))
     steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device,
                                unrefined=bool(runs) and getattr(args, "hybrid", False)))

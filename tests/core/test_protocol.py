@@ -103,6 +103,32 @@ def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tm
     assert kw["unrefined"] == hybrid
 
 
+def test_reproduce_trains_one_run_per_seed_and_finetunes_each_from_its_own_seed(tmp_path, monkeypatch):
+    import argparse
+
+    from ddmr_core.commands import reproduce
+
+    calls = _record_library_calls(monkeypatch)
+    for experiment in ("brain", "finetune_full"):
+        args = argparse.Namespace(experiment=experiment, out=str(tmp_path), size=32, steps=3, pairs=2,
+                                  designs=["SG-NSD"], seeds=[0, 1], light=True, hybrid=False, device=None)
+        steps = reproduce.build_steps(args)
+        for step in steps:
+            step.run()
+            if step.name.startswith("train-"):  # the finetuning checks the brain runs exist
+                name = step.name[len("train-"):]
+                (tmp_path / "brain" / "runs" / ("SG-NSD" if name == "SG-NSD" else "SG-NSD-seed1")).mkdir(
+                    parents=True, exist_ok=True)
+    brain, finetune = calls["train"][:2], calls["train"][2:]
+    assert [kw["run_dir"] for _, kw in brain] == [tmp_path / "brain" / "runs" / "SG-NSD",
+                                                  tmp_path / "brain" / "runs" / "SG-NSD-seed1"]
+    assert not any("seed" in b for b in brain[0][0][1]) and "ddmr.Trainer.seed = 1" in brain[1][0][1]
+    sources = [[b for b in bindings if b.startswith("ddmr.finetune.checkpoint")] for (_, bindings), _ in finetune]
+    assert [s[0].split("/")[-2] for s in sources] == ["SG-NSD", "SG-NSD-seed1"]
+    names = [m.split("=", 1)[0] for m in calls["evaluate"][0][1]["models"]]
+    assert names == ["SG-NSD", "SG-NSD (seed 1)"]
+
+
 def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
     from ddmr_core.protocol import evaluate_step
 
