@@ -303,6 +303,11 @@ def load_training_state(path, model, optimizer, scheduler) -> dict[str, Any]:
     for key in ("optimizer", "scheduler", "counters"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it cannot be resumed")
+    groups = len(ckpt["optimizer"].get("param_groups", ())) if isinstance(ckpt["optimizer"], dict) else None
+    if groups is not None and groups != len(optimizer.param_groups):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained with {groups} optimiser parameter group(s), the config "
+            f"builds {len(optimizer.param_groups)}; ddmr.Trainer.weighting_lr must be set as it was for the run")
     try:
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -162,6 +162,15 @@ def test_weighting_lr_steps_the_uncertainty_weights_at_their_own_rate(tmp_path):
     assert [g["lr"] for g in r.optimizer.param_groups] == [1e-4, 1e-2]
 
 
+def test_resuming_with_another_weighting_lr_setting_names_it(tmp_path):
+    from ddmr_core.errors import CheckpointError
+
+    uw = "ddmr.build_model.weighting = @ddmr.loss_weightings.uw"
+    make(tmp_path, uw, max_steps=1).fit()
+    with pytest.raises(CheckpointError, match="weighting_lr"):
+        make(tmp_path, uw, "ddmr.Trainer.weighting_lr = 1e-2", max_steps=2, resume=True).fit()
+
+
 def test_without_weighting_lr_there_is_one_group(tmp_path):
     t = make(tmp_path, "ddmr.build_model.weighting = @ddmr.loss_weightings.uw")
     t.setup()
