@@ -35,10 +35,18 @@ class Step:
     description: str = ""
     #: files/folders the step produces, for the summary printed at the end
     outputs: Sequence[str] = field(default_factory=tuple)
+    #: what the step was asked to do (a training budget): a finished step whose key has
+    #: changed since runs again, and so does every step after it
+    key: str = ""
 
 
 def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> dict:
-    """Run ``steps`` in ``out``, skipping those already done. Returns step timings."""
+    """Run ``steps`` in ``out``, skipping those already done. Returns step timings.
+
+    A step is done when its marker (``out/.steps/NAME.done``) exists with the step's
+    :attr:`Step.key` (a marker written before keys existed matches any key). A done step
+    whose key changed (say, a larger ``--max-time``) runs again, resuming its work, and
+    every step after it runs again too."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -48,13 +56,21 @@ def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> d
         raise StepFailed(f"{title}: cannot create output folder {str(out)!r}: {exc}") from exc
     timings = {}
     n = len(steps)
+    redo = False
     for k, step in enumerate(steps, 1):
         marker = marks / f"{step.name}.done"
         head = f"[{title} {k}/{n}] {step.name}"
+        if marker.exists() and not redo:
+            done = json.loads(marker.read_text())
+            if done.get("key", step.key) == step.key:
+                print(f"{head}: done earlier, skipped", flush=True)
+                timings[step.name] = done.get("seconds")
+                continue
+            print(f"{head}: done earlier for {done.get('key')!r}, now asked for {step.key!r}: continuing",
+                  flush=True)
         if marker.exists():
-            print(f"{head}: done earlier, skipped", flush=True)
-            timings[step.name] = json.loads(marker.read_text()).get("seconds")
-            continue
+            marker.unlink()
+        redo = True  # what follows uses this step's output
         print(f"{head}: {step.description}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -67,7 +83,7 @@ def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> d
             ) from exc
         seconds = time.perf_counter() - t0
         timings[step.name] = seconds
-        write_text_atomic(marker, json.dumps({"seconds": seconds}))
+        write_text_atomic(marker, json.dumps({"seconds": seconds, "key": step.key}))
         print(f"{head}: finished in {seconds:.0f} s", flush=True)
     return timings
 
@@ -118,7 +134,8 @@ def train_step(name: str, config: str, run_dir: Path, steps: int | None, binding
 
     budget = [f"{steps} optimiser steps"] if steps else []
     budget += [f"{max_time / 60:.0f} min"] if max_time else []
-    return Step(f"train-{name}", run, f"train {name} for {' or '.join(budget) or 'until early stopping'} ({config})")
+    what = " or ".join(budget) or "until early stopping"
+    return Step(f"train-{name}", run, f"train {name} for {what} ({config})", key=what)
 
 
 def testset_step(dataset: str, pairs: int, size: int, seed: int, out: Path) -> Step:

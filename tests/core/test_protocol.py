@@ -33,6 +33,32 @@ def test_failure_names_the_step_and_rerun_resumes(tmp_path):
     assert calls == ["train", "evaluate"]                # nothing left to do
 
 
+def test_a_larger_budget_continues_a_finished_step_and_redoes_what_follows(tmp_path):
+    calls = []
+
+    def steps(budget):
+        return [Step("prepare", lambda: calls.append("prepare")),
+                Step("train", lambda: calls.append(f"train {budget}"), key=budget),
+                Step("evaluate", lambda: calls.append("evaluate"))]
+
+    run_protocol(tmp_path, steps("45 min"))
+    calls.clear()
+    run_protocol(tmp_path, steps("45 min"))
+    assert calls == []                                    # the same request: all done
+    run_protocol(tmp_path, steps("60 min"))
+    assert calls == ["train 60 min", "evaluate"]          # a new budget: training continues, evaluation redone
+    calls.clear()
+    run_protocol(tmp_path, steps("60 min"))
+    assert calls == []
+
+
+def test_the_train_step_is_keyed_by_its_budget():
+    from ddmr_core.protocol import train_step
+
+    assert train_step("UW-NSD", "c.gin", "r", None, [], "cpu", max_time=2700.0).key == "45 min"
+    assert train_step("UW-NSD", "c.gin", "r", 300, [], "cpu").key == "300 optimiser steps"
+
+
 def test_user_errors_in_a_step_are_reported_as_such(tmp_path):
     def bad():
         raise DdmrError("checkpoint 'x.pt' not found")
