@@ -113,7 +113,7 @@ def fit_affine(
             for _ in range(int(steps)):
                 diag = torch.diagonal(hess, dim1=1, dim2=2)
                 # the ridge keeps a degenerate system (a constant image: all zeros) solvable;
-                # its gradient is zero too, so the step is
+                # its gradient is zero too, so the step is zero
                 ridge = 1e-12 * diag.mean(1, keepdim=True) + 1e-30
                 step, failed = torch.linalg.solve_ex(hess + torch.diag_embed(lam[:, None] * diag + ridge),
                                                      grad[..., None])
