@@ -98,6 +98,8 @@ def fit_affine(
         theta = torch.zeros(b, 3, 4, device=f0.device)
         theta[:, :, :3] = torch.eye(3, device=f0.device)
         theta[:, :, 3] = shift.flip(-1)  # xyz
+        eye = torch.eye(3, device=f0.device)
+        inside = None if scale_bounds is None else min(1 - scale_bounds[0], scale_bounds[1] - 1)
         for factor, steps in zip(levels, iterations):
             if int(steps) <= 0:
                 continue
@@ -119,7 +121,9 @@ def fit_affine(
                                                      grad[..., None])
                 step = torch.where((failed != 0).view(b, 1), 0.0, step[..., 0].nan_to_num(0.0, 0.0, 0.0))
                 trial = theta + step.to(theta.dtype).view(b, 3, 4)
-                if scale_bounds is not None:
+                # every singular value lies within |A - I|_F of 1 (Weyl): the SVD of
+                # clamp_scales is needed only beyond that
+                if inside is not None and float(torch.linalg.matrix_norm(trial[:, :, :3] - eye).max()) > inside:
                     trial[:, :, :3] = clamp_scales(trial[:, :, :3], *scale_bounds)
                 t_ncc, t_grad, t_hess = _ncc_system(f, m, trial, coords)
                 better = t_ncc > ncc
