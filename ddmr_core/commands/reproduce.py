@@ -73,6 +73,8 @@ def build_steps(args) -> list:
     for option, value, low in (("--size", args.size, 2), ("--steps", args.steps, 1), ("--pairs", args.pairs, 1)):
         if value is not None and value < low:  # before any work
             raise DdmrError(f"{option} must be at least {low}, got {value}")
+    if any(int(seed) < 0 for seed in getattr(args, "seeds", None) or [0]):
+        raise DdmrError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
     dataset, folder, baselines = EXPERIMENTS[args.experiment]
     root = Path(args.out)
     exp_dir = root / args.experiment

@@ -155,6 +155,15 @@ def test_reproduce_trains_one_run_per_seed_and_finetunes_each_from_its_own_seed(
     assert names == ["SG-NSD", "SG-NSD (seed 1)"]
 
 
+def test_reproduce_refuses_a_negative_seed_before_any_work(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("reproduce", "brain", "--seeds", "0", "-1", "--out", str(tmp_path / "p"), "--size", "32",
+                  "--light", "--steps", "1", "--designs", "BL-N")
+    assert out.returncode != 0 and out.stderr.count("ddmr: error:") == 1 and "--seeds" in out.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
     from ddmr_core.protocol import evaluate_step
 
