@@ -5,9 +5,13 @@ maps over the foreground labels (no background channel; see ``docs/ARCHITECTURE.
 * ``hausdorff``: differentiable distance-transform Hausdorff loss of Karimi and
   Salcudean (MONAI ``HausdorffDTLoss``): ``mean((p - t)^2 * (d_p^a + d_t^a))`` with
   ``d_p``, ``d_t`` the (non-differentiated) distance-to-boundary maps, in voxels.
+  On CUDA tensors the distance maps come from :func:`distance_transform` on the GPU (MONAI
+  would copy every map to the CPU for SciPy unless cuCIM is installed); on the CPU from SciPy.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -36,6 +40,70 @@ class DiceLoss(nn.Module):
         return self.inner(warped_segs, fixed_segs)
 
 
+def _min_plus_pass(sq: torch.Tensor, dim: int, chunk_bytes: int) -> torch.Tensor:
+    """One separable pass of the squared distance transform along ``dim``:
+    ``out[x] = min_y sq[y] + (x - y)^2`` (Saito and Toriwaki), in chunks of lines."""
+    n = sq.shape[dim]
+    lines = sq.movedim(dim, -1).reshape(-1, n)
+    pos = torch.arange(n, device=sq.device, dtype=sq.dtype)
+    offsets = (pos[:, None] - pos[None, :]) ** 2  # (x, y)
+    out = torch.empty_like(lines)
+    step = max(1, chunk_bytes // (n * n * lines.element_size()))
+    for i in range(0, lines.shape[0], step):
+        out[i:i + step] = (lines[i:i + step, None, :] + offsets).amin(dim=-1)
+    shape = list(sq.movedim(dim, -1).shape)
+    return out.view(shape).movedim(-1, dim)
+
+
+@torch.no_grad()
+def distance_transform(mask: torch.Tensor, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """Exact Euclidean distance, in voxels, from every ``True`` voxel of each volume to the nearest
+    ``False`` voxel (0 on ``False`` voxels), as ``scipy.ndimage.distance_transform_edt``.
+
+    ``mask``: bool ``(..., D, H, W)``; every leading index is one volume. A volume without a
+    ``False`` voxel gets 0 everywhere (SciPy measures to a voxel outside the grid instead; the
+    loss below never asks for one). Brute-force separable passes, ``O(n)`` per voxel and axis:
+    many times faster than SciPy on a GPU, slower on a CPU. ``chunk_bytes`` bounds the
+    temporary ``(lines, n, n)`` tensor of a pass.
+    """
+    big = float(sum(n * n for n in mask.shape[-3:]) + 1)  # above any squared distance in the grid
+    sq = torch.where(mask, torch.tensor(big, device=mask.device), torch.tensor(0.0, device=mask.device))
+    for dim in (-3, -2, -1):
+        sq = _min_plus_pass(sq, sq.dim() + dim, chunk_bytes)
+    return torch.where(sq >= big, torch.zeros_like(sq), sq.sqrt())
+
+
+@functools.lru_cache(maxsize=None)
+def _monai_hausdorff() -> type:
+    """MONAI's ``HausdorffDTLoss`` with its distance maps computed on the GPU for CUDA tensors
+    (a class made on first use: MONAI is imported lazily, as by the other loss plugins)."""
+    from monai.losses import HausdorffDTLoss
+
+    class DeviceHausdorffDTLoss(HausdorffDTLoss):
+        torch_distance: bool | None = None  # None: torch on CUDA tensors, SciPy (via MONAI) otherwise
+
+        def distance_field(self, img: torch.Tensor) -> torch.Tensor:
+            # img: (B, 1, D, H, W) probabilities of one label. MONAI leaves a sample whose mask
+            # is all foreground or all background at 0, and so does this.
+            if not (img.is_cuda if self.torch_distance is None else self.torch_distance):
+                return super().distance_field(img)
+            fg = img > 0.5
+            field = distance_transform(fg) + distance_transform(~fg)
+            flat = fg.flatten(1)
+            defined = (flat.any(1) & ~flat.all(1)).view(-1, *[1] * (img.dim() - 1))
+            return field * defined
+
+    # picklable: pickle finds the class through the module's __getattr__ below
+    DeviceHausdorffDTLoss.__module__, DeviceHausdorffDTLoss.__qualname__ = __name__, "DeviceHausdorffDTLoss"
+    return DeviceHausdorffDTLoss
+
+
+def __getattr__(name: str):
+    if name == "DeviceHausdorffDTLoss":
+        return _monai_hausdorff()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class HausdorffLoss(nn.Module):
     """Distance-transform Hausdorff loss (one-hot in, lower is better, 0 for identical maps).
 
@@ -49,10 +117,8 @@ class HausdorffLoss(nn.Module):
 
     def __init__(self, alpha: float = 2.0, normalise: bool = False):
         super().__init__()
-        from monai.losses import HausdorffDTLoss
-
         self.alpha, self.normalise = alpha, normalise
-        self.inner = HausdorffDTLoss(alpha=alpha, include_background=True)
+        self.inner = _monai_hausdorff()(alpha=alpha, include_background=True)
 
     def forward(self, warped_segs: torch.Tensor, fixed_segs: torch.Tensor) -> torch.Tensor:
         check_pair(warped_segs, fixed_segs, "hausdorff")

@@ -132,6 +132,38 @@ def test_hausdorff_matches_scipy_distance_transforms(registry):
     assert registry.create("losses", "hausdorff")(a, a).item() == 0.0
 
 
+@pytest.mark.parametrize("shape,chunk", [((9, 13, 7), 1 << 28), ((16, 11, 20), 4096)])
+def test_torch_distance_transform_matches_scipy(shape, chunk):
+    from ddmr_plugins.losses.segmentation import distance_transform
+
+    rng = np.random.default_rng(2)
+    masks = rng.random((3,) + shape) > 0.3  # three volumes at once, many small components
+    masks[1] = True
+    masks[1, 2, 3, 4] = False  # one background voxel: distances up to the far corner
+    got = distance_transform(torch.from_numpy(masks), chunk_bytes=chunk).numpy()
+    for k in (0, 1, 2):
+        np.testing.assert_allclose(got[k], distance_transform_edt(masks[k]), rtol=1e-6, atol=1e-5)
+    # a volume without background has no distance: 0, as the loss treats it
+    assert (distance_transform(torch.ones(1, 4, 4, 4, dtype=torch.bool)) == 0).all()
+
+
+def test_hausdorff_torch_distances_match_scipy_path(registry):
+    """The GPU path's distance maps (forced onto the CPU here) give MONAI/SciPy's loss."""
+    import pickle
+
+    a, b = _boxes()
+    rng = np.random.default_rng(3)
+    soft = (b * 0.8 + 0.1 * torch.tensor(rng.random(b.shape), dtype=torch.float32)).clamp(0, 1)
+    soft = torch.cat([soft, a])  # two samples; the second equals the target
+    target = torch.cat([a, a])
+    loss = registry.create("losses", "hausdorff")
+    scipy_value = loss(soft, target).item()
+    loss.inner.torch_distance = True
+    assert loss(soft, target).item() == pytest.approx(scipy_value, rel=1e-5)
+    # picklable although MONAI's class is subclassed lazily (spawned workers, deepcopy)
+    assert pickle.loads(pickle.dumps(loss))(soft, target).item() == pytest.approx(scipy_value, rel=1e-5)
+
+
 def test_hausdorff_grows_with_distance_and_normalises(registry):
     a = torch.zeros(1, 1, 16, 16, 16)
     a[..., 4:8, 4:8, 4:8] = 1
