@@ -180,8 +180,9 @@ def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=N
             raise DdmrError(f"{result.failures} method/pair run(s) failed; see the error column of "
                             f"{str(Path(report) / 'per_pair.csv')!r}")
 
-    what = ", ".join(list(models) + list(baselines))
-    return Step("evaluate", run, f"evaluate {what}")
+    what = ", ".join(list(models) + list(checkpoints or {}) + list(baselines))
+    # keyed by the methods: asking for another set scores them all again, in one run
+    return Step("evaluate", run, f"evaluate {what}", key=what)
 
 
 def __getattr__(name):

@@ -155,6 +155,28 @@ def test_reproduce_trains_one_run_per_seed_and_finetunes_each_from_its_own_seed(
     assert names == ["SG-NSD", "SG-NSD (seed 1)"]
 
 
+def test_reproduce_two_step_scores_the_networks_beside_ants_in_one_run(tmp_path, monkeypatch):
+    """Table 5: the finetuned networks and ANTs on the same pairs, runtimes from one evaluation."""
+    import argparse
+
+    from ddmr_core.commands import reproduce
+
+    calls = _record_library_calls(monkeypatch)
+    (tmp_path / "brain" / "runs" / "UW-NSD").mkdir(parents=True)
+    args = argparse.Namespace(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
+                              designs=["UW-NSD"], seeds=[0], light=True, hybrid=False, device=None)
+    steps = reproduce.build_steps(args)
+    for step in steps:
+        step.run()
+    ((_,), kw), = calls["evaluate"]
+    assert [m.split("=", 1)[0] for m in kw["models"]] == ["UW-NSD"]
+    assert kw["baselines"] == ["ants_syn", "ants_syncc"]
+    # the evaluation is keyed by its methods: another set of designs scores them again
+    args.designs = ["UW-NSD", "SG-NSD"]
+    (tmp_path / "brain" / "runs" / "SG-NSD").mkdir(parents=True)
+    assert steps[-1].key != reproduce.build_steps(args)[-1].key
+
+
 def test_reproduce_refuses_a_negative_seed_before_any_work(tmp_path):
     from conftest import run_cli
 
