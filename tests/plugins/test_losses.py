@@ -147,21 +147,23 @@ def test_torch_distance_transform_matches_scipy(shape, chunk):
     assert (distance_transform(torch.ones(1, 4, 4, 4, dtype=torch.bool)) == 0).all()
 
 
-def test_hausdorff_torch_distances_match_scipy_path(registry):
-    """The GPU path's distance maps (forced onto the CPU here) give MONAI/SciPy's loss."""
+def test_hausdorff_gpu_distance_path_matches_the_cpu_path(registry):
+    """The GPU path's distance maps (torch, forced onto the CPU here) give the CPU path's loss
+    (``edt``, checked against SciPy above), samples without a boundary included."""
     import pickle
 
     a, b = _boxes()
     rng = np.random.default_rng(3)
     soft = (b * 0.8 + 0.1 * torch.tensor(rng.random(b.shape), dtype=torch.float32)).clamp(0, 1)
-    soft = torch.cat([soft, a])  # two samples; the second equals the target
-    target = torch.cat([a, a])
+    # three samples: a soft prediction, one equal to its target, one with empty maps (no boundary)
+    soft = torch.cat([soft, a, torch.zeros_like(a)])
+    target = torch.cat([a, a, torch.zeros_like(a)])
     loss = registry.create("losses", "hausdorff")
-    scipy_value = loss(soft, target).item()
+    cpu_value = loss(soft, target).item()
     loss.inner.torch_distance = True
-    assert loss(soft, target).item() == pytest.approx(scipy_value, rel=1e-5)
+    assert loss(soft, target).item() == pytest.approx(cpu_value, rel=1e-5)
     # picklable although MONAI's class is subclassed lazily (spawned workers, deepcopy)
-    assert pickle.loads(pickle.dumps(loss))(soft, target).item() == pytest.approx(scipy_value, rel=1e-5)
+    assert pickle.loads(pickle.dumps(loss))(soft, target).item() == pytest.approx(cpu_value, rel=1e-5)
 
 
 def test_hausdorff_grows_with_distance_and_normalises(registry):
