@@ -106,6 +106,10 @@ class Trainer(TrainingLoop):
         plateau_factor, plateau_patience: ReduceLROnPlateau on the validation loss (paper 0.1, 10).
         early_stopping_patience: epochs without validation improvement before stopping
             (None: never). Larger than ``plateau_patience`` so the lower rate gets a chance.
+        patience_after_steps: validations before this many optimiser steps neither drop the
+            rate nor count towards early stopping (``best.pt`` is still kept): for training
+            that sits on a plateau at its start before it learns, where the paper's patience
+            would cut the rate, or stop the run, before it has begun (0: the paper).
         min_delta: improvement smaller than this does not count.
         max_nonfinite: stop after this many optimiser steps in a row with a non-finite
             loss or gradient (each such step is skipped).
@@ -143,6 +147,7 @@ class Trainer(TrainingLoop):
         plateau_factor: float = 0.1,
         plateau_patience: int = 10,
         early_stopping_patience: int | None = 30,
+        patience_after_steps: int = 0,
         min_delta: float = 0.0,
         max_nonfinite: int = 10,
         grad_clip: float | None = None,
@@ -167,8 +172,9 @@ class Trainer(TrainingLoop):
             raise ConfigError(f"--max-steps must be >= 0, got {max_steps}")
         if max_time is not None and not max_time > 0:
             raise ConfigError(f"--max-time must be positive, got {max_time}")
-        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ConfigError(f"ddmr.Trainer.warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+        for name, value in (("warmup_steps", warmup_steps), ("patience_after_steps", patience_after_steps)):
+            if int(value) != value or value < 0:
+                raise ConfigError(f"ddmr.Trainer.{name} must be a non-negative integer, got {value!r}")
         self.run_dir = Path(run_dir)
         self.resume, self.max_steps, self.max_time = resume, max_steps, max_time
         self.warmup_steps = int(warmup_steps)
@@ -178,6 +184,7 @@ class Trainer(TrainingLoop):
         self.batch_size, self.accumulate, self.max_epochs = int(batch_size), int(accumulate), int(max_epochs)
         self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
         self.early_stopping_patience, self.min_delta = early_stopping_patience, min_delta
+        self.patience_after_steps = int(patience_after_steps)
         self.max_nonfinite, self.grad_clip, self.seed = int(max_nonfinite), grad_clip, int(seed)
         self.num_workers, self.progress, self.log_images = num_workers, progress, log_images
         self.transfer = transfer

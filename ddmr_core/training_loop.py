@@ -228,7 +228,9 @@ class TrainingLoop:
         """Schedule, checkpoint, early stopping, two-step phases; True to stop."""
         c = self.counters
         val = metrics["loss"]
-        self.scheduler.step(val)
+        counting = c["optimizer_steps"] >= self.patience_after_steps  # the plateau's patience runs
+        if counting:
+            self.scheduler.step(val)
         c["epoch"] += 1
         c["batch_in_epoch"] = 0
         c["phase_epochs"] += 1
@@ -237,7 +239,7 @@ class TrainingLoop:
         improved = healthy and val < c["best_val"] - self.min_delta
         if improved:
             c["best_val"], c["bad_epochs"] = val, 0
-        else:
+        elif counting:
             c["bad_epochs"] += 1
         patience_out = self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience
         stop = patience_out

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ddmr_core.checkpoint import load_model
+from ddmr_core.errors import ConfigError
 from ddmr_core.trainer import TrainingError
 from conftest import TINY_TRAINING, make_trainer
 
@@ -117,6 +118,24 @@ def test_plateau_schedule_and_early_stopping(tmp_path, monkeypatch):
     assert summary["stopped"] == "early_stopping" and t.counters["epoch"] == 4
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["counters"]["epoch"] == 1
+
+
+def test_patience_runs_only_after_the_initial_steps(tmp_path, monkeypatch):
+    """A run that sits on a plateau at its start keeps its rate and is not stopped there."""
+    flat = ("ddmr.datasets.synthetic.subjects = (2, 1, 1)", "ddmr.Trainer.max_epochs = 50",
+            "ddmr.Trainer.plateau_patience = 1", "ddmr.Trainer.early_stopping_patience = 3")
+    probe = make(tmp_path, *flat, run="probe", max_steps=1)
+    probe.setup()
+    per_epoch = len(probe.train_set) // (probe.batch_size * probe.accumulate)
+    t = make(tmp_path, *flat, f"ddmr.Trainer.patience_after_steps = {3 * per_epoch}")
+    monkeypatch.setattr(t, "validate", lambda: {"loss": 1.0})
+    summary = t.fit()
+    # epoch 1 improves; epoch 2 ends before step 3*per_epoch and does not count; epochs 3-5 are
+    # the three bad ones (the scheduler first sees epoch 3, so its cut comes at epoch 5).
+    assert summary["stopped"] == "early_stopping" and t.counters["epoch"] == 5
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="patience_after_steps"):
+        make(tmp_path, "ddmr.Trainer.patience_after_steps = -1", run="bad")
 
 
 def test_mid_epoch_stop_resumes_exactly(tmp_path):
