@@ -29,12 +29,14 @@ def build_model(
     supervision: nn.Module | None = None,
     supervision_weight: float = 1.0,
     prealign_iterations=None,
+    supervision_ramp_steps=0,
 ) -> RegistrationModel:
     """Backbone, loss terms and weighting strategy as one :class:`RegistrationModel`
     (``prealign``, ``refine_iterations``, ``supervision``: see :class:`RegistrationModel`)."""
     return RegistrationModel(backbone, losses, weighting, prealign=prealign, refine_iterations=refine_iterations,
                              supervision=supervision, supervision_weight=supervision_weight,
-                             prealign_iterations=prealign_iterations)
+                             prealign_iterations=prealign_iterations,
+                             supervision_ramp_steps=supervision_ramp_steps)
 
 
 @gin.configurable(module="ddmr")

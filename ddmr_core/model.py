@@ -49,6 +49,13 @@ class RegistrationModel(nn.Module):
             so any design can take it (not in the paper, which is weakly supervised). Its
             value is reported as the term ``"supervision"``.
         supervision_weight: its weight (>= 0).
+        supervision_ramp_steps: in training, the supervision's weight is 0 until optimiser
+            step ``start``, then rises linearly to ``supervision_weight`` at step ``end``:
+            ``(start, end)``, or ``end`` alone for ``(0, end)`` (0: full weight from the
+            start). The design's losses alone move a network off its zero output within a few
+            hundred steps; with the supervision from the start it stays there for thousands
+            (``docs/ARCHITECTURE.md``, "Why the recipe's networks wait"). Validation always
+            uses the full weight, so its losses compare across the run.
         prealign_iterations: ``prealign="affine"`` only: Levenberg-Marquardt iterations of
             the fit at 1/4 and 1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`;
             ``None``: its defaults).
@@ -64,6 +71,7 @@ class RegistrationModel(nn.Module):
         supervision: nn.Module | None = None,
         supervision_weight: float = 1.0,
         prealign_iterations=None,
+        supervision_ramp_steps: int | tuple[int, int] = 0,
     ):
         super().__init__()
         if int(refine_iterations) != refine_iterations or refine_iterations < 0:
@@ -91,8 +99,17 @@ class RegistrationModel(nn.Module):
                               f"(inputs = 'displacement', e.g. @ddmr.losses.epe()), got {supervision!r}")
         if not supervision_weight >= 0:
             raise ConfigError(f"supervision_weight must be >= 0, got {supervision_weight!r}")
+        ramp = (0, supervision_ramp_steps) if isinstance(supervision_ramp_steps, (int, float)) \
+            else tuple(supervision_ramp_steps)
+        if len(ramp) != 2 or any(int(v) != v for v in ramp) or not 0 <= ramp[0] <= ramp[1]:
+            raise ConfigError("supervision_ramp_steps must be an integer >= 0 or (start, end) with "
+                              f"0 <= start <= end, got {supervision_ramp_steps!r}")
         self.supervision = supervision
         self.supervision_weight = float(supervision_weight)
+        self.supervision_ramp = (int(ramp[0]), int(ramp[1]))
+        #: optimiser steps taken so far; the trainer sets it before every training pass
+        #: (what schedules over the run, such as the supervision's ramp, read)
+        self.step = 0
         self.losses = nn.ModuleDict(losses)
         self.loss_names = [n for n, l in losses.items() if l.inputs != "field"]
         self.regulariser_names = [n for n, l in losses.items() if l.inputs == "field"]
@@ -241,6 +258,13 @@ class RegistrationModel(nn.Module):
             return {n: 1.0 for n in self.losses}
         return dict(self.weighting.weights())
 
+    def supervision_scale(self) -> float:
+        """The factor on ``supervision_weight`` now: the ramp in training, 1 otherwise."""
+        start, end = self.supervision_ramp
+        if not self.training or self.step >= end:
+            return 1.0
+        return max(0.0, (self.step - start) / (end - start))
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor]):
         """Forward pass plus loss: returns ``(total, terms, out)``."""
         segs = batch.get("moving_segs") if self.needs_segmentations else None
@@ -252,5 +276,5 @@ class RegistrationModel(nn.Module):
             with torch.autocast(out["disp"].device.type, enabled=False):
                 terms["supervision"] = self.supervision(out["disp"].float(),
                                                         _float(self._disp_true(batch, "supervision")))
-            total = total + self.supervision_weight * terms["supervision"]
+            total = total + self.supervision_scale() * self.supervision_weight * terms["supervision"]
         return total, terms, out

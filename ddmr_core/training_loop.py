@@ -105,6 +105,7 @@ class TrainingLoop:
                 last = i == group_start + group_len - 1
                 self.seen_indices.extend(int(v) for v in torch.as_tensor(sample["index"]).view(-1))
                 batch = self.prepare(sample, train=True)
+                self.model.step = c["optimizer_steps"]  # RegistrationModel.step: schedules over the run
                 sync = contextlib.nullcontext()
                 if self.distributed and not last:
                     sync = self.loss_module.no_sync()

@@ -39,13 +39,33 @@ def test_supervision_is_added_outside_the_weighting():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in supervised.backbone.parameters())
 
 
+def test_supervision_ramps_in_over_training_steps_and_validates_at_full_weight():
+    plain = model()
+    ramped = model(supervision=EndPointError(), supervision_weight=0.5, supervision_ramp_steps=8)
+    total0, _, _ = plain.compute_loss(batch())
+    for step, factor in ((0, 0.0), (2, 0.25), (8, 1.0), (20, 1.0)):
+        ramped.step = step
+        total, terms, _ = ramped.compute_loss(batch())
+        assert total.item() == pytest.approx(total0.item() + factor * 0.5 * terms["supervision"].item(), rel=1e-6)
+    ramped.step = 2
+    ramped.eval()  # validation: the full weight, whatever the step
+    total, terms, _ = ramped.compute_loss(batch())
+    assert total.item() == pytest.approx(total0.item() + 0.5 * terms["supervision"].item(), rel=1e-6)
+    delayed = model(supervision=EndPointError(), supervision_ramp_steps=(4, 8))
+    for step, factor in ((0, 0.0), (4, 0.0), (6, 0.5), (8, 1.0)):
+        delayed.step = step
+        assert delayed.supervision_scale() == factor
+
+
 def test_supervision_needs_pairs_with_a_ground_truth():
     with pytest.raises(ConfigError, match="disp_true"):
         model(supervision=EndPointError()).compute_loss(batch(with_truth=False))
 
 
 @pytest.mark.parametrize("kw, words", [(dict(supervision=NCCLoss()), "inputs = 'displacement'"),
-                                        (dict(supervision=EndPointError(), supervision_weight=-1), ">= 0")])
+                                        (dict(supervision=EndPointError(), supervision_weight=-1), ">= 0"),
+                                        (dict(supervision_ramp_steps=-1), "supervision_ramp_steps"),
+                                        (dict(supervision_ramp_steps=(5, 2)), "start <= end")])
 def test_bad_supervision_settings_are_config_errors(kw, words):
     with pytest.raises(ConfigError, match=words):
         model(**kw)

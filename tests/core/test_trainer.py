@@ -138,6 +138,18 @@ def test_patience_runs_only_after_the_initial_steps(tmp_path, monkeypatch):
         make(tmp_path, "ddmr.Trainer.patience_after_steps = -1", run="bad")
 
 
+def test_the_model_is_told_its_optimiser_step_before_each_pass(tmp_path):
+    """RegistrationModel.step drives schedules over the run (the supervision's ramp)."""
+    t = make(tmp_path, max_steps=3)
+    t.setup()
+    seen = []
+    compute = t.model.compute_loss
+    t.model.compute_loss = lambda b: (t.model.training and seen.append(t.model.step), compute(b))[1]
+    t.fit()
+    # every micro-batch of optimiser step k sees k (an epoch's last group may be shorter)
+    assert seen == sorted(seen) and set(seen) == {0, 1, 2} and max(map(seen.count, {0, 1, 2})) <= t.accumulate
+
+
 def test_mid_epoch_stop_resumes_exactly(tmp_path):
     a = make(tmp_path, "ddmr.Trainer.max_epochs = 1", run="a")
     a.fit()
