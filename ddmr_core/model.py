@@ -263,7 +263,9 @@ class RegistrationModel(nn.Module):
         start, end = self.supervision_ramp
         if not self.training or self.step >= end:
             return 1.0
-        return max(0.0, (self.step - start) / (end - start))
+        if self.step <= start:
+            return 0.0
+        return (self.step - start) / (end - start)
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]):
         """Forward pass plus loss: returns ``(total, terms, out)``."""

@@ -55,6 +55,8 @@ def test_supervision_ramps_in_over_training_steps_and_validates_at_full_weight()
     for step, factor in ((0, 0.0), (4, 0.0), (6, 0.5), (8, 1.0)):
         delayed.step = step
         assert delayed.supervision_scale() == factor
+    switched = model(supervision=EndPointError(), supervision_ramp_steps=(5, 5))  # off, then on
+    assert [(setattr(switched, "step", k), switched.supervision_scale())[1] for k in (4, 5)] == [0.0, 1.0]
 
 
 def test_supervision_needs_pairs_with_a_ground_truth():
