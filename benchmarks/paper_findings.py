@@ -106,8 +106,6 @@ def finding(title: str, comparisons, reports: dict, alpha: float) -> str:
         overall = "reproduced"
     elif "inconclusive" in verdicts:
         overall = "inconclusive (runs missing)"
-    elif any(v in ("opposite", "not reproduced") for v in verdicts):
-        overall = "not reproduced" if all(v != "reproduced" for v in verdicts) else "partly reproduced"
     else:
         overall = "partly reproduced" if "reproduced" in verdicts else "not reproduced"
     counts = ", ".join(f"{v}: {verdicts.count(v)}" for v in dict.fromkeys(verdicts))

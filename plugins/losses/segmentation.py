@@ -45,15 +45,15 @@ def _min_plus_pass(sq: torch.Tensor, dim: int, chunk_bytes: int) -> torch.Tensor
     """One separable pass of the squared distance transform along ``dim``:
     ``out[x] = min_y sq[y] + (x - y)^2`` (Saito and Toriwaki), in chunks of lines."""
     n = sq.shape[dim]
-    lines = sq.movedim(dim, -1).reshape(-1, n)
+    moved = sq.movedim(dim, -1)
+    lines = moved.reshape(-1, n)
     pos = torch.arange(n, device=sq.device, dtype=sq.dtype)
     offsets = (pos[:, None] - pos[None, :]) ** 2  # (x, y)
     out = torch.empty_like(lines)
     step = max(1, chunk_bytes // (n * n * lines.element_size()))
     for i in range(0, lines.shape[0], step):
         out[i:i + step] = (lines[i:i + step, None, :] + offsets).amin(dim=-1)
-    shape = list(sq.movedim(dim, -1).shape)
-    return out.view(shape).movedim(-1, dim)
+    return out.view(moved.shape).movedim(-1, dim)
 
 
 @torch.no_grad()
