@@ -7,6 +7,8 @@
                                                         #       beside ANTs SyN and SyNCC
     ddmr reproduce baselines         --out paper_runs   # (iii) Table 5's ANTs rows alone
     ddmr reproduce brain --seeds 0 1 --out paper_runs   # every design twice, rows side by side
+    ddmr reproduce finetune_two_step --designs BL-N --train-only --out paper_runs
+                                                        # train one design now, score all later
     python benchmarks/augmentation_overhead.py          # (iv)  training-runtime cost of augmentation
 
 All experiments share ``OUT/data/<dataset>`` (prepared caches) and
@@ -68,6 +70,10 @@ def add_arguments(parser):
                         help="ddmr's hybrid model (mixins/model/hybrid.gin: affine initialisation, diffeomorphic "
                              "field, instance optimisation at inference); the report also scores the models "
                              "without refinement. Not the paper's method")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the runs and stop before the test set and the evaluation: train design "
+                             "by design, then score them all in one evaluation (so the runtimes compare) by "
+                             "running the command again without it")
     parser.add_argument("--device", default=None, help="device: cpu, cuda, cuda:N or mps (default: cuda if available)")
 
 
@@ -78,6 +84,8 @@ def build_steps(args) -> list:
     if any(int(seed) < 0 for seed in getattr(args, "seeds", None) or [0]):
         raise DdmrError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
     dataset, folder, baselines = EXPERIMENTS[args.experiment]
+    if folder is None and getattr(args, "train_only", False):
+        raise DdmrError(f"--train-only: the {args.experiment} experiment trains nothing")
     root = Path(args.out)
     exp_dir = root / args.experiment
     size = int(args.size)
@@ -112,6 +120,9 @@ def build_steps(args) -> list:
                 runs[name] = exp_dir / "runs" / folder_name
                 steps.append(train_step(name, f"experiments/{folder}/{f}.gin", runs[name], max_steps,
                                         extra, args.device, max_time=getattr(args, "max_time", None)))
+    if getattr(args, "train_only", False):
+        # the markers of the train steps stay: a later run without the flag skips them
+        return steps
     steps.append(testset_step(dataset, pairs, size, 2023, testset))
     steps.append(evaluate_step(testset, runs, baselines, exp_dir / "report", args.device,
                                unrefined=bool(runs) and getattr(args, "hybrid", False)))
@@ -121,6 +132,9 @@ def build_steps(args) -> list:
 def run(args) -> int:
     out = Path(args.out) / args.experiment
     run_protocol(out, build_steps(args), title=args.experiment)
+    if getattr(args, "train_only", False):
+        print(f"trained (--train-only); run the command again without it to score the runs in {out / 'report'}")
+        return 0
     summary = out / "report" / "summary.md"
     print(summary.read_text() if summary.exists() else "(no summary table was written)")
     return 0

@@ -177,6 +177,42 @@ def test_reproduce_two_step_scores_the_networks_beside_ants_in_one_run(tmp_path,
     assert steps[-1].key != reproduce.build_steps(args)[-1].key
 
 
+def test_reproduce_trains_design_by_design_then_scores_them_all_in_one_evaluation(tmp_path, monkeypatch):
+    """``--train-only`` stops before the test set; the same command without it skips the
+    trained runs (their markers) and scores every design beside ANTs in one evaluation."""
+    import argparse
+
+    from ddmr_core.commands import reproduce
+
+    calls = _record_library_calls(monkeypatch)
+    for design in ("BL-N", "SG-NSD"):
+        (tmp_path / "brain" / "runs" / design).mkdir(parents=True)
+    exp = tmp_path / "finetune_two_step"
+
+    def args(designs, train_only):
+        return argparse.Namespace(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
+                                  designs=designs, seeds=[0], light=True, hybrid=False, device=None,
+                                  train_only=train_only)
+
+    for design in ("BL-N", "SG-NSD"):
+        run_protocol(exp, reproduce.build_steps(args([design], True)))
+    assert [kw["run_dir"].name for _, kw in calls["train"]] == ["BL-N", "SG-NSD"]
+    assert "testset" not in calls and "evaluate" not in calls
+    run_protocol(exp, reproduce.build_steps(args(["BL-N", "SG-NSD"], False)))
+    assert len(calls["train"]) == 2  # nothing trained again
+    ((_,), kw), = calls["evaluate"]
+    assert [m.split("=", 1)[0] for m in kw["models"]] == ["BL-N", "SG-NSD"]
+    assert kw["baselines"] == ["ants_syn", "ants_syncc"]
+
+
+def test_reproduce_train_only_refuses_the_experiment_without_training(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("reproduce", "baselines", "--train-only", "--out", str(tmp_path / "p"), "--size", "32")
+    assert out.returncode != 0 and out.stderr.count("ddmr: error:") == 1 and "trains nothing" in out.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_reproduce_refuses_a_negative_seed_before_any_work(tmp_path):
     from conftest import run_cli
 
