@@ -84,7 +84,8 @@ def build_steps(args) -> list:
     if any(int(seed) < 0 for seed in getattr(args, "seeds", None) or [0]):
         raise DdmrError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
     dataset, folder, baselines = EXPERIMENTS[args.experiment]
-    if folder is None and getattr(args, "train_only", False):
+    train_only = getattr(args, "train_only", False)
+    if folder is None and train_only:
         raise DdmrError(f"--train-only: the {args.experiment} experiment trains nothing")
     root = Path(args.out)
     exp_dir = root / args.experiment
@@ -120,7 +121,7 @@ def build_steps(args) -> list:
                 runs[name] = exp_dir / "runs" / folder_name
                 steps.append(train_step(name, f"experiments/{folder}/{f}.gin", runs[name], max_steps,
                                         extra, args.device, max_time=getattr(args, "max_time", None)))
-    if getattr(args, "train_only", False):
+    if train_only:
         # the markers of the train steps stay: a later run without the flag skips them
         return steps
     steps.append(testset_step(dataset, pairs, size, 2023, testset))
