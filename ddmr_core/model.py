@@ -34,7 +34,8 @@ class RegistrationModel(nn.Module):
         losses: ``{name: loss module}``; each module has ``inputs`` in :data:`LOSS_INPUTS`.
         weighting: a loss-weighting factory ``(loss_names, regulariser_names) -> module``
             or an already built module; ``None`` sums the terms with weight 1.
-        prealign: ``None`` (the paper), ``"centroid"`` or ``"affine"``: a global alignment
+        prealign: ``None`` (the paper), ``"centroid"``, ``"affine"`` or ``"affine_mi"`` (for
+            pairs of different contrasts): a global alignment
             (:mod:`ddmr_core.prealign`) applied to the moving image before the backbone
             runs, so that the backbone predicts the residual. The returned field is the
             total one, used like any other. It is the initialisation ANTs and ITK start
@@ -56,9 +57,10 @@ class RegistrationModel(nn.Module):
             hundred steps; with the supervision from the start it stays there for thousands
             (``docs/ARCHITECTURE.md``, "Why the recipe's networks wait"). Validation always
             uses the full weight, so its losses compare across the run.
-        prealign_iterations: ``prealign="affine"`` only: Levenberg-Marquardt iterations of
-            the fit at 1/4 and 1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`;
-            ``None``: its defaults).
+        prealign_iterations: ``prealign="affine"``: Levenberg-Marquardt iterations of the
+            fit at 1/4 and 1/2 resolution (:func:`~ddmr_core.prealign.fit_affine`);
+            ``"affine_mi"``: its mutual-information steps there
+            (:func:`~ddmr_core.prealign.fit_affine_mi`); ``None``: their defaults.
     """
 
     def __init__(

@@ -13,6 +13,12 @@ do the same (``prealign=``):
   global NCC by Levenberg-Marquardt over a coarse-to-fine pyramid (:func:`fit_affine`).
   Affine, not rigid, because the model sees voxel arrays without their spacing: a rigid motion in
   millimetres is an affine map in voxels of an anisotropic grid.
+* ``"affine_mi"``: the same 12 parameters without assuming that the two images share a
+  contrast (a T2 or FLAIR scan against a T1 template, an inverted image):
+  :func:`fit_affine_mi` first fits the images' foreground masks
+  (:func:`foreground_mask`: what differs from the background, whatever its brightness)
+  by the NCC fit above, then maximises the images' mutual information
+  (:func:`ddmr_core.similarity.mutual_information`) from there.
 
 Both return a pull field in voxels of the fixed grid (``(B, 3, D, H, W)``, array-axis
 order, ``docs/ARCHITECTURE.md``), and are computed without gradient to the network: the
@@ -26,9 +32,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .similarity import mutual_information
 from .spatial import grid_sample, identity_grid, intensity_centroid, normalised_scale
 
-METHODS = (None, "centroid", "affine")
+METHODS = (None, "centroid", "affine", "affine_mi")
+#: foreground_mask: voxels further than this fraction of the robust intensity range
+#: (0.5 to 99.5 percentiles) from the background level
+FOREGROUND_FRACTION = 0.1
 
 
 def centroid_shift(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -135,6 +145,81 @@ def fit_affine(
         return theta
 
 
+def background_level(image: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` median intensity of the outermost voxel layer of ``(B, C, D, H, W)``: the
+    background's level, dark (a T1 or T2 scan) or bright (an inverted image) alike."""
+    faces = [image[:, :, i].flatten(1) for i in (0, -1)] + [image[:, :, :, i].flatten(1) for i in (0, -1)] \
+        + [image[..., i].flatten(1) for i in (0, -1)]
+    return torch.cat(faces, 1).median(1).values
+
+
+def foreground_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) -> torch.Tensor:
+    """``(B, 1, D, H, W)`` 0/1 mask of the voxels of ``(B, 1, D, H, W)`` images that differ
+    from the background (:func:`background_level`) by more than ``fraction`` of the robust
+    intensity range (0.5 to 99.5 percentiles, per sample). Unlike a threshold above the
+    minimum it does not depend on the contrast: an image and its inversion have the same
+    mask."""
+    flat = image.detach().float().flatten(1)
+    if flat.shape[1] > 2 ** 24:  # torch.quantile's limit; a regular subsample is as good
+        flat = flat[:, :: -(-flat.shape[1] // 2 ** 24)]
+    q = torch.quantile(flat, torch.tensor([0.005, 0.995], device=flat.device), dim=1)
+    rng = (q[1] - q[0]).clamp_min(1e-12).view(-1, 1, 1, 1, 1)
+    bg = background_level(image.detach().float()).view(-1, 1, 1, 1, 1)
+    return ((image.detach().float() - bg).abs() > fraction * rng).float()
+
+
+def fit_affine_mi(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    levels: Sequence[int] = (4, 2),
+    iterations: Sequence[int] = (20, 10),
+    rates: Sequence[float] = (1e-2, 4e-3),
+    bins: int = 32,
+) -> torch.Tensor:
+    """Affine pre-alignment that does not assume equal contrast: ``(B, 3, 4)`` ``theta``.
+
+    1. The foreground masks (:func:`foreground_mask`, blurred over 3 voxels so the fit
+       sees a smooth edge) are aligned by :func:`fit_affine` (global NCC of the masks,
+       Levenberg-Marquardt from their centroids): the outline of the head or brain, which
+       no contrast changes.
+    2. From there, Adam steps on ``theta`` maximise the mutual information of the images
+       (:func:`~ddmr_core.similarity.mutual_information`, ``bins`` bins) at each pyramid
+       level (``levels``: average-pooling factors, ``iterations`` steps at learning rate
+       ``rates`` each): the inside of the outline.
+
+    On the 64^3 brain template moved by up to 10 degrees and 16 voxels, with the moving
+    image's contrast inverted, step 1 leaves ~0.5 voxel of mean error over the brain and
+    step 2 ~0.25, as close as :func:`fit_affine` gets on a same-contrast pair (tested in
+    ``tests/core/test_prealign.py``).
+
+    Args:
+        fixed, moving: ``(B, 1, D, H, W)`` images on one grid, intensities in [0, 1].
+    """
+    if not len(levels) == len(iterations) == len(rates):
+        raise ValueError("levels, iterations and rates must have the same length")
+    with torch.inference_mode(False), torch.no_grad():
+        f0, m0 = fixed.detach().float().clone(), moving.detach().float().clone()
+        masks = [F.avg_pool3d(foreground_mask(x), 3, stride=1, padding=1) for x in (f0, m0)]
+        theta = fit_affine(*masks).float()
+    for factor, steps, rate in zip(levels, iterations, rates):
+        if int(steps) <= 0:
+            continue
+        with torch.inference_mode(False), torch.enable_grad():
+            f = F.avg_pool3d(f0, int(factor)) if factor > 1 else f0
+            m = F.avg_pool3d(m0, int(factor)) if factor > 1 else m0
+            theta = theta.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([theta], lr=float(rate))
+            for _ in range(int(steps)):
+                grid = F.affine_grid(theta, (theta.shape[0], 1, *m.shape[2:]), align_corners=True)
+                warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+                loss = -mutual_information(warped, f, bins).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        theta = theta.detach()
+    return theta
+
+
 def _ncc_system(f: torch.Tensor, m: torch.Tensor, theta: torch.Tensor, coords: torch.Tensor):
     """Global NCC of ``warp(m, theta)`` with ``f`` (``(B, N)``, centred, unit norm) and its
     Gauss-Newton gradient ``(B, 12)`` and matrix ``(B, 12, 12)`` (float64) in ``theta``.
@@ -201,7 +286,8 @@ def prealign_field(method: str | None, fixed: torch.Tensor, moving: torch.Tensor
             t = centroid_shift(fixed, moving).to(fixed.dtype)
             eye = torch.eye(3, device=fixed.device, dtype=fixed.dtype).expand(b, 3, 3)
             return t[:, :, None, None, None].expand(-1, -1, *shape), eye
-        if method == "affine":
-            theta = fit_affine(fixed, moving) if iterations is None else fit_affine(fixed, moving, iterations=iterations)
+        if method in ("affine", "affine_mi"):
+            fit = fit_affine if method == "affine" else fit_affine_mi
+            theta = fit(fixed, moving) if iterations is None else fit(fixed, moving, iterations=iterations)
             return affine_field(theta, shape).to(fixed.dtype), voxel_matrix(theta, shape).to(fixed.dtype)
     raise ValueError(f"prealign must be one of {METHODS}, got {method!r}")

@@ -159,10 +159,14 @@ class Preprocess:
         """The image's foreground, a boolean mask: what a recipe that crops around labels
         crops to when there is no label map (inference on users' images).
 
-        Voxels above ``min + FOREGROUND_FRACTION * (p - min)``, ``p`` the
-        ``FOREGROUND_PERCENTILE`` percentile (a few hot voxels do not move it), computed
-        after clipping to the recipe's ``window`` if it has one (CT: air and the scanner's
-        padding value fall below it); then connected parts smaller than
+        Voxels whose intensity differs from the background's by more than
+        ``FOREGROUND_FRACTION`` of the robust range (the 0.5 to ``FOREGROUND_PERCENTILE``
+        percentiles; a few hot voxels do not move it), computed after clipping to the
+        recipe's ``window`` if it has one (CT: air and the scanner's padding value fall
+        below it). The background's level is the median of the volume's outermost voxel
+        layer (:func:`ddmr_core.prealign.background_level`), so a scan with a bright
+        background (an inverted image) gives the same mask as its dark-background
+        counterpart. Then connected parts smaller than
         ``FOREGROUND_MIN_PART`` of the largest are dropped, so that a stray bright voxel
         or a small object beside the body does not widen the crop. On a skull-stripped
         brain (the ``mni_brain`` template) this is the brain, the region its label map
@@ -170,11 +174,15 @@ class Preprocess:
         v = np.asarray(image, dtype=np.float32)
         if self.window is not None:
             v = np.clip(v, *self.window)
-        lo = float(v.min())
-        hi = float(np.percentile(v, FOREGROUND_PERCENTILE))
-        if hi <= lo:  # a small bright object on a flat background
-            hi = float(v.max())
-        mask = v > lo + FOREGROUND_FRACTION * (hi - lo)
+        import torch
+
+        from .prealign import background_level
+
+        lo, hi = (float(q) for q in np.percentile(v, [100 - FOREGROUND_PERCENTILE, FOREGROUND_PERCENTILE]))
+        if hi <= lo:  # a small object on a flat background
+            lo, hi = float(v.min()), float(v.max())
+        bg = float(background_level(torch.from_numpy(np.ascontiguousarray(v))[None, None])[0])
+        mask = np.abs(v - bg) > FOREGROUND_FRACTION * (hi - lo)
         parts, n = ndimage.label(mask)
         if n > 1:
             sizes = np.bincount(parts.ravel())[1:]

@@ -3,7 +3,7 @@
 Each is an ``nn.Module`` mapping the pipeline's state dict to a new one (see
 :mod:`ddmr_core.augment`); geometric steps (``tps``, ``rigid``) fold their field into the
 ground truth, ``resize`` resamples everything, intensity steps (``gamma``, ``brightness``,
-``normalize``) change intensities only.
+``normalize``, ``synth_contrast``) change intensities only.
 """
 
 from ddmr_core.hookspecs import hookimpl
@@ -12,6 +12,7 @@ from ddmr_core.hookspecs import hookimpl
 @hookimpl(trylast=True)
 def ddmr_augmenters():
     from .brightness import Brightness
+    from .contrast import SynthContrast
     from .gamma import Gamma
     from .normalize import Normalize
     from .resize import Resize
@@ -25,4 +26,5 @@ def ddmr_augmenters():
         "brightness": Brightness,
         "resize": Resize,
         "normalize": Normalize,
+        "synth_contrast": SynthContrast,
     }

@@ -6,7 +6,9 @@ All are "lower is better": ``1 - similarity``.
 * ``lncc``: local (windowed) squared NCC, MONAI's ``LocalNormalizedCrossCorrelationLoss``;
 * ``ssim``: 3-D SSIM with a Gaussian window, computed separably (the statistics of MONAI's
   ``SSIMLoss`` and scikit-image's ``structural_similarity(gaussian_weights=True,
-  use_sample_covariance=False)``).
+  use_sample_covariance=False)``);
+* ``mi``: mutual information (:func:`ddmr_core.similarity.mutual_information`), which,
+  unlike the three above, does not assume that the two images share a contrast.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddmr_core.similarity import global_ncc
+from ddmr_core.similarity import global_ncc, mutual_information
 
 from .common import check_pair
 
@@ -118,6 +120,31 @@ class SSIMLoss(nn.Module):
         return 1.0 - ssim.mean()
 
 
+class MILoss(nn.Module):
+    """``1 - NMI``: normalised mutual information
+    (:func:`ddmr_core.similarity.mutual_information` with ``normalised=True``), per sample
+    and channel, averaged. About [0, 1]; 0 when either image's intensities determine the
+    other's by a one-to-one map (an inversion, a T1 against a T2-like remap): a similarity
+    for pairs of different contrasts.
+
+    Args:
+        bins: histogram bins over [0, 1] per image.
+    """
+
+    inputs = "image"
+
+    def __init__(self, bins: int = 32):
+        super().__init__()
+        if int(bins) != bins or bins < 2:
+            raise ValueError(f"mi: bins must be an integer >= 2, got {bins!r}")
+        self.bins = int(bins)
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        check_pair(warped, fixed, "mi")
+        nmi = mutual_information(warped.flatten(0, 1), fixed.flatten(0, 1), self.bins, normalised=True)
+        return 1.0 - nmi.mean()
+
+
 def ncc(eps: float = 1e-12) -> NCCLoss:
     return NCCLoss(eps)
 
@@ -128,3 +155,7 @@ def lncc(win: int = 9, kernel: str = "rectangular") -> LNCCLoss:
 
 def ssim(win: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> SSIMLoss:
     return SSIMLoss(win, sigma, data_range)
+
+
+def mi(bins: int = 32) -> MILoss:
+    return MILoss(bins)

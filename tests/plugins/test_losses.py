@@ -11,7 +11,7 @@ from ddmr_core.errors import DataError
 from ddmr_core.registry import Registry
 
 EXPECTED = {
-    "ncc": "image", "lncc": "image", "ssim": "image",
+    "ncc": "image", "lncc": "image", "ssim": "image", "mi": "image",
     "dice": "segmentation", "hausdorff": "segmentation",
     "grad_l2": "field", "bending": "field",
 }
@@ -267,3 +267,16 @@ def test_epe_is_the_mean_euclidean_distance_between_fields(registry):
 def test_epe_rejects_fields_of_different_grids(registry):
     with pytest.raises(DataError, match="same shape"):
         registry.create("losses", "epe")(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 5))
+
+
+def test_mi_loss_is_zero_for_any_one_to_one_contrast_map_and_large_for_unrelated_images(registry):
+    a, b = _images()
+    loss = registry.create("losses", "mi")
+    assert loss.inputs == "image"
+    assert loss(T(a), T(a)).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(T(1 - a), T(a)).item() == pytest.approx(0.0, abs=1e-5)  # inverted contrast
+    unrelated = np.random.default_rng(5).random(a.shape)
+    assert loss(T(unrelated), T(a)).item() > 0.7
+    assert 0.0 < loss(T(b), T(a)).item() < loss(T(unrelated), T(a)).item()
+    with pytest.raises(DataError, match="loss mi.*same shape"):
+        loss(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 6))
