@@ -19,6 +19,7 @@ import threading
 import traceback
 
 from . import __version__
+from .config_trust import trusted_configs
 from .errors import DdmrError
 
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             if not getattr(args, "_run", None):
                 parser.print_help()
                 return 0
-            return int(args._run(args) or 0)
+            with trusted_configs(getattr(args, "trust_config", False)):
+                return int(args._run(args) or 0)
     except DdmrError as exc:
         if debug:
             traceback.print_exc()

@@ -23,6 +23,7 @@ from typing import Iterable, NamedTuple, Sequence
 import gin
 from gin import config_parser
 
+from .config_trust import safe_syntax_message, vet_configs
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry, unknown_name_message
 
@@ -89,12 +90,19 @@ def parse_config(
     registry: Registry | None = None,
     text: str | None = None,
     check_macros: bool = False,
+    trusted: bool | None = None,
 ) -> Registry:
     """Clear gin, register plugins, and parse config files, a config text and bindings.
 
     Returns the registry used, so callers can build components from it. With
     ``check_macros`` (for complete experiment configs, not mix-ins), a macro used but never
     bound is an error naming it.
+
+    Configs are data: before gin acts on anything, files, text and bindings are vetted by
+    :func:`ddmr_core.config_trust.vet_configs` (imports of ddmr's and its plugins' modules
+    only, includes only of .gin files in the shipped configs and the configs' own folder
+    trees, no include cycles) unless ``trusted`` (None: :func:`~ddmr_core.config_trust.
+    trusted_configs`, what ``--trust-config`` sets).
 
     Raises:
         ConfigError: a file is missing or malformed, a binding is malformed, or a
@@ -114,6 +122,8 @@ def parse_config(
     where = ", ".join(str(p) for p in paths) or "bindings"
     part = where  # what is being parsed, for the error message
     try:
+        texts = ([("config text", text)] if text else []) + ([("gin bindings", "\n".join(bindings))] if bindings else [])
+        vet_configs(paths, texts, trusted)
         for p in paths:
             gin.parse_config_file(str(p))
         if text:
@@ -191,8 +201,12 @@ def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Excep
         except UnknownNameError:
             return ConfigError(f"{where}: unknown configurable {m.group(1)!r}")
         return UnknownNameError(f"{where}: " + unknown_name_message(kind, name, available))
+    if isinstance(exc, SyntaxError):  # name the file and line, never quote its content
+        at = f" ({exc.filename or 'bindings'}, line {exc.lineno})" if exc.lineno else ""
+        return ConfigError(f"{where}: invalid gin config: {safe_syntax_message(exc)}{at}")
     first = msg.splitlines()[0] if msg else type(exc).__name__
-    detail = " ".join(line.strip() for line in msg.splitlines()[1:3])
+    # gin appends "In file ..., line N" and then the line itself: keep the location only
+    detail = " ".join(line.strip() for line in msg.splitlines()[1:2])
     text = f"{where}: invalid gin config: {first}"
     if detail:
         text += f" [{detail}]"

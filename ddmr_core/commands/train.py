@@ -8,7 +8,7 @@ trains with DistributedDataParallel.
 
 from __future__ import annotations
 
-from . import duration
+from . import add_trust_config_argument, duration
 
 NAME = "train"
 HELP = "train a registration model from a gin config (resume, finetune, multi-device)"
@@ -29,6 +29,7 @@ def add_arguments(parser):
                              "the whole run across resumes, e.g. 45m, 1h30m, 900s (a resumable checkpoint is kept)")
     parser.add_argument("--device", default=None,
                         help="training device: cpu, cuda, cuda:N or mps (default: cuda when available)")
+    add_trust_config_argument(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last.pt")
 
