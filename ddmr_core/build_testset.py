@@ -163,6 +163,7 @@ def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, spl
     :func:`build_testset` ``pairs`` pairs on the grid ``size^3`` into ``out``."""
     from .config import resolve_config
     from .experiment import build_augmentation, build_named_dataset
+    from .guards import check_inputs_outside
     from .io import check_output_folder
     from .testset import MANIFEST, is_testset_output
 
@@ -172,6 +173,8 @@ def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, spl
     if out.is_dir() and (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"{str(out)!r} already holds a test set; pass --overwrite to replace it")
     check_output_folder(out, "--out", replaceable=is_testset_output, what="ddmr build-testset")
+    check_inputs_outside(out, {"--augment config": resolve_config(augment),
+                               **{f"--config {c}": resolve_config(c) for c in configs}})
     bindings = list(bindings) + [f"ddmr.build_augmentation.seed = {int(seed)}"]
     data, _ = build_named_dataset(dataset, [resolve_config(augment), *configs], bindings, size)
     return build_testset(data, build_augmentation(), out, pairs, (size,) * 3, seed, split, dataset, log=log,

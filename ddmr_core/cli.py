@@ -2,8 +2,9 @@
 
 Sub-commands live one per module in :mod:`ddmr_core.commands`; each module defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. User errors
-(:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; ``--debug``
-shows the traceback. Ctrl-C and SIGTERM stop a command the same way (temporary outputs
+(:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; so do errors the
+system reports (``OSError``: disk full, permission refused; ``MemoryError``), status 1;
+``--debug`` shows the traceback. Ctrl-C and SIGTERM stop a command the same way (temporary outputs
 removed): one line, exit status 130 and 143.
 """
 
@@ -96,6 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ddmr: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # the system refused a file operation (disk full, permission, a name too long):
+        # not a ddmr bug, so one line like a user error (temporary outputs are removed)
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        why = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        print(f"ddmr: error: {why}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print("ddmr: error: out of memory (use smaller images or grids)", file=sys.stderr)
+        return 1
     except Terminated:
         print("ddmr: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM

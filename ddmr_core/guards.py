@@ -82,12 +82,18 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.0f} MiB"
 
 
-def check_memory(needed: float, what: str, skip: bool = False) -> None:
+def check_memory(needed: float, what: str, skip: bool = False, device=None) -> None:
     """Raise :class:`DataError` when ``needed`` bytes (an estimate) exceed the memory
-    available (:func:`available_memory`), unless ``skip`` (``--no-memory-check``)."""
+    available (:func:`available_memory`; on a CUDA ``device``, its free memory), unless
+    ``skip`` (``--no-memory-check``)."""
     if skip:
         return
     avail = available_memory()
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        free = int(torch.cuda.mem_get_info(device)[0])
+        avail = free if avail is None or MEMORY_LIMIT_ENV not in os.environ else min(avail, free)
     if avail is not None and needed > avail:
         raise DataError(f"{what} needs about {_gib(needed)} of memory, more than the {_gib(avail)} available; "
                         "use smaller images or grids, or pass --no-memory-check to try anyway")

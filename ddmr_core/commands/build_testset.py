@@ -41,6 +41,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    build_testset_named(args.dataset, args.pairs, args.size, args.seed, args.out, args.split, args.augment,
-                        args.config, args.gin, overwrite=args.overwrite, original_grid=args.original_grid)
+    from ..locks import output_lock
+
+    # held before the --overwrite check: a second run at once stops instead of passing it too
+    with output_lock(args.out, "build-testset"):
+        build_testset_named(args.dataset, args.pairs, args.size, args.seed, args.out, args.split, args.augment,
+                            args.config, args.gin, overwrite=args.overwrite, original_grid=args.original_grid)
     return 0

@@ -38,7 +38,13 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from ..evaluate import evaluate
+    from ..locks import output_lock
 
+    with output_lock(args.out, "evaluate"):
+        return _run(args, evaluate)
+
+
+def _run(args, evaluate) -> int:
     result = evaluate(
         args.testset,
         models=args.model,

@@ -28,13 +28,17 @@ def run(args) -> int:
 
     from ..checkpoint import export_model
     from ..errors import DataError
+    from ..guards import check_not_input
     from ..io import check_output_file
 
     out = check_output_file(args.out, suffixes=(".pt",))  # before any work
+    check_not_input(out, {"checkpoint": args.checkpoint, "card": args.card})
     card = None
     if args.card:
         try:
             card = json.loads(Path(args.card).read_text())
+        except RecursionError:  # json nests by recursion: a crafted card is deep
+            raise DataError(f"--card {args.card!r} is nested too deeply to be a model card") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"--card {args.card!r} is not a readable JSON file: {exc}") from exc
         if not isinstance(card, dict):

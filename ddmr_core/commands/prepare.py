@@ -38,5 +38,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    prepare_named(args.dataset, args.out, args.size, args.config, args.gin, args.splits, args.workers)
+    from ..locks import output_lock
+
+    with output_lock(args.out, "prepare"):
+        prepare_named(args.dataset, args.out, args.size, args.config, args.gin, args.splits, args.workers)
     return 0
