@@ -42,12 +42,12 @@ def check_spacing(affine, what: str) -> None:
         raise DataError(f"{what} has a non-finite voxel spacing ({shown})")
     if spacing.min() < MIN_SPACING_MM:
         raise DataError(
-            f"{what} has a voxel spacing of ({shown}) mm, below {MIN_SPACING_MM} mm: the header's spacing is "
+            f"{what} has a voxel spacing of ({shown}) mm, below {MIN_SPACING_MM:g} mm: the header's spacing is "
             "probably in metres or centimetres instead of millimetres (NIfTI xyzt_units); fix the header "
             "(e.g. multiply pixdim by 1000 for metres)")
     if spacing.max() > MAX_SPACING_MM:
         raise DataError(
-            f"{what} has a voxel spacing of ({shown}) mm, above {MAX_SPACING_MM} mm: the header's spacing is "
+            f"{what} has a voxel spacing of ({shown}) mm, above {MAX_SPACING_MM:g} mm: the header's spacing is "
             "probably wrong (a slice count or a wrong unit stored as the spacing?); fix pixdim in the header")
 
 

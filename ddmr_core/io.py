@@ -367,6 +367,16 @@ def _path_errors(check):
     return checked
 
 
+def _check_link(path: Path) -> None:
+    """A symlink loop raises ``OSError`` (ELOOP) here, not later mid-write; a dangling
+    link is replaced like a missing file."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+
+
 @_path_errors
 def check_output_folder(path: str | Path, option: str = "--out", *, replace: bool = True,
                         replaceable: Callable[[Path], bool] | None = None, what: str = "ddmr") -> Path:
@@ -382,6 +392,7 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
         DataError: one line naming ``option``, the folder and the problem.
     """
     path = Path(path)
+    _check_link(path)
     if replace and path.parent.is_dir():  # what killed runs left beside ``path``
         _restore_swapped_out(path)  # killed in the middle of a fallback swap
         remove_stale_temporaries(path.parent, path.name)
@@ -413,6 +424,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes=NIFTI_SU
             cannot be written.
     """
     path = Path(path)
+    _check_link(path)
     if path.is_dir():
         raise DataError(f"{option} {str(path)!r} is a folder; give a file name")
     if suffixes and not str(path).lower().endswith(tuple(suffixes)):

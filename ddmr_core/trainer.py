@@ -288,6 +288,9 @@ class Trainer(TrainingLoop):
         self.labels = tuple(getattr(self.dataset, "labels", ()) or ())
         if hasattr(self.model, "check_segmentations"):  # before anything is written
             self.model.check_segmentations(self.labels)
+        if not len(getattr(self.model, "losses", (None,))) and getattr(self.model, "supervision", None) is None:
+            raise ConfigError("the model has no loss to train on: bind ddmr.build_model.losses (e.g. include a "
+                              "mixins/losses/ config) or ddmr.build_model.supervision")
         self.model.to(self.device).train()
         self.augmentation.to(self.device)
 

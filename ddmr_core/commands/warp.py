@@ -35,7 +35,7 @@ def run(args) -> int:
 
     from ..field_io import load_field
     from ..guards import check_not_input, check_spacing
-    from ..io import check_finite, check_output_file, load_image, load_label_map, save_image, save_label_map
+    from ..io import check_field, check_finite, check_output_file, load_image, load_label_map, save_image, save_label_map
     from ..spatial import apply_field
 
     out = check_output_file(args.out)  # before any work
@@ -43,6 +43,7 @@ def run(args) -> int:
     t = time.perf_counter()
     disp, affine = load_field(args.field)
     check_spacing(affine, f"field {args.field!r}")
+    check_field(f"field {args.field!r}", disp)  # moving voxels by > 10 grid extents: no registration
     volume, volume_affine = (load_label_map if args.labels else load_image)(args.moving)
     check_spacing(volume_affine, f"moving image {args.moving!r}")
     warped = apply_field(disp, affine, volume, volume_affine, labels=args.labels)
