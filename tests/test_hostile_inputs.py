@@ -335,3 +335,243 @@ def test_hostile_input(case, tiny_workspace, hostile_workspace, loops, capsys, m
         assert word not in out and word not in err, word
     assert after == before  # nothing lost, nothing new, no temporary or lock left
     assert ("this" in sys.modules) == zen_imported  # `import this` never ran
+
+
+# ====================================================== the behaviours behind them
+TRAIN_BASE = """
+ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc(), 'grad_l2': @ddmr.losses.grad_l2()}
+ddmr.augmenters.tps.max_displacement = 2.0
+ddmr.datasets.synthetic.subjects = (8, 1, 1)   # 4 optimiser steps per epoch
+ddmr.Trainer.log_images = False
+"""
+
+
+def test_trust_config_lets_a_config_include_and_import(tmp_path, capsys):
+    """--trust-config lifts the rules: an include outside the config's folder tree and a
+    module outside ddmr are then read and imported (a harmless one here)."""
+    from conftest import TINY_TRAINING
+
+    outside = tmp_path / "elsewhere" / "lr.gin"
+    outside.parent.mkdir()
+    outside.write_text("ddmr.Trainer.max_epochs = 0\n")
+    cfg = tmp_path / "cfg" / "exp.gin"
+    cfg.parent.mkdir()
+    cfg.write_text(TINY_TRAINING + TRAIN_BASE + f"import json\ninclude '{outside}'\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "refused"), "--device", "cpu"]) == 2
+    assert "`import json` is refused" in capsys.readouterr().err
+    assert main(["train", "--trust-config", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert "max_epochs = 0" in (tmp_path / "run" / "config.gin").read_text()  # the included binding
+
+
+def test_shipped_and_plugin_modules_may_be_imported(tmp_path):
+    """ddmr's own modules are not refused: configs are data, not crippled."""
+    from ddmr_core.config import parse_config
+
+    parse_config(text="import ddmr_core.spatial\nimport ddmr_plugins.losses\n")
+    parse_config(["experiments/brain/uw_nsd.gin"], ["include 'mixins/backbone/default.gin'"])
+
+
+def test_library_parse_config_refuses_by_default_and_trusts_on_request(tmp_path):
+    from ddmr_core.config import parse_config
+    from ddmr_core.config_trust import trusted_configs
+    from ddmr_core.errors import ConfigError
+
+    inc = tmp_path / "other" / "x.gin"
+    inc.parent.mkdir()
+    inc.write_text("ddmr.Trainer.lr = 0.5\n")
+    with pytest.raises(ConfigError, match="refused"):
+        parse_config(text=f"include '{inc}'")
+    with trusted_configs():
+        parse_config(text=f"include '{inc}'")
+    parse_config(text=f"include '{inc}'", trusted=True)
+    import gin
+
+    assert gin.query_parameter("ddmr.Trainer.lr") == 0.5
+
+
+def test_a_gin_syntax_error_names_file_and_line_but_not_the_content(tmp_path):
+    from ddmr_core.config import parse_config
+    from ddmr_core.errors import ConfigError
+
+    cfg = tmp_path / "x.gin"
+    cfg.write_text(f"ddmr.Trainer.lr = 1\n{SECRET} oops = (\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config([cfg])
+    assert "x.gin" in str(err.value) and "line 2" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_a_corrupted_checkpoint_is_refused_and_the_intact_one_loads(tiny_workspace, hostile_workspace):
+    from ddmr_core.checkpoint import load_checkpoint
+    from ddmr_core.errors import CheckpointError
+
+    load_checkpoint(tiny_workspace["good"])
+    with pytest.raises(CheckpointError, match="CRC"):
+        load_checkpoint(hostile_workspace["crc"])
+    with open(hostile_workspace["crc"], "rb") as fh:  # an open file, as a model plugin may give
+        with pytest.raises(CheckpointError, match="CRC"):
+            load_checkpoint(fh)
+
+
+def test_metadata_at_the_bounds_is_accepted(tiny_workspace):
+    from ddmr_core.checkpoint import load_checkpoint
+    from ddmr_core.checkpoint_checks import check_metadata
+
+    ckpt = load_checkpoint(tiny_workspace["good"])
+    ok = dict(ckpt, input_size=[2, 1024, 2], labels=list(range(1, 256)),
+              preprocess={"spacing": [0.05, 20.0, 1.0], "size": [16, 16, 16], "window": [-1000.0, 3000.0],
+                          "percentiles": [0.0, 100.0], "crop_labels": "all", "crop_margin": 0.0, "antialias": False})
+    check_metadata(ok, "ok")
+
+
+def test_export_reads_its_model_back_and_it_registers(tiny_workspace, tmp_path):
+    out = tmp_path / "model.pt"
+    assert main(["export", tiny_workspace["good"], "--out", str(out)]) == 0
+    assert main(["register", "--fixed", tiny_workspace["f"], "--moving", tiny_workspace["m"], "--model", str(out),
+                 "--out", str(tmp_path / "reg")]) == 0
+
+
+def test_no_memory_check_lets_a_registration_run(tiny_workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDMR_MEMORY_LIMIT", "1M")
+    argv = ["register", "--fixed", tiny_workspace["f"], "--moving", tiny_workspace["m"], "--model",
+            tiny_workspace["good"], "--out", str(tmp_path / "reg")]
+    assert main(argv) == 2
+    assert main(argv + ["--no-memory-check"]) == 0
+    monkeypatch.setenv("DDMR_MEMORY_LIMIT", "64G")
+    assert main(argv) == 0
+
+
+def test_memory_estimate_grows_with_the_grids():
+    from ddmr_core.guards import registration_bytes, training_bytes
+
+    small = registration_bytes((64,) * 3, (64,) * 3, (64,) * 3)
+    assert registration_bytes((128,) * 3, (64,) * 3, (64,) * 3) == pytest.approx(
+        small + 4 * 48 * (128 ** 3 - 64 ** 3))
+    assert training_bytes((128,) * 3, 2, 10) > training_bytes((128,) * 3, 1, 10) > training_bytes((64,) * 3, 1, 10)
+
+
+def test_spacing_bounds(tmp_path):
+    from ddmr_core.errors import DataError
+    from ddmr_core.guards import check_spacing
+
+    check_spacing(np.diag([0.05, 20.0, 1.0, 1.0]), "ok")
+    with pytest.raises(DataError, match="metres"):
+        check_spacing(np.diag([0.049, 1.0, 1.0, 1.0]), "img")
+    with pytest.raises(DataError, match="above 20 mm"):
+        check_spacing(np.diag([1.0, 20.5, 1.0, 1.0]), "img")
+
+
+def test_jacobian_of_a_large_affine_field_is_exact(tmp_path, capsys):
+    """A large but finite field (here an affine one scaling by 8: displacements up to 7
+    grid extents) gives its exact determinant, computed in float64, not an overflow."""
+    from ddmr_core.field_io import save_field_npz
+    from ddmr_core.io import load_image
+
+    n = 8
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64)] * 3, indexing="ij"))
+    disp = (grid * np.array([7.0, 0.5, -0.5])[:, None, None, None]).astype(np.float32)  # x -> (8x, 1.5y, 0.5z)
+    save_field_npz(tmp_path / "f.npz", disp, [1.0] * 3, np.eye(4))
+    assert main(["jacobian", "--field", str(tmp_path / "f.npz"), "--out", str(tmp_path / "j.nii.gz")]) == 0
+    jac, _ = load_image(tmp_path / "j.nii.gz")
+    np.testing.assert_allclose(jac, 8 * 1.5 * 0.5, rtol=1e-6)
+
+
+def test_train_writes_its_config_copy_under_its_own_header_and_resumes(tmp_path, capsys):
+    from conftest import TINY_TRAINING
+    from ddmr_core.trainer import CONFIG_HEADER
+
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text(TINY_TRAINING + TRAIN_BASE)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--device", "cpu", "--max-steps", "1"]) == 0
+    assert (run / "config.gin").read_text().startswith(CONFIG_HEADER)
+    assert main(["train", str(cfg), "--out", str(run), "--device", "cpu", "--max-steps", "2", "--resume"]) == 0
+    assert not list(tmp_path.glob(".*ddmr-lock"))  # released and removed
+
+
+def test_a_lock_names_its_holder_and_a_dead_holder_blocks_nobody(tmp_path):
+    from ddmr_core.locks import LockedError, lock_path, output_lock
+
+    out = tmp_path / "out"
+    code = ("import sys, time\nfrom ddmr_core.locks import output_lock\n"
+            "with output_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=rf"`ddmr train` \(pid {holder.pid} "):
+            with output_lock(out, "evaluate"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(out).exists()  # SIGKILL left the file, but not the lock
+    with output_lock(out, "evaluate") as path:
+        assert path == lock_path(out)
+    assert not lock_path(out).exists()
+
+
+def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_run(tmp_path):
+    """A signal that arrives while an optimiser step updates the weights and counters is
+    held until the step is complete; last.pt is then that step's, and resuming from it
+    gives the weights of an uninterrupted run (CPU, within 1e-6)."""
+    from conftest import TINY_TRAINING, make_trainer
+
+    config = TINY_TRAINING + TRAIN_BASE
+    straight = make_trainer(tmp_path, config, run="straight", max_steps=6)
+    straight.fit()
+
+    t = make_trainer(tmp_path, config, run="cut", max_steps=6)
+    t.setup()
+    step = t._optimizer_step
+
+    def step_then_signal(*a, **k):
+        loss = step(*a, **k)
+        if t.counters["optimizer_steps"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step's critical section
+        return loss
+
+    t._optimizer_step = step_then_signal
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert saved["counters"]["optimizer_steps"] == 3
+    assert saved["counters"]["batch_in_epoch"] == 3 * 2  # 2 micro-batches a step: the step's end
+
+    r = make_trainer(tmp_path, config, run="cut", max_steps=6, resume=True)
+    r.fit()
+    assert r.counters["optimizer_steps"] == 6
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(r.model.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+def test_sigterm_during_training_saves_a_resumable_checkpoint(tmp_path):
+    """``ddmr train`` killed with SIGTERM exits 143 after saving last.pt at its current
+    step; ``--resume`` continues from that step."""
+    from conftest import TINY_TRAINING
+
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text(TINY_TRAINING + TRAIN_BASE + "ddmr.datasets.synthetic.subjects = (400, 1, 1)\n"
+                   "ddmr.Trainer.max_epochs = 100\n")
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "ddmr_core", "train", str(cfg), "--out", str(run), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # the run folder's config.gin is written once set-up is done
+            if (run / "config.gin").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # some optimiser steps (or none: step 0 is a resumable state too)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    saved = torch.load(run / "last.pt", weights_only=True)["counters"]
+    assert f"stopped at optimiser step {saved['optimizer_steps']}" in err
+    more = subprocess.run(cmd + ["--resume", "--max-steps", str(saved["global_step"] + 2)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0, more.stderr
+    after = torch.load(run / "last.pt", weights_only=True)["counters"]
+    assert after["global_step"] == saved["global_step"] + 2
