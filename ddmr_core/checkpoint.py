@@ -4,7 +4,9 @@ A checkpoint is a dict saved with ``torch.save``:
 
 * ``format`` = ``"ddmr-checkpoint"``, ``format_version``, ``ddmr_version``;
 * ``model``: ``RegistrationModel.state_dict()`` (backbone, loss-weighting parameters);
-* ``gin_config``: the operative gin config text, enough to rebuild the model;
+* ``gin_config``: the model's part of the operative gin config
+  (:func:`ddmr_core.config.model_config_text`: no data, augmentation or training
+  bindings, no imports or includes), enough to rebuild the model;
 * ``input_size``: the network grid ``[D, H, W]``; ``labels``: foreground label values;
 * ``preprocess``: the preprocessing applied to inputs (dict, see ``ddmr_core.preprocess``);
 * the trainer's ``optimizer``, ``scheduler``, ``counters``, validation ``history`` and
@@ -256,7 +258,10 @@ def export_model(source, dest: str | Path, card: dict | None = None, registry=No
     if card is not None:
         check_card(card, "--card")
     _, ckpt = load_model(source, registry=registry)  # refuses anything that would not load
+    from .config import model_config_text
+
     state = {k: ckpt[k] for k in EXPORTED_KEYS if k in ckpt}
+    state["gin_config"] = model_config_text(ckpt["gin_config"], registry)  # older checkpoints carry all
     if card is not None:
         state["card"] = plain(card)
     _check_reloads(state, str(dest))
@@ -324,7 +329,7 @@ def training_state(model, optimizer, scheduler, counters: dict, history: list, i
                    preprocess=None) -> dict[str, Any]:
     """The checkpoint dict of a training run (keys: see the module docstring), with the
     current gin config and RNG states; :func:`save_checkpoint` adds the format keys."""
-    from .config import config_text
+    from .config import config_text, model_config_text
 
     state = {
         "model": model.state_dict(),
@@ -333,7 +338,7 @@ def training_state(model, optimizer, scheduler, counters: dict, history: list, i
         "counters": dict(counters),
         "history": plain(history),
         "rng": rng_state(),
-        "gin_config": config_text(),
+        "gin_config": model_config_text(config_text()),  # the model's bindings only
         "input_size": list(input_size) if input_size else None,
         "labels": list(labels),
     }

@@ -347,6 +347,65 @@ def parse_checkpoint_config(text, source: str, registry: Registry | None = None)
     return parse_config(text=text, registry=registry)
 
 
+#: plugin kinds, and library configurables, that configure training, data or scoring,
+#: not the model: left out of the config a checkpoint carries (:func:`model_config_text`)
+NOT_MODEL_KINDS = ("augmenters", "datasets", "baselines", "metrics")
+NOT_MODEL_CONFIGURABLES = ("ddmr.build_dataset", "ddmr.build_augmentation", "ddmr.Trainer", "ddmr.finetune",
+                           "ddmr.preprocess")
+
+
+def model_config_text(text: str, registry: Registry | None = None) -> str:
+    """The part of a gin config ``text`` (``gin.config_str()``'s output) that builds the
+    model, for a checkpoint or an exported model: every binding but those of data,
+    augmentation, training and scoring (:data:`NOT_MODEL_KINDS`,
+    :data:`NOT_MODEL_CONFIGURABLES`), the macros the kept bindings use, no ``import``
+    or ``include`` and no comments. A shared model so carries no data paths, and nothing
+    a (trusted) config read from other files beyond what the model needs.
+
+    Text gin cannot parse is returned unchanged (the checkpoint loader refuses it)."""
+    try:
+        statements = config_statements(text)
+    except (SyntaxError, ValueError, tokenize.TokenError):
+        return text
+    registry = registry if registry is not None else Registry(bind_gin=False)
+
+    def ident(selector: str):
+        try:
+            return id(gin.get_configurable(selector))
+        except (ValueError, KeyError):
+            return None
+
+    dropped = {ident(s) for s in NOT_MODEL_CONFIGURABLES}
+    dropped |= {ident(f"ddmr.{kind}.{name}") for kind in NOT_MODEL_KINDS for name in registry.names(kind)}
+    dropped.discard(None)
+    lines = text.splitlines()
+    starts = [st.location.line_num for st in statements] + [len(lines) + 1]
+    spans = {id(st): (starts[i], starts[i + 1]) for i, st in enumerate(statements)}
+    kept, macros, pending = [], {}, []
+    for st in statements:
+        if not isinstance(st, config_parser.BindingStatement):
+            continue
+        if not st.arg_name:
+            macros[f"{st.scope}/{st.selector}" if st.scope else st.selector] = st
+        elif ident(st.selector) not in dropped:
+            kept.append(st)
+            pending.append(st.value)
+    used: set = set()
+    while pending:  # the macros the kept bindings use, and those they use in turn
+        for item in _flatten(pending.pop()):
+            if isinstance(item, _Macro) and item.name not in used and item.name in macros:
+                used.add(item.name)
+                pending.append(macros[item.name].value)
+    keep = [st for st in statements if isinstance(st, config_parser.BindingStatement)
+            and ((not st.arg_name and (f"{st.scope}/{st.selector}" if st.scope else st.selector) in used)
+                 or any(st is k for k in kept))]
+    out = []
+    for st in sorted(keep, key=lambda s: s.location.line_num):
+        first, end = spans[id(st)]
+        out += [ln for ln in lines[first - 1:end - 1] if ln.strip() and not ln.lstrip().startswith("#")]
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def _check_model_references(statements, source: str, registry: Registry) -> None:
     """Every reference reachable from the model's bindings must name a model component."""
     def configurable(selector: str):

@@ -575,3 +575,31 @@ def test_sigterm_during_training_saves_a_resumable_checkpoint(tmp_path):
     assert more.returncode == 0, more.stderr
     after = torch.load(run / "last.pt", weights_only=True)["counters"]
     assert after["global_step"] == saved["global_step"] + 2
+
+
+def test_checkpoints_and_exported_models_carry_only_the_models_bindings(tmp_path, tiny_workspace, capsys):
+    """A training checkpoint's config holds what builds the model, not the data, the
+    augmentation, the trainer or a macro only they use; an older checkpoint carrying
+    everything is pruned on export; both still load and register."""
+    from conftest import TINY_TRAINING
+
+    from ddmr_core.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text(TINY_TRAINING + TRAIN_BASE + f"NOTE = '{SECRET}'\n")  # a macro nothing of the model uses
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--device", "cpu", "--max-steps", "1"]) == 0
+    text = load_checkpoint(run / "last.pt")["gin_config"]
+    for word in ("synthetic", "Trainer", "tps", "NOTE", SECRET, "import", "include", "#"):
+        assert word not in text, (word, text)
+    assert "vxm_unet" in text and "losses" in text
+    load_model(run / "last.pt")
+
+    full = load_checkpoint(run / "last.pt")
+    full["gin_config"] = (run / "config.gin").read_text()  # as checkpoints of earlier releases
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in full.items() if k != "format"})
+    assert main(["export", str(tmp_path / "old.pt"), "--out", str(tmp_path / "shared.pt")]) == 0
+    shared = load_checkpoint(tmp_path / "shared.pt")["gin_config"]
+    assert "synthetic" not in shared and "Trainer" not in shared and "vxm_unet" in shared
+    assert main(["register", "--fixed", tiny_workspace["f"], "--moving", tiny_workspace["m"], "--model",
+                 str(tmp_path / "shared.pt"), "--out", str(tmp_path / "reg")]) == 0
