@@ -42,6 +42,7 @@ from tiny_workspace import SECRET, ZEN, snapshot
 from ddmr_core.cli import main
 
 FORBIDDEN = (ZEN, SECRET, "root:", "Traceback")
+GRID3 = (16, 16, 16)
 
 
 @dataclass
@@ -603,3 +604,19 @@ def test_checkpoints_and_exported_models_carry_only_the_models_bindings(tmp_path
     assert "synthetic" not in shared and "Trainer" not in shared and "vxm_unet" in shared
     assert main(["register", "--fixed", tiny_workspace["f"], "--moving", tiny_workspace["m"], "--model",
                  str(tmp_path / "shared.pt"), "--out", str(tmp_path / "reg")]) == 0
+
+
+def test_a_users_dataset_in_metres_is_one_line(tmp_path, capsys):
+    """The nifti_folder dataset checks each image's spacing as it loads it (prepare and
+    train read users' images through it)."""
+    import nibabel as nib
+
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for i in range(4):
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).random(GRID3, dtype=np.float32) + 1,
+                                 np.diag([0.001, 0.001, 0.001, 1.0])), str(images / f"s{i}.nii.gz"))
+    rc = main(["prepare", "--dataset", "nifti_folder", "--gin", f"ddmr.datasets.nifti_folder.root = '{tmp_path / 'data'}'",
+               "--size", "16", "--workers", "0", "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "below 0.05 mm" in err[0] and "metres" in err[0], err
