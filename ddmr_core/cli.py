@@ -111,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print("ddmr: error: out of memory (use smaller images or grids)", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        # torch's allocators report running out of memory as RuntimeError (CPU) or its
+        # subclass OutOfMemoryError (CUDA): the same one line; anything else is a bug
+        text = str(exc)
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+            raise
+        if debug:
+            traceback.print_exc()
+        print("ddmr: error: out of memory (use smaller images, grids or networks; the device ran out)",
+              file=sys.stderr)
+        return 1
     except Terminated:
         print("ddmr: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -281,7 +281,9 @@ class Trainer(TrainingLoop):
                 "continue it or choose another --out"
             )
         check_config_copy(run_dir)
-        self.model = self.model if self.model is not None else build_model()
+        if self.model is None:
+            self._check_model_memory()  # before the weights are allocated
+            self.model = build_model()
         self.dataset = self.dataset if self.dataset is not None else build_dataset()
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
         self.input_size = input_size()  # None: the dataset's own grid, below
@@ -323,6 +325,23 @@ class Trainer(TrainingLoop):
             write_text_atomic(run_dir / CONFIG_COPY, CONFIG_HEADER + config_text())
             self.log = TrainingLog(run_dir)
         self._setup_done = True
+
+    def _check_model_memory(self) -> None:
+        """Build the configured model on the ``meta`` device (nothing allocated) and refuse
+        one whose weights, gradients and Adam moments (4 x 4 bytes a parameter) exceed the
+        memory available (``--gin "ddmr.backbones.vxm_unet.widths = (100000, 100000)"``
+        asked for a terabyte). Models that cannot be built on ``meta`` are not checked here."""
+        from .experiment import build_model
+
+        if not self.memory_check:
+            return
+        try:
+            with torch.device("meta"):
+                params = sum(p.numel() for p in build_model().parameters())
+        except Exception:  # a config error is reported by the real build
+            return
+        check_memory(16.0 * params, f"training a model of {params:,} parameters (weights, gradients, Adam's moments)",
+                     device=self.device)
 
     def _param_groups(self) -> list[dict]:
         """The optimiser's groups: every parameter at ``lr``, or, with ``weighting_lr``,
