@@ -335,6 +335,8 @@ def parse_checkpoint_config(text, source: str, registry: Registry | None = None)
         raise ConfigError(f"{source}: its gin config is not text")
     try:
         statements = config_statements(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid gin config: a value nested too deeply") from None
     except (SyntaxError, ValueError, tokenize.TokenError) as exc:
         raise translate_gin_error(exc, registry, source) from exc
     for st in statements:
@@ -365,7 +367,7 @@ def model_config_text(text: str, registry: Registry | None = None) -> str:
     Text gin cannot parse is returned unchanged (the checkpoint loader refuses it)."""
     try:
         statements = config_statements(text)
-    except (SyntaxError, ValueError, tokenize.TokenError):
+    except (SyntaxError, ValueError, tokenize.TokenError, RecursionError):
         return text
     registry = registry if registry is not None else Registry(bind_gin=False)
 

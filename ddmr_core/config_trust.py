@@ -109,6 +109,8 @@ def _statements(text: str, source: str) -> list:
 
     try:
         return config_statements(text)
+    except RecursionError:  # gin's parser recurses into nested brackets
+        raise ConfigError(f"{source}: invalid gin config: a value nested too deeply") from None
     except (SyntaxError, ValueError, tokenize.TokenError) as exc:
         line = getattr(exc, "lineno", None)
         if isinstance(exc, tokenize.TokenError):

@@ -53,6 +53,7 @@ CONFIGS = {
     "inc_missing": "include 'nowhere/none.gin'\n",
     "inc_nested_escape": "include 'sub/escape.gin'\n",  # sub/escape.gin includes <hws>/secret.gin
     "syntax_secret": f"{SECRET} :: = (\n",
+    "deep": "x = " + "[" * 5000 + "]" * 5000 + "\n",  # gin's parser recurses per bracket
 }
 
 

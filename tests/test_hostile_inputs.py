@@ -86,13 +86,15 @@ def _config_words(name: str) -> tuple:
 
 
 CONFIG_NAMES = [n for n in CONFIGS if n != "inc_cycle_b"] + ["binary", "loop"]
-EXTRA_WORDS = {"binary": ("binary.gin", "cannot be read"), "loop": ("loop_a.gin", "not found")}
+EXTRA_WORDS = {"binary": ("binary.gin", "cannot be read"), "loop": ("loop_a.gin", "not found"),
+               "deep": ("deep.gin", "nested too deeply")}
 BINDINGS = {
     "import-this": ("import this", ("gin bindings line 1", "`import this`", "refused")),
     "import-os": ("import os", ("gin bindings line 1", "`import os`", "refused")),
     "dynamic": ("from __gin__ import dynamic_registration", ("gin bindings", "__gin__")),
     "include-passwd": ("include '/etc/passwd'", ("gin bindings", "`include", "refused")),
     "include-secret": ("include '{hws}/secret.gin'", ("gin bindings", "`include", "refused")),
+    "deep": ("ddmr.Trainer.lr = " + "(" * 5000 + "1" + ")" * 5000, ("gin bindings", "nested too deeply")),
 }
 
 CASES: list[Case] = []
@@ -295,6 +297,7 @@ CASES += [
     Case("card-deeply-nested", "export {good} --out {new_model} --card {card_deep}", ("card_deep.json", "deeply")),
     Case("card-40-levels", "export {good} --out {new_model} --card {card_40}", ("model card", "deeper than 32")),
     Case("card-not-object", "export {good} --out {new_model} --card {card_list}", ("JSON object",)),
+    Case("card-endless", "export {good} --out {new_model} --card /dev/zero", ("/dev/zero", "larger than 1 MiB")),
 ]
 
 
