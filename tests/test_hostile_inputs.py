@@ -17,8 +17,8 @@ The classes, by id prefix: ``cfg-`` configs that import or include (issue points
 and 10's self-include), ``ckpt-`` corrupted and crafted checkpoints (3, 9), ``jac-`` and
 ``field-`` fields that overflow or have singular affines (4, 10), ``io-`` outputs that
 are inputs (5, 6), ``lock-`` a second process on one output folder (7), ``spacing-`` and
-``mem-`` implausible spacing and memory (8), ``path-``, ``pairs-`` and ``card-``
-ordinary edge cases (10).
+``mem-`` implausible spacing and memory (8), ``path-``, ``pairs-``, ``card-`` and
+``args-`` ordinary edge cases (10).
 """
 
 from __future__ import annotations
@@ -294,6 +294,12 @@ CASES += [
          ("SUMMARY.JSON", "summary file")),
     Case("pairs-name-too-long", "register --pairs {pairs_pair_long} --model {good} --out {new_out}",
          ("plain folder name",)),
+    Case("args-build-pairs-endless", "build-testset --dataset synthetic --pairs 100000000000000000000 --size 16 --seed 0 "
+         "--out {new_out}", ("--pairs must be at most",)),
+    Case("args-build-size-huge", "build-testset --dataset synthetic --pairs 1 --size 100000 --seed 0 --out {new_out}",
+         ("--size at most",)),
+    Case("args-prepare-negative-subjects", "prepare --dataset synthetic --size 16 --workers 1 --out {new_out} "
+         "--gin 'ddmr.datasets.synthetic.subjects = (-1, 2, 2)'", ("subjects", ">= 0")),
     Case("card-deeply-nested", "export {good} --out {new_model} --card {card_deep}", ("card_deep.json", "deeply")),
     Case("card-40-levels", "export {good} --out {new_model} --card {card_40}", ("model card", "deeper than 32")),
     Case("card-not-object", "export {good} --out {new_model} --card {card_list}", ("JSON object",)),
@@ -305,7 +311,7 @@ def test_the_table_covers_every_class():
     assert len(CASES) >= 150
     assert len({c.id for c in CASES}) == len(CASES)
     prefixes = {c.id.split("-")[0] for c in CASES}
-    assert {"cfg", "ckpt", "jac", "field", "io", "lock", "spacing", "mem", "path", "pairs", "card"} <= prefixes
+    assert {"cfg", "ckpt", "jac", "field", "io", "lock", "spacing", "mem", "path", "pairs", "card", "args"} <= prefixes
 
 
 @pytest.fixture(scope="module")
