@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib
 import pkgutil
+import re
 import signal
 import sys
 import threading
@@ -54,6 +55,11 @@ def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line: gin appends "In call to configurable ..." lines
     to errors raised while it builds a component; they are dropped, other lines joined."""
     lines = [line.strip() for line in str(exc).splitlines()]
+    if lines and lines[0].startswith("Caught ") and "Original Traceback (most recent call last):" in lines:
+        # a DataLoader worker's error, re-raised by torch with the worker's traceback as
+        # its message: the original message is the last line, after "module.Class: "
+        last = next((line for line in reversed(lines) if line), "")
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
     return " ".join(line for line in lines if line and not line.startswith("In call to configurable"))
 
 

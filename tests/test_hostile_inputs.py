@@ -633,3 +633,24 @@ def test_a_users_dataset_in_metres_is_one_line(tmp_path, capsys):
                "--size", "16", "--workers", "0", "--out", str(tmp_path / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "below 0.05 mm" in err[0] and "metres" in err[0], err
+
+
+def test_an_error_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    """Training reads samples in DataLoader workers; torch re-raises a worker's error with
+    the worker's traceback as its message. The CLI prints the original message alone."""
+    import nibabel as nib
+    from conftest import TINY_TRAINING
+
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for i in range(6):
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).random(GRID3, dtype=np.float32) + 1,
+                                 np.diag([0.001, 0.001, 0.001, 1.0])), str(images / f"s{i}.nii.gz"))
+    cfg = tmp_path / "exp.gin"
+    cfg.write_text(TINY_TRAINING + TRAIN_BASE + "ddmr.build_dataset.dataset = @ddmr.datasets.nifti_folder()\n"
+                   f"ddmr.datasets.nifti_folder.root = '{tmp_path / 'data'}'\n"
+                   "ddmr.Trainer.num_workers = 1\n")
+    rc = main(["train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu", "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("ddmr: error: image ") and "below 0.05 mm" in err[0] and "Traceback" not in err[0], err
