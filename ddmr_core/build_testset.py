@@ -19,6 +19,9 @@ from .errors import ConfigError, DataError
 
 #: the augmentation of test pairs unless told otherwise: the paper's
 DEFAULT_AUGMENT = "mixins/augment/paper.gin"
+#: most pairs and largest grid side of a test set (``--pairs 1e20`` would run until the disk is full)
+MAX_PAIRS = 100_000
+MAX_SIZE = 1024
 
 
 def _resize(sample: dict, size) -> dict:
@@ -163,15 +166,21 @@ def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, spl
     :func:`build_testset` ``pairs`` pairs on the grid ``size^3`` into ``out``."""
     from .config import resolve_config
     from .experiment import build_augmentation, build_named_dataset
+    from .guards import check_inputs_outside
     from .io import check_output_folder
     from .testset import MANIFEST, is_testset_output
 
     out = Path(out)
     if pairs < 1 or size < 2:
         raise ConfigError(f"--pairs must be >= 1 and --size >= 2, got {pairs} and {size}")
+    if pairs > MAX_PAIRS or size > MAX_SIZE:
+        raise ConfigError(f"--pairs must be at most {MAX_PAIRS} and --size at most {MAX_SIZE}, got {pairs} and "
+                          f"{size} (a test set is written whole before it is used)")
     if out.is_dir() and (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"{str(out)!r} already holds a test set; pass --overwrite to replace it")
     check_output_folder(out, "--out", replaceable=is_testset_output, what="ddmr build-testset")
+    check_inputs_outside(out, {"--augment config": resolve_config(augment),
+                               **{f"--config {c}": resolve_config(c) for c in configs}})
     bindings = list(bindings) + [f"ddmr.build_augmentation.seed = {int(seed)}"]
     data, _ = build_named_dataset(dataset, [resolve_config(augment), *configs], bindings, size)
     return build_testset(data, build_augmentation(), out, pairs, (size,) * 3, seed, split, dataset, log=log,

@@ -4,7 +4,9 @@ A checkpoint is a dict saved with ``torch.save``:
 
 * ``format`` = ``"ddmr-checkpoint"``, ``format_version``, ``ddmr_version``;
 * ``model``: ``RegistrationModel.state_dict()`` (backbone, loss-weighting parameters);
-* ``gin_config``: the operative gin config text, enough to rebuild the model;
+* ``gin_config``: the model's part of the operative gin config
+  (:func:`ddmr_core.config.model_config_text`: no data, augmentation or training
+  bindings, no imports or includes), enough to rebuild the model;
 * ``input_size``: the network grid ``[D, H, W]``; ``labels``: foreground label values;
 * ``preprocess``: the preprocessing applied to inputs (dict, see ``ddmr_core.preprocess``);
 * the trainer's ``optimizer``, ``scheduler``, ``counters``, validation ``history`` and
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checkpoint_checks import check_card, check_metadata, verify_archive
 from .errors import CheckpointError
 from .io import atomic_path
 
@@ -120,6 +123,10 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     Args:
         path: a file path, or an open binary file (what a ``ddmr_models`` factory may give).
 
+    The zip archive is verified first (:func:`ddmr_core.checkpoint_checks.verify_archive`:
+    every member's CRC), so a corrupted file is refused rather than loaded with damaged
+    weights.
+
     Raises:
         CheckpointError: missing file, unreadable/corrupt file, or not a ddmr checkpoint.
     """
@@ -128,6 +135,7 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    verify_archive(path, describe(path))  # torch.load does not check the members' CRC
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter on non-checkpoints
@@ -185,12 +193,14 @@ def load_model(path, device="cpu", registry=None):
 
     path = resolve_model(path, registry)
     ckpt = load_checkpoint(path)
+    check_metadata(ckpt, describe(path))  # sizes, labels, recipe: bounded before any use
     check_finite_weights(ckpt["model"], describe(path))
     try:
         # an untrusted file: values only, no import/include, nothing but model components
         parse_checkpoint_config(ckpt["gin_config"], f"checkpoint {describe(path)!r}", registry=registry)
     except DdmrError as exc:
         raise CheckpointError(str(exc)) from exc
+    _check_shapes_before_building(ckpt["model"], describe(path))
     try:
         model = build_model()
     except (DdmrError, TypeError, ValueError) as exc:  # gin appends "In call to ..." lines
@@ -207,6 +217,28 @@ def load_model(path, device="cpu", registry=None):
     return model.to(device).eval(), ckpt
 
 
+def _check_shapes_before_building(state: dict, name: str) -> None:
+    """Build the model of the current config on the ``meta`` device (no memory) and
+    compare its parameter names and shapes with ``state``: a crafted config asking for a
+    huge network is refused before anything is allocated. Models that cannot be built on
+    ``meta`` are left to the strict ``load_state_dict`` after the real build."""
+    from .experiment import build_model
+
+    try:
+        with torch.device("meta"):
+            probe = build_model().state_dict()
+    except Exception:  # not buildable on meta (or a config error the real build reports)
+        return
+    missing = sorted(set(probe) - set(state))
+    unexpected = sorted(set(state) - set(probe))
+    shapes = [k for k in probe if k in state and tuple(probe[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        first = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                 else f"{shapes[0]!r}: {tuple(state[shapes[0]].shape)} in the file, {tuple(probe[shapes[0]].shape)} built")
+        raise CheckpointError(f"checkpoint {name!r} does not match the model its config builds "
+                              f"(different architecture?): {first}")
+
+
 #: what a shipped model keeps of a training checkpoint (:func:`export_model`)
 EXPORTED_KEYS = ("model", "gin_config", "input_size", "labels", "preprocess", "history")
 
@@ -218,14 +250,39 @@ def export_model(source, dest: str | Path, card: dict | None = None, registry=No
     U-Net about a third of a training checkpoint). ``card`` (plain values) describes the
     model: data, training command, budget, measured figures; it is stored as ``card``.
 
-    The source is checked as :func:`load_model` checks it (finite weights, a config that
-    builds the model its weights fit), so a shipped model always loads.
+    The source is checked as :func:`load_model` checks it (archive, metadata bounds,
+    finite weights, a config that builds the model its weights fit), and what is to be
+    written is read back in memory first, so a shipped model always loads (nothing is
+    written otherwise).
     """
+    if card is not None:
+        check_card(card, "--card")
     _, ckpt = load_model(source, registry=registry)  # refuses anything that would not load
+    from .config import model_config_text
+
     state = {k: ckpt[k] for k in EXPORTED_KEYS if k in ckpt}
+    state["gin_config"] = model_config_text(ckpt["gin_config"], registry)  # older checkpoints carry all
     if card is not None:
         state["card"] = plain(card)
+    _check_reloads(state, str(dest))
     return save_checkpoint(dest, state)
+
+
+def _check_reloads(state: dict, name: str) -> None:
+    """Serialise ``state`` in memory and read it back as :func:`load_model` reads a file
+    (``weights_only``, metadata bounds): what is about to be written will load."""
+    import io
+
+    buf = io.BytesIO()
+    try:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "ddmr_version": __version__, **state}, buf)
+        buf.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            back = torch.load(buf, map_location="cpu", weights_only=True)
+    except Exception as exc:  # e.g. a value weights_only refuses
+        raise CheckpointError(f"{name!r} would not load ({type(exc).__name__}); nothing was written") from exc
+    check_metadata(back, name)
 
 
 # ----------------------------------------------------------- training runs
@@ -272,7 +329,7 @@ def training_state(model, optimizer, scheduler, counters: dict, history: list, i
                    preprocess=None) -> dict[str, Any]:
     """The checkpoint dict of a training run (keys: see the module docstring), with the
     current gin config and RNG states; :func:`save_checkpoint` adds the format keys."""
-    from .config import config_text
+    from .config import config_text, model_config_text
 
     state = {
         "model": model.state_dict(),
@@ -281,7 +338,7 @@ def training_state(model, optimizer, scheduler, counters: dict, history: list, i
         "counters": dict(counters),
         "history": plain(history),
         "rng": rng_state(),
-        "gin_config": config_text(),
+        "gin_config": model_config_text(config_text()),  # the model's bindings only
         "input_size": list(input_size) if input_size else None,
         "labels": list(labels),
     }

@@ -2,8 +2,9 @@
 
 Sub-commands live one per module in :mod:`ddmr_core.commands`; each module defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. User errors
-(:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; ``--debug``
-shows the traceback. Ctrl-C and SIGTERM stop a command the same way (temporary outputs
+(:class:`ddmr_core.errors.DdmrError`) print one line and exit non-zero; so do errors the
+system reports (``OSError``: disk full, permission refused; ``MemoryError``), status 1;
+``--debug`` shows the traceback. Ctrl-C and SIGTERM stop a command the same way (temporary outputs
 removed): one line, exit status 130 and 143.
 """
 
@@ -13,12 +14,14 @@ import argparse
 import contextlib
 import importlib
 import pkgutil
+import re
 import signal
 import sys
 import threading
 import traceback
 
 from . import __version__
+from .config_trust import trusted_configs
 from .errors import DdmrError
 
 
@@ -52,6 +55,11 @@ def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line: gin appends "In call to configurable ..." lines
     to errors raised while it builds a component; they are dropped, other lines joined."""
     lines = [line.strip() for line in str(exc).splitlines()]
+    if lines and lines[0].startswith("Caught ") and "Original Traceback (most recent call last):" in lines:
+        # a DataLoader worker's error, re-raised by torch with the worker's traceback as
+        # its message: the original message is the last line, after "module.Class: "
+        last = next((line for line in reversed(lines) if line), "")
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
     return " ".join(line for line in lines if line and not line.startswith("In call to configurable"))
 
 
@@ -88,12 +96,38 @@ def main(argv: list[str] | None = None) -> int:
             if not getattr(args, "_run", None):
                 parser.print_help()
                 return 0
-            return int(args._run(args) or 0)
+            with trusted_configs(getattr(args, "trust_config", False)):
+                return int(args._run(args) or 0)
     except DdmrError as exc:
         if debug:
             traceback.print_exc()
         print(f"ddmr: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # the system refused a file operation (disk full, permission, a name too long):
+        # not a ddmr bug, so one line like a user error (temporary outputs are removed)
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        why = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        print(f"ddmr: error: {why}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print("ddmr: error: out of memory (use smaller images or grids)", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        # torch's allocators report running out of memory as RuntimeError (CPU) or its
+        # subclass OutOfMemoryError (CUDA): the same one line; anything else is a bug
+        text = str(exc)
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+            raise
+        if debug:
+            traceback.print_exc()
+        print("ddmr: error: out of memory (use smaller images, grids or networks; the device ran out)",
+              file=sys.stderr)
+        return 1
     except Terminated:
         print("ddmr: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM

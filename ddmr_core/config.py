@@ -23,6 +23,7 @@ from typing import Iterable, NamedTuple, Sequence
 import gin
 from gin import config_parser
 
+from .config_trust import safe_syntax_message, vet_configs
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry, unknown_name_message
 
@@ -89,12 +90,19 @@ def parse_config(
     registry: Registry | None = None,
     text: str | None = None,
     check_macros: bool = False,
+    trusted: bool | None = None,
 ) -> Registry:
     """Clear gin, register plugins, and parse config files, a config text and bindings.
 
     Returns the registry used, so callers can build components from it. With
     ``check_macros`` (for complete experiment configs, not mix-ins), a macro used but never
     bound is an error naming it.
+
+    Configs are data: before gin acts on anything, files, text and bindings are vetted by
+    :func:`ddmr_core.config_trust.vet_configs` (imports of ddmr's and its plugins' modules
+    only, includes only of .gin files in the shipped configs and the configs' own folder
+    trees, no include cycles) unless ``trusted`` (None: :func:`~ddmr_core.config_trust.
+    trusted_configs`, what ``--trust-config`` sets).
 
     Raises:
         ConfigError: a file is missing or malformed, a binding is malformed, or a
@@ -114,6 +122,8 @@ def parse_config(
     where = ", ".join(str(p) for p in paths) or "bindings"
     part = where  # what is being parsed, for the error message
     try:
+        texts = ([("config text", text)] if text else []) + ([("gin bindings", "\n".join(bindings))] if bindings else [])
+        vet_configs(paths, texts, trusted)
         for p in paths:
             gin.parse_config_file(str(p))
         if text:
@@ -191,8 +201,12 @@ def translate_gin_error(exc: Exception, registry: Registry, where: str) -> Excep
         except UnknownNameError:
             return ConfigError(f"{where}: unknown configurable {m.group(1)!r}")
         return UnknownNameError(f"{where}: " + unknown_name_message(kind, name, available))
+    if isinstance(exc, SyntaxError):  # name the file and line, never quote its content
+        at = f" ({exc.filename or 'bindings'}, line {exc.lineno})" if exc.lineno else ""
+        return ConfigError(f"{where}: invalid gin config: {safe_syntax_message(exc)}{at}")
     first = msg.splitlines()[0] if msg else type(exc).__name__
-    detail = " ".join(line.strip() for line in msg.splitlines()[1:3])
+    # gin appends "In file ..., line N" and then the line itself: keep the location only
+    detail = " ".join(line.strip() for line in msg.splitlines()[1:2])
     text = f"{where}: invalid gin config: {first}"
     if detail:
         text += f" [{detail}]"
@@ -321,6 +335,8 @@ def parse_checkpoint_config(text, source: str, registry: Registry | None = None)
         raise ConfigError(f"{source}: its gin config is not text")
     try:
         statements = config_statements(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid gin config: a value nested too deeply") from None
     except (SyntaxError, ValueError, tokenize.TokenError) as exc:
         raise translate_gin_error(exc, registry, source) from exc
     for st in statements:
@@ -331,6 +347,65 @@ def parse_checkpoint_config(text, source: str, registry: Registry | None = None)
                 "checkpoint's config may only bind values, so it is refused (nothing was imported or read)")
     _check_model_references(statements, source, registry)
     return parse_config(text=text, registry=registry)
+
+
+#: plugin kinds, and library configurables, that configure training, data or scoring,
+#: not the model: left out of the config a checkpoint carries (:func:`model_config_text`)
+NOT_MODEL_KINDS = ("augmenters", "datasets", "baselines", "metrics")
+NOT_MODEL_CONFIGURABLES = ("ddmr.build_dataset", "ddmr.build_augmentation", "ddmr.Trainer", "ddmr.finetune",
+                           "ddmr.preprocess")
+
+
+def model_config_text(text: str, registry: Registry | None = None) -> str:
+    """The part of a gin config ``text`` (``gin.config_str()``'s output) that builds the
+    model, for a checkpoint or an exported model: every binding but those of data,
+    augmentation, training and scoring (:data:`NOT_MODEL_KINDS`,
+    :data:`NOT_MODEL_CONFIGURABLES`), the macros the kept bindings use, no ``import``
+    or ``include`` and no comments. A shared model so carries no data paths, and nothing
+    a (trusted) config read from other files beyond what the model needs.
+
+    Text gin cannot parse is returned unchanged (the checkpoint loader refuses it)."""
+    try:
+        statements = config_statements(text)
+    except (SyntaxError, ValueError, tokenize.TokenError, RecursionError):
+        return text
+    registry = registry if registry is not None else Registry(bind_gin=False)
+
+    def ident(selector: str):
+        try:
+            return id(gin.get_configurable(selector))
+        except (ValueError, KeyError):
+            return None
+
+    dropped = {ident(s) for s in NOT_MODEL_CONFIGURABLES}
+    dropped |= {ident(f"ddmr.{kind}.{name}") for kind in NOT_MODEL_KINDS for name in registry.names(kind)}
+    dropped.discard(None)
+    lines = text.splitlines()
+    starts = [st.location.line_num for st in statements] + [len(lines) + 1]
+    spans = {id(st): (starts[i], starts[i + 1]) for i, st in enumerate(statements)}
+    kept, macros, pending = [], {}, []
+    for st in statements:
+        if not isinstance(st, config_parser.BindingStatement):
+            continue
+        if not st.arg_name:
+            macros[f"{st.scope}/{st.selector}" if st.scope else st.selector] = st
+        elif ident(st.selector) not in dropped:
+            kept.append(st)
+            pending.append(st.value)
+    used: set = set()
+    while pending:  # the macros the kept bindings use, and those they use in turn
+        for item in _flatten(pending.pop()):
+            if isinstance(item, _Macro) and item.name not in used and item.name in macros:
+                used.add(item.name)
+                pending.append(macros[item.name].value)
+    keep = [st for st in statements if isinstance(st, config_parser.BindingStatement)
+            and ((not st.arg_name and (f"{st.scope}/{st.selector}" if st.scope else st.selector) in used)
+                 or any(st is k for k in kept))]
+    out = []
+    for st in sorted(keep, key=lambda s: s.location.line_num):
+        first, end = spans[id(st)]
+        out += [ln for ln in lines[first - 1:end - 1] if ln.strip() and not ln.lstrip().startswith("#")]
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def _check_model_references(statements, source: str, registry: Registry) -> None:

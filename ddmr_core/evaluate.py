@@ -432,12 +432,17 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         DdmrError: no method given; UnknownNameError: an unknown baseline or metric.
     """
     from .evaluate_report import write_report
+    from .guards import check_inputs_outside
     from .registry import Registry
 
     say = progress or (lambda line: print(line, flush=True))
     if not models and not baselines:
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
     out = check_output_folder(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate")
+    # the report folder is replaced as a whole: no input may lie in it
+    check_inputs_outside(out, {"test set": testset, **{f"--config {c}": c for c in gin_files},
+                               **{f"--model {m}": m.split("=", 1)[-1] for m in models
+                                  if isinstance(m, str) and Path(m.split("=", 1)[-1]).exists()}})
     device = resolve_device(device)
     tset = TestSet(testset)
     if gin_files or gin_bindings:

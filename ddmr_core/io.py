@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import glob
 import os
 import re
@@ -351,6 +352,32 @@ def _first_existing(path: Path) -> Path:
     return p
 
 
+def _path_errors(check):
+    """Turn what the file system says about an unusable output path (a name too long,
+    a symlink loop -- pathlib raises ``RuntimeError`` for those --, a permission refused)
+    into the one-line :class:`DataError` of ``check(path, option, ...)``."""
+    @functools.wraps(check)
+    def checked(path, option: str = "--out", *args, **kwargs):
+        try:
+            return check(path, option, *args, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+            shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+            raise DataError(f"{option} {shown!r} cannot be used ({why})") from exc
+    return checked
+
+
+def _check_link(path: Path) -> None:
+    """A symlink loop raises ``OSError`` (ELOOP) here, not later mid-write; a dangling
+    link is replaced like a missing file."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+
+
+@_path_errors
 def check_output_folder(path: str | Path, option: str = "--out", *, replace: bool = True,
                         replaceable: Callable[[Path], bool] | None = None, what: str = "ddmr") -> Path:
     """Check, before any work starts, that the folder ``path`` can be written.
@@ -365,6 +392,7 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
         DataError: one line naming ``option``, the folder and the problem.
     """
     path = Path(path)
+    _check_link(path)
     if replace and path.parent.is_dir():  # what killed runs left beside ``path``
         _restore_swapped_out(path)  # killed in the middle of a fallback swap
         remove_stale_temporaries(path.parent, path.name)
@@ -385,6 +413,7 @@ def check_output_folder(path: str | Path, option: str = "--out", *, replace: boo
     return path
 
 
+@_path_errors
 def check_output_file(path: str | Path, option: str = "--out", suffixes=NIFTI_SUFFIXES) -> Path:
     """Check, before any work starts, that the file ``path`` can be written (through
     :func:`atomic_path`, which replaces an existing file only once the new one is complete).
@@ -395,6 +424,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes=NIFTI_SU
             cannot be written.
     """
     path = Path(path)
+    _check_link(path)
     if path.is_dir():
         raise DataError(f"{option} {str(path)!r} is a folder; give a file name")
     if suffixes and not str(path).lower().endswith(tuple(suffixes)):

@@ -106,7 +106,7 @@ class Preprocess:
     def __post_init__(self):
         self.spacing = _tuple3(self.spacing, "spacing")
         self.size = _tuple3(self.size, "size", int)
-        if self.spacing is not None and min(self.spacing) <= 0:
+        if self.spacing is not None and not all(math.isfinite(v) and v > 0 for v in self.spacing):
             raise ConfigError(f"preprocess spacing must be positive, got {self.spacing}")
         if self.size is not None and min(self.size) < 1:
             raise ConfigError(f"preprocess size must be positive, got {self.size}")
@@ -117,12 +117,13 @@ class Preprocess:
             if not self.crop_labels:
                 raise ConfigError("preprocess crop_labels is empty; use None to skip cropping")
         self.crop_margin = float(self.crop_margin)
-        if self.crop_margin < 0:
+        if not (math.isfinite(self.crop_margin) and self.crop_margin >= 0):
             raise ConfigError(f"preprocess crop_margin must be >= 0 mm, got {self.crop_margin}")
         if self.window is not None:
             self.window = tuple(float(v) for v in self.window)
-            if len(self.window) != 2 or self.window[1] <= self.window[0]:
-                raise ConfigError(f"preprocess window must be (lo, hi) with lo < hi, got {self.window}")
+            # NaN compares false: without isfinite a NaN window passes and zeroes every image
+            if len(self.window) != 2 or not all(map(math.isfinite, self.window)) or self.window[1] <= self.window[0]:
+                raise ConfigError(f"preprocess window must be (lo, hi), finite, with lo < hi, got {self.window}")
         self.percentiles = tuple(float(v) for v in self.percentiles)
         p = self.percentiles
         if len(p) != 2 or not 0 <= p[0] < p[1] <= 100:

@@ -56,6 +56,7 @@ import torch
 
 from .devices import resolve_device, synchronize
 from .errors import CheckpointError, DdmrError
+from .guards import check_spacing
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
@@ -313,6 +314,20 @@ class Registrar:
                 "preprocessing size), so inputs cannot be brought to the model's grid"
             )
         self.input_size = tuple(int(s) for s in size)
+        #: check the estimated memory of each registration first (``--no-memory-check``)
+        self.memory_check = True
+
+    def check_memory(self, shape, affine, original_resolution: bool) -> None:
+        """Refuse a registration whose estimated memory (:func:`ddmr_core.guards.
+        registration_bytes`: the fixed image resampled to the recipe's spacing, uncropped,
+        and the network grid) exceeds what is available, before anything is resampled."""
+        from .guards import check_memory, registration_bytes
+
+        spacing = self.preprocess.spacing
+        work = tuple(shape) if spacing is None else tuple(
+            max(1, math.ceil(n * s / t)) for n, s, t in zip(shape, spacing_from_affine(affine), spacing))
+        need = registration_bytes(work, tuple(shape) if original_resolution else work, self.input_size)
+        check_memory(need, f"registering on a working grid of {work} voxels", skip=not self.memory_check)
 
     # ----------------------------------------------------------- internals
     def crop_mode(self, fixed_seg, moving_seg) -> str:
@@ -374,7 +389,9 @@ class Registrar:
 
         Raises:
             DataError: unreadable/missing file, non-3-D volume, a constant (e.g. all-zero)
-                image, a segmentation whose grid differs from its image's, inputs the
+                image, a voxel spacing outside 0.05..20 mm (a unit mistake), more memory
+                needed than available (:meth:`check_memory`), a segmentation whose grid
+                differs from its image's, inputs the
                 preprocessing cannot handle, or a model whose field or warped image is not
                 finite (NaN or infinite values are never returned as a result).
         """
@@ -386,6 +403,9 @@ class Registrar:
         m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
         check_not_constant(f0, _named("fixed image", fname))
         check_not_constant(m0, _named("moving image", mname))
+        check_spacing(F0, _named("fixed image", fname))  # a unit mistake in the header
+        check_spacing(M0, _named("moving image", mname))
+        self.check_memory(f0.shape, F0, original_resolution)
         m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
         timings["read"] = time.perf_counter() - t
 

@@ -42,6 +42,7 @@ from .checkpoint import load_training_state, save_checkpoint, training_state
 from .config import config_text
 from .devices import resolve_device
 from .errors import ConfigError, DataError, DdmrError
+from .guards import check_memory, training_bytes
 from .io import check_output_folder, write_text_atomic
 from .spatial import one_hot
 from .training_log import TrainingLog
@@ -51,6 +52,28 @@ from . import transfer as _transfer
 
 #: Offset between the augmentation seeds of two training epochs (larger than any dataset).
 INDEX_STRIDE = 1_000_003
+#: the run's copy of its operative config, and the first line that marks it as ddmr's
+CONFIG_COPY = "config.gin"
+CONFIG_HEADER = "# ddmr train: the operative gin config of this run (written by ddmr, replaced on --resume)\n"
+
+
+def check_config_copy(run_dir: Path) -> None:
+    """Refuse a run folder whose ``config.gin`` ddmr did not write (say, the user's own
+    config, trained with ``--out`` its folder): ``train`` writes its copy there, and never
+    over a user's file. A copy ddmr wrote starts with :data:`CONFIG_HEADER`; in a folder
+    holding a run (``last.pt`` or ``best.pt``, e.g. from before the header) it is ddmr's."""
+    path = Path(run_dir) / CONFIG_COPY
+    if not path.exists() or any((Path(run_dir) / n).exists() for n in ("last.pt", "best.pt")):
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except OSError:
+        first = ""
+    if first != CONFIG_HEADER:
+        raise DdmrError(f"run directory {str(run_dir)!r} holds a {CONFIG_COPY} that ddmr did not write (your "
+                        f"config?); ddmr train writes the run's config there and never over your file: give a "
+                        "new folder or a ddmr run folder as --out")
 
 
 class _ListSampler(Sampler):
@@ -125,6 +148,9 @@ class Trainer(TrainingLoop):
         progress: show a tqdm progress bar (rank 0).
         log_images: write image slices to TensorBoard at each validation.
         find_unused_parameters: passed to DistributedDataParallel.
+        memory_check: refuse to start when the estimated memory of a training step
+            (:func:`ddmr_core.guards.training_bytes`) exceeds what is available
+            (``--no-memory-check`` turns it off).
     """
 
     def __init__(
@@ -159,6 +185,7 @@ class Trainer(TrainingLoop):
         progress: bool = True,
         log_images: bool = True,
         find_unused_parameters: bool = False,
+        memory_check: bool = True,
     ):
         for name, value, low in (("batch_size", batch_size, 1), ("accumulate", accumulate, 1),
                                  ("max_epochs", max_epochs, 0), ("max_nonfinite", max_nonfinite, 1)):
@@ -191,6 +218,7 @@ class Trainer(TrainingLoop):
         self.base_lr = transfer.lr if transfer is not None else lr
         self.weighting_lr = None if weighting_lr is None else float(weighting_lr)
         self.find_unused_parameters = find_unused_parameters
+        self.memory_check = bool(memory_check)
 
         self.world, self.rank, self.local_rank = _dist.ranks()  # torchrun exports them
         self.device = self._resolve_device(device)
@@ -252,13 +280,19 @@ class Trainer(TrainingLoop):
                 f"run directory {str(run_dir)!r} already holds a training run; pass --resume to "
                 "continue it or choose another --out"
             )
-        self.model = self.model if self.model is not None else build_model()
+        check_config_copy(run_dir)
+        if self.model is None:
+            self._check_model_memory()  # before the weights are allocated
+            self.model = build_model()
         self.dataset = self.dataset if self.dataset is not None else build_dataset()
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
         self.input_size = input_size()  # None: the dataset's own grid, below
         self.labels = tuple(getattr(self.dataset, "labels", ()) or ())
         if hasattr(self.model, "check_segmentations"):  # before anything is written
             self.model.check_segmentations(self.labels)
+        if not len(getattr(self.model, "losses", (None,))) and getattr(self.model, "supervision", None) is None:
+            raise ConfigError("the model has no loss to train on: bind ddmr.build_model.losses (e.g. include a "
+                              "mixins/losses/ config) or ddmr.build_model.supervision")
         self.model.to(self.device).train()
         self.augmentation.to(self.device)
 
@@ -270,6 +304,9 @@ class Trainer(TrainingLoop):
                                 "(validation drives the schedule, early stopping and best.pt)")
         if self.input_size is None:  # no SIZE in the config: the dataset's own grid
             self.input_size = tuple(int(n) for n in self.train_set[0]["image"].shape[1:])
+        need = training_bytes(self.input_size, self.batch_size, sum(p.numel() for p in self.model.parameters()))
+        check_memory(need, f"a training step on a {tuple(self.input_size)} grid with batches of {self.batch_size}",
+                     skip=not self.memory_check, device=self.device)
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=self.seed, drop_last=False)
         self.optimizer = torch.optim.Adam(self._param_groups(), lr=self.base_lr)
@@ -285,9 +322,26 @@ class Trainer(TrainingLoop):
         # every input is valid: only now touch the run folder
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.gin", config_text())
+            write_text_atomic(run_dir / CONFIG_COPY, CONFIG_HEADER + config_text())
             self.log = TrainingLog(run_dir)
         self._setup_done = True
+
+    def _check_model_memory(self) -> None:
+        """Build the configured model on the ``meta`` device (nothing allocated) and refuse
+        one whose weights, gradients and Adam moments (4 x 4 bytes a parameter) exceed the
+        memory available (``--gin "ddmr.backbones.vxm_unet.widths = (100000, 100000)"``
+        asked for a terabyte). Models that cannot be built on ``meta`` are not checked here."""
+        from .experiment import build_model
+
+        if not self.memory_check:
+            return
+        try:
+            with torch.device("meta"):
+                params = sum(p.numel() for p in build_model().parameters())
+        except Exception:  # a config error is reported by the real build
+            return
+        check_memory(16.0 * params, f"training a model of {params:,} parameters (weights, gradients, Adam's moments)",
+                     device=self.device)
 
     def _param_groups(self) -> list[dict]:
         """The optimiser's groups: every parameter at ``lr``, or, with ``weighting_lr``,
@@ -356,11 +410,12 @@ class Trainer(TrainingLoop):
 
 
 def train(config: str | Path | None, bindings=(), run_dir: str | Path = "run", max_steps=None,
-          device=None, resume=False, registry=None, max_time=None) -> Trainer:
+          device=None, resume=False, registry=None, max_time=None, memory_check: bool = True) -> Trainer:
     """Parse a config and bindings, then build and run :class:`Trainer` (what ``ddmr train`` does)."""
     from .config import parse_config
 
     parse_config([config] if config else [], bindings, registry=registry, check_macros=True)
-    trainer = Trainer(run_dir=run_dir, max_steps=max_steps, max_time=max_time, device=device, resume=resume)
+    trainer = Trainer(run_dir=run_dir, max_steps=max_steps, max_time=max_time, device=device, resume=resume,
+                      memory_check=memory_check)
     trainer.fit()
     return trainer

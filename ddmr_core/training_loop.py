@@ -2,7 +2,8 @@
 micro-batches, optimiser steps (warm-up and the cosine schedule on top of the
 scheduler's rate, non-finite steps skipped), validation, the end-of-epoch decisions
 (plateau schedule, ``best.pt``/``last.pt``, early stopping, transfer phases) and the
-step and wall-clock budgets.
+step and wall-clock budgets, and Ctrl-C or SIGTERM (``last.pt`` saved at the last
+completed optimiser step, resumable).
 
 :class:`TrainingLoop` is the trainer's base class; it uses what the trainer's set-up
 builds (``Trainer.setup``): ``model``, ``loss_module`` (the model's loss, inside DDP under
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -25,6 +29,20 @@ from . import transfer as _transfer
 from .errors import DdmrError
 from .training_log import epoch_line, progress_bar
 from .validation import validate
+
+
+def _raise_signal(signum, frame, previous) -> None:
+    """What the handler in place before training does with the signal: call it (the
+    CLI's raise ``KeyboardInterrupt`` or its ``Terminated``), or as Python's defaults would:
+    ``KeyboardInterrupt`` for SIGINT, exit status 143 for SIGTERM."""
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        raise SystemExit(128 + signum)
 
 
 class TrainingError(DdmrError):
@@ -49,15 +67,21 @@ class TrainingLoop:
         if self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience:
             reason = "early_stopping"  # a resumed run that had already stopped
         try:
-            while reason == "max_epochs" and c["epoch"] < self.max_epochs:
-                if not self._train_epoch():
-                    reason = self._budget_spent() or "max_steps"
-                    break
-                metrics = self.validate()
-                if self._end_epoch(metrics):
-                    reason = "early_stopping"
-                    break
+            with self._deferred_signals():
+                while reason == "max_epochs" and c["epoch"] < self.max_epochs:
+                    if not self._train_epoch():
+                        reason = self._budget_spent() or "max_steps"
+                        break
+                    metrics = self.validate()
+                    with self._critical():
+                        stop = self._end_epoch(metrics)
+                    if stop:
+                        reason = "early_stopping"
+                        break
             _dist.barrier(self._owns_process_group)  # rank 0's last checkpoint is written before anyone leaves
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: keep the work done so far
+            self._save_interrupted()
+            raise
         finally:
             if self.log is not None:
                 self.log.close()
@@ -65,6 +89,58 @@ class TrainingLoop:
             _dist.finish(self._owns_process_group)
             self._owns_process_group = False
         return {"stopped": reason, **self.counters}
+
+    # ------------------------------------------------------------ interruption
+    # SIGINT and SIGTERM stop training at once, and ``last.pt`` is saved at the last
+    # completed optimiser step (resumable with ``--resume``). A signal that arrives while
+    # an optimiser step or an epoch's end updates the weights and counters waits until
+    # they are consistent (:meth:`_critical`), so the checkpoint never mixes two steps.
+    _critical_depth = 0
+    _pending_signal = None
+
+    @contextlib.contextmanager
+    def _deferred_signals(self):
+        """While training (main thread only): SIGINT and SIGTERM raise as before (the
+        previous handler's exception: ``KeyboardInterrupt``, the CLI's ``Terminated``)
+        except inside :meth:`_critical`, where they are held until it ends."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self._critical_depth:
+                self._pending_signal = (signum, frame, previous[signum])
+            else:
+                _raise_signal(signum, frame, previous[signum])
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def _critical(self):
+        self._critical_depth += 1
+        try:
+            yield
+        finally:
+            self._critical_depth -= 1
+            if not self._critical_depth and self._pending_signal is not None:
+                pending, self._pending_signal = self._pending_signal, None
+                _raise_signal(*pending)
+
+    def _save_interrupted(self) -> None:
+        """Save ``last.pt`` at the last completed optimiser step (rank 0; not when the
+        weights are no longer finite, so a blown-up state never replaces it)."""
+        if not (self._setup_done and self.is_main) or not self._weights_finite():
+            return
+        self.save("last.pt")
+        print(f"ddmr train: stopped at optimiser step {self.counters['optimizer_steps']}; "
+              f"{str(self.run_dir / 'last.pt')!r} is saved, continue with --resume", file=sys.stderr, flush=True)
 
     def elapsed(self) -> float:
         """Seconds of training (and validation) in this run so far, across resumes."""
@@ -121,8 +197,9 @@ class TrainingLoop:
                 if bar is not None:
                     bar.update(1)
                 if last:
-                    loss = self._optimizer_step(group_losses, group_terms, nonfinite)
-                    c["batch_in_epoch"] = i + 1
+                    with self._critical():  # weights, optimiser and counters move together
+                        loss = self._optimizer_step(group_losses, group_terms, nonfinite)
+                        c["batch_in_epoch"] = i + 1
                     if bar is not None and loss is not None:
                         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
                     group_losses, group_terms = [], defaultdict(list)

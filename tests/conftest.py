@@ -116,3 +116,12 @@ def run_cli(*args, env_extra=None):
     return subprocess.run(
         [sys.executable, "-m", "ddmr_core", *args], capture_output=True, text=True, env=env
     )
+
+
+@pytest.fixture(scope="session")
+def hostile_workspace(tiny_workspace, tmp_path_factory):
+    """The second round's hostile inputs (``tests/hostile_workspace.py``), beside
+    ``tiny_workspace``'s; built once, only read."""
+    from hostile_workspace import build_hostile
+
+    return build_hostile(tmp_path_factory.mktemp("hostile") / "hws", tiny_workspace)

@@ -155,14 +155,17 @@ def build_workspace(ws: Path) -> dict:
 
 
 def snapshot(root: str) -> dict:
-    """Every entry under ``root`` (hidden ones too): folders, file contents and modes."""
+    """Every entry under ``root`` (hidden ones too): folders, file contents and modes,
+    symbolic links' targets (not followed: some loop)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            path = Path(dirpath, d)
-            out[str(path.relative_to(root)) + "/"] = oct(path.stat().st_mode)
-        for f in filenames:
-            path = Path(dirpath, f)
-            out[str(path.relative_to(root))] = (hashlib.sha1(path.read_bytes()).hexdigest(),
-                                                oct(path.stat().st_mode))
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                out[key + "@"] = os.readlink(path)
+            elif name in dirnames:
+                out[key + "/"] = oct(path.stat().st_mode)
+            else:
+                out[key] = (hashlib.sha1(path.read_bytes()).hexdigest(), oct(path.stat().st_mode))
     return out

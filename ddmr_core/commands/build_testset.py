@@ -13,6 +13,7 @@ maps and the ground-truth pull field are written with the fixed image's affine (
 
 from __future__ import annotations
 
+from . import add_trust_config_argument
 from ..build_testset import DEFAULT_AUGMENT, build_testset, build_testset_named  # noqa: F401
 
 NAME = "build-testset"
@@ -32,6 +33,7 @@ def add_arguments(parser):
                         help=f"gin file of the augmentation pipeline (default: {DEFAULT_AUGMENT})")
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="extra gin file (repeatable)")
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING", help="gin binding (repeatable)")
+    add_trust_config_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing test set in DIR")
     parser.add_argument("--original-grid", action="store_true",
                         help="also write each pair on the subject's isotropic 1 mm grid (manifest columns "
@@ -39,6 +41,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    build_testset_named(args.dataset, args.pairs, args.size, args.seed, args.out, args.split, args.augment,
-                        args.config, args.gin, overwrite=args.overwrite, original_grid=args.original_grid)
+    from ..locks import output_lock
+
+    # held before the --overwrite check: a second run at once stops instead of passing it too
+    with output_lock(args.out, "build-testset"):
+        build_testset_named(args.dataset, args.pairs, args.size, args.seed, args.out, args.split, args.augment,
+                            args.config, args.gin, overwrite=args.overwrite, original_grid=args.original_grid)
     return 0

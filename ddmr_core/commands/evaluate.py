@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import add_trust_config_argument
+
 NAME = "evaluate"
 HELP = "evaluate models and baselines on a test set (per-pair CSV, summary table, figures)"
 ORDER = 40
@@ -25,6 +27,7 @@ def add_arguments(parser):
                         help="gin file configuring baselines and metrics (repeatable)")
     parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
                         help="gin binding, e.g. 'ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)' (repeatable)")
+    add_trust_config_argument(parser)
     parser.add_argument("--device", default=None,
                         help="torch device for the models: cpu, cuda, cuda:N or mps (default: cuda if available)")
     parser.add_argument("--unrefined", action="store_true",
@@ -35,7 +38,13 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from ..evaluate import evaluate
+    from ..locks import output_lock
 
+    with output_lock(args.out, "evaluate"):
+        return _run(args, evaluate)
+
+
+def _run(args, evaluate) -> int:
     result = evaluate(
         args.testset,
         models=args.model,

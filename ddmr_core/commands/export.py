@@ -11,6 +11,9 @@ returning such files from its ``ddmr_models`` hook (``docs/plugin_hooks.md``).
 
 from __future__ import annotations
 
+#: largest model card read (``--card``)
+MAX_CARD_BYTES = 2 ** 20
+
 NAME = "export"
 HELP = "strip a training checkpoint to a model for inference (weights, config, card) to ship or share"
 ORDER = 45
@@ -24,17 +27,25 @@ def add_arguments(parser):
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
     from ..checkpoint import export_model
     from ..errors import DataError
+    from ..guards import check_not_input
     from ..io import check_output_file
 
     out = check_output_file(args.out, suffixes=(".pt",))  # before any work
+    check_not_input(out, {"checkpoint": args.checkpoint, "card": args.card})
     card = None
     if args.card:
         try:
-            card = json.loads(Path(args.card).read_text())
+            with open(args.card, "rb") as fh:  # bounded: /dev/zero is a file name too
+                raw = fh.read(MAX_CARD_BYTES + 1)
+            if len(raw) > MAX_CARD_BYTES:
+                raise DataError(f"--card {args.card!r} is larger than {MAX_CARD_BYTES // 2 ** 20} MiB; a model card "
+                                "describes a model in a few kilobytes")
+            card = json.loads(raw.decode("utf-8"))
+        except RecursionError:  # json nests by recursion: a crafted card is deep
+            raise DataError(f"--card {args.card!r} is nested too deeply to be a model card") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"--card {args.card!r} is not a readable JSON file: {exc}") from exc
         if not isinstance(card, dict):

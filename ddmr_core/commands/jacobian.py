@@ -8,7 +8,8 @@ the borders) on the field's grid, float32, and prints the folding percentage: vo
 whose determinant is <= 0 (:func:`ddmr_core.spatial.folding_percentage`, the ``folding``
 metric). The determinant has no unit: it is the same in voxel and in millimetre
 coordinates (1 keeps volumes, < 1 shrinks, > 1 expands). The field is ``field.nii.gz``
-(ITK/ANTs) or ``field.npz`` (ddmr). The output is written atomically.
+(ITK/ANTs) or ``field.npz`` (ddmr). The output is written atomically, and never when it
+would not be finite or would replace the field itself.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ def run(args) -> int:
     import torch
 
     from ..field_io import load_field
-    from ..io import check_output_file, save_image
+    from ..guards import check_not_input, check_spacing
+    from ..io import check_field, check_finite, check_output_file, save_image
     from ..spatial import folding_percentage, jacobian_determinant
 
     out = check_output_file(args.out)  # before any work
+    check_not_input(out, {"field": args.field})
     disp, affine = load_field(args.field)
-    jac = jacobian_determinant(torch.from_numpy(disp)[None])[0].numpy()
+    check_spacing(affine, f"field {args.field!r}")
+    # a field moving voxels by more than 10 grid extents is no registration, and its
+    # derivatives' products overflow float32 (a ~1e14 field gave an all-NaN map)
+    check_field(f"field {args.field!r}", disp)
+    jac = jacobian_determinant(torch.from_numpy(disp)[None].double())[0].float().numpy()
+    check_finite(f"the Jacobian determinant of field {args.field!r}", jacobian=jac)  # never written as a result
     save_image(out, jac, affine)
     folded = int(np.count_nonzero(jac <= 0))
     print(f"folding: {folding_percentage(jac):.4f} % of voxels ({folded} of {jac.size}) have a Jacobian "

@@ -14,6 +14,7 @@ bindings; ``SIZE`` defaults to ``--size`` (128). The samples are cached by
 
 from __future__ import annotations
 
+from . import add_trust_config_argument
 from ..prepare import SPLITS, prepare, prepare_named  # noqa: F401  (prepare: benchmarks import it from here)
 
 NAME = "prepare"
@@ -30,11 +31,15 @@ def add_arguments(parser):
                         help="gin binding, e.g. \"ddmr.datasets.abdomen_phantom.patients = 10\" (repeatable)")
     parser.add_argument("--size", type=int, default=None, metavar="S",
                         help="network grid S^3 (binds SIZE; default 128 unless a config sets SIZE)")
+    add_trust_config_argument(parser)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to cache")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="worker processes (default: CPU count, at most 4)")
 
 
 def run(args) -> int:
-    prepare_named(args.dataset, args.out, args.size, args.config, args.gin, args.splits, args.workers)
+    from ..locks import output_lock
+
+    with output_lock(args.out, "prepare"):
+        prepare_named(args.dataset, args.out, args.size, args.config, args.gin, args.splits, args.workers)
     return 0

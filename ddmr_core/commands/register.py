@@ -33,6 +33,8 @@ HELP = "register images with a trained model (warped image, ITK/ANTs field, over
 ORDER = 40
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
+#: what ``--pairs`` writes beside the pair folders (so no pair may be named so)
+SUMMARY_FILES = ("summary.json", "summary.csv")
 
 
 def add_arguments(parser):
@@ -52,6 +54,8 @@ def add_arguments(parser):
     )
     parser.add_argument("--device", default="cpu", help="torch device for the network: cpu, cuda, cuda:N or mps "
                         "(default: cpu)")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="register even when the estimated memory need exceeds what is available")
 
 
 def read_pairs(csv_path: str | Path) -> list[dict]:
@@ -72,8 +76,11 @@ def read_pairs(csv_path: str | Path) -> list[dict]:
     for i, row in enumerate(rows):
         line = i + 2  # header is line 1
         pair = (row.get("pair") or "").strip() or f"pair_{i:03d}"
-        if not re.fullmatch(r"[\w.-]+", pair) or pair in (".", ".."):
+        if not re.fullmatch(r"[\w.-]+", pair) or pair in (".", "..") or len(pair) > 200:
             raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: pair name {pair!r} is not a plain folder name")
+        if pair.lower() in SUMMARY_FILES:
+            raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: pair name {pair!r} is the name of a summary "
+                            f"file of the output folder ({', '.join(SUMMARY_FILES)}); choose another")
         if pair in seen:
             raise DataError(f"pairs CSV {str(csv_path)!r} line {line}: pair name {pair!r} appears twice")
         seen.add(pair)
@@ -121,8 +128,8 @@ def _print(pair, res):
 
 
 def run(args) -> int:
-    from ..register import Registrar, _jsonable
-    from ..register_output import atomic_dir, check_out, write_into
+    from ..locks import output_lock
+    from ..register_output import check_out
 
     single = args.fixed is not None or args.moving is not None
     if args.pairs and (single or args.fixed_seg or args.moving_seg):
@@ -134,8 +141,21 @@ def run(args) -> int:
     else:
         pairs = read_pairs(args.pairs)
     out = check_out(Path(args.out))  # writable, and replaceable if it exists: before any work
+    with output_lock(out, "register"):
+        return _run(args, out, pairs)
 
+
+def _run(args, out: Path, pairs) -> int:
+    from ..guards import check_inputs_outside
+    from ..register import Registrar
+    from ..register_output import atomic_dir, write_into
+
+    inputs = {"--pairs CSV": args.pairs, "--model": args.model if Path(str(args.model)).exists() else None}
+    for item in pairs or [vars(args)]:
+        inputs.update({col + (f" of pair {item['pair']!r}" if pairs else ""): item.get(col) for col in PAIR_COLUMNS})
+    check_inputs_outside(out, inputs)  # the folder is replaced as a whole
     reg = Registrar(args.model, device=args.device)
+    reg.memory_check = not args.no_memory_check
     source = "" if reg.name == args.model else f" ({reg.name})"
     print(f"model {args.model}{source} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
           f"device {reg.device})")
@@ -170,6 +190,8 @@ def run(args) -> int:
             "total_s": time.perf_counter() - t0,
             "pairs": rows,
         }
+        from ..register import _jsonable
+
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
         fields = list(dict.fromkeys(k for r in rows for k in r))
         with open(tmp / "summary.csv", "w", newline="") as fh:

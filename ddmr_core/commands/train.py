@@ -8,7 +8,7 @@ trains with DistributedDataParallel.
 
 from __future__ import annotations
 
-from . import duration
+from . import add_trust_config_argument, duration
 
 NAME = "train"
 HELP = "train a registration model from a gin config (resume, finetune, multi-device)"
@@ -29,15 +29,26 @@ def add_arguments(parser):
                              "the whole run across resumes, e.g. 45m, 1h30m, 900s (a resumable checkpoint is kept)")
     parser.add_argument("--device", default=None,
                         help="training device: cpu, cuda, cuda:N or mps (default: cuda when available)")
+    add_trust_config_argument(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="train even when the estimated memory of a step exceeds what is available")
 
 
 def run(args) -> int:
+    import contextlib
+
+    from .. import distributed
+    from ..locks import output_lock
     from ..trainer import train
 
-    trainer = train(args.config, args.gin, run_dir=args.out, max_steps=args.max_steps,
-                    max_time=args.max_time, device=args.device, resume=args.resume)
+    # one run per folder; under torchrun only rank 0 holds the lock (it alone writes)
+    lock = output_lock(args.out, "train") if distributed.ranks()[1] == 0 else contextlib.nullcontext()
+    with lock:
+        trainer = train(args.config, args.gin, run_dir=args.out, max_steps=args.max_steps,
+                        max_time=args.max_time, device=args.device, resume=args.resume,
+                        memory_check=not args.no_memory_check)
     c = trainer.counters
     if trainer.is_main:
         best = c["best_val"]

@@ -34,14 +34,20 @@ def run(args) -> int:
     import time
 
     from ..field_io import load_field
-    from ..io import check_output_file, load_image, load_label_map, save_image, save_label_map
+    from ..guards import check_not_input, check_spacing
+    from ..io import check_field, check_finite, check_output_file, load_image, load_label_map, save_image, save_label_map
     from ..spatial import apply_field
 
     out = check_output_file(args.out)  # before any work
+    check_not_input(out, {"field": args.field, "moving image": args.moving})
     t = time.perf_counter()
     disp, affine = load_field(args.field)
+    check_spacing(affine, f"field {args.field!r}")
+    check_field(f"field {args.field!r}", disp)  # moving voxels by > 10 grid extents: no registration
     volume, volume_affine = (load_label_map if args.labels else load_image)(args.moving)
+    check_spacing(volume_affine, f"moving image {args.moving!r}")
     warped = apply_field(disp, affine, volume, volume_affine, labels=args.labels)
+    check_finite(f"warping {args.moving!r} with {args.field!r}", warped=warped)  # never written as a result
     (save_label_map if args.labels else save_image)(out, warped, affine)
     kind = "label map (nearest neighbour)" if args.labels else "image (linear)"
     print(f"warped {kind} {args.moving} with {args.field}: {out}, grid {tuple(warped.shape)}, "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ddmr_core.errors import DataError
+from ddmr_core.guards import check_spacing
 from ddmr_core.io import list_nifti, load_image_and_seg, load_label_map, nifti_stem, read_csv
 from ddmr_core.preprocess import Preprocess, as_preprocess
 
@@ -45,7 +46,9 @@ def user_preprocess(preprocess, size) -> Preprocess:
 
 
 def _load(image: Path, seg: Path | None):
-    return load_image_and_seg(image, seg)
+    img, lab, affine = load_image_and_seg(image, seg)
+    check_spacing(affine, f"image {str(image)!r}")  # a unit mistake in a user's header
+    return img, lab, affine
 
 
 def _subjects(pairs: list[tuple[Path, Path | None]], source: str) -> list[Subject]:

@@ -90,6 +90,8 @@ class SyntheticDataset:
         self.preprocess = Preprocess(spacing=None, size=self.shape, percentiles=(0.0, 100.0)).to_dict()
         self.labels = tuple(range(1, n_labels + 1))
         counts = [int(c) for c in subjects]
+        if len(counts) != 3 or min(counts) < 0:
+            raise ValueError(f"subjects must be three counts >= 0 (train, validation, test), got {tuple(subjects)}")
         starts = np.cumsum([0] + counts)
         self._splits = {
             name: range(starts[i], starts[i + 1])
