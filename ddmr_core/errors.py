@@ -32,3 +32,8 @@ class DataError(DdmrError):
 
 class CheckpointError(DdmrError):
     """A checkpoint that is missing, corrupt or of another architecture."""
+
+
+class DdmrWarning(UserWarning):
+    """Base class of warnings a user should see; the command line prints each as one
+    line, ``ddmr: warning: ...``."""
