@@ -145,7 +145,9 @@ def _lines(value, indent: str) -> list[str]:
     if isinstance(value, dict):
         out = []
         for k, v in value.items():
-            if isinstance(v, (dict, list)) and v:
+            if isinstance(v, list) and v and not any(isinstance(x, (dict, list)) for x in v):
+                out.append(f"{indent}{k}: {', '.join(str(x) for x in v)}")
+            elif isinstance(v, (dict, list)) and v:
                 out += [f"{indent}{k}:"] + _lines(v, indent + "  ")
             else:
                 out.append(f"{indent}{k}: {v}")
@@ -196,6 +198,7 @@ def markdown_block(items) -> str:
             f"| {inp.get('intensity_units', UNKNOWN)} | {spacing}, {inp.get('orientation', UNKNOWN)}, "
             f"grid {'×'.join(str(g) for g in inp.get('grid', ()))} | {row['size_mb']} MB | {_md(row['licence'])} "
             f"| `{(rel.sha256 or UNKNOWN)[:16]}…` |")
+    shown = set()  # a notice two models name is reproduced once
     for rel, card, notices in items:
         inp, data, train = card["input"], card["training_data"], card["training"]
         lines += ["", f"### `{rel.ref}`: card", "", "| | |", "|---|---|",
@@ -218,6 +221,10 @@ def markdown_block(items) -> str:
             lines.append(f"| {_md(m['name'])} | {m['value']:g}{unit} | {_md(m['data'])} | `{_md(m['command'])}` |")
         lines += ["", "Changelog:", ""] + [f"- {c['version']} ({c['date']}): {c['changes']}" for c in card["changelog"]]
         for name, text in notices.items():
+            if name in shown:
+                lines += ["", f"Notice `{name}`: shipped beside the weights, reproduced above."]
+                continue
+            shown.add(name)
             lines += ["", f"Notice `{name}` (shipped beside the weights; reproduced verbatim):", "", "```",
                       text.rstrip(), "```"]
     lines += ["", END]
@@ -230,4 +237,5 @@ def replace_block(text: str, block: str) -> str:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         raise DataError(f"the text has no generated block (markers {BEGIN!r} ... {END!r})")
-    return text[:start] + block + text[stop + len(END) + 1:]
+    rest = text[stop + len(END):]
+    return text[:start] + block + (rest[1:] if rest.startswith("\n") else rest)
