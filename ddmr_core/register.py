@@ -65,7 +65,6 @@ from .similarity import dice as overlap
 from .spatial import apply_field, carry_field  # noqa: F401
 
 
-
 class ModelInputWarning(DdmrWarning):
     """An input that does not look like what the model expects (its card's modality and
     intensity units); ``ddmr register`` prints it as one ``ddmr: warning:`` line."""
