@@ -379,7 +379,8 @@ class Registrar:
                 continue
             if self.strict:
                 raise DataError(note + " (refused: strict input checking)")
-            warnings.warn(ModelInputWarning(note + " (registering anyway; --strict refuses)"), stacklevel=3)
+            # stacklevel: the caller of register (past torch.no_grad's wrapper)
+            warnings.warn(ModelInputWarning(note + " (registering anyway; --strict refuses)"), stacklevel=4)
             notes.append(note)
         return notes
 
