@@ -20,7 +20,8 @@ import traceback
 import warnings
 
 from . import __version__
-from .errors import DdmrError, DdmrWarning
+from .errors import DdmrError
+from .errors import DdmrWarning
 
 
 def _command_modules():

@@ -56,7 +56,8 @@ import numpy as np
 import torch
 
 from .devices import resolve_device, synchronize
-from .errors import CheckpointError, DataError, DdmrError, DdmrWarning
+from .errors import CheckpointError, DdmrError
+from .errors import DataError, DdmrWarning
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
@@ -434,8 +435,8 @@ class Registrar:
         m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
         check_not_constant(f0, _named("fixed image", fname))
         check_not_constant(m0, _named("moving image", mname))
-        notes = self.check_inputs((f0, _named("fixed image", fname)), (m0, _named("moving image", mname)))
         m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
+        notes = self.check_inputs((f0, _named("fixed image", fname)), (m0, _named("moving image", mname)))
         timings["read"] = time.perf_counter() - t
 
         t = time.perf_counter()
