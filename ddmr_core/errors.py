@@ -37,3 +37,8 @@ class CheckpointError(DdmrError):
 class DdmrWarning(UserWarning):
     """Base class of warnings a user should see; the command line prints each as one
     line, ``ddmr: warning: ...``."""
+
+
+class ModelInputWarning(DdmrWarning):
+    """An input that does not look like what the model expects (its card's modality and
+    intensity units, :func:`ddmr_core.model_card.input_mismatch`)."""

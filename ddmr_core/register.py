@@ -57,18 +57,12 @@ import torch
 
 from .devices import resolve_device, synchronize
 from .errors import CheckpointError, DdmrError
-from .errors import DataError, DdmrWarning
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
 from .similarity import centroid_distance, global_ncc
 from .similarity import dice as overlap
 from .spatial import apply_field, carry_field  # noqa: F401
-
-
-class ModelInputWarning(DdmrWarning):
-    """An input that does not look like what the model expects (its card's modality and
-    intensity units); ``ddmr register`` prints it as one ``ddmr: warning:`` line."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -369,8 +363,9 @@ class Registrar:
         """Compare ``(array, what)`` images with what the model's card says it expects
         (:func:`ddmr_core.model_card.input_mismatch`: CT in Hounsfield units given to an
         MR model, an MR scan given to a CT model). Each mismatch is one line, issued as a
-        :class:`ModelInputWarning` and returned; with ``strict`` it is a
+        :class:`~ddmr_core.errors.ModelInputWarning` and returned; with ``strict`` it is a
         :class:`~ddmr_core.errors.DataError` instead."""
+        from .errors import DataError, ModelInputWarning
         from .model_card import input_mismatch
 
         notes = []
