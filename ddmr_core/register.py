@@ -64,7 +64,6 @@ from .similarity import centroid_distance, global_ncc
 from .similarity import dice as overlap
 from .spatial import apply_field, carry_field  # noqa: F401
 
-
 # ---------------------------------------------------------------- inputs
 
 
