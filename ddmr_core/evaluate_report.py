@@ -96,7 +96,8 @@ def model_lines(models: dict) -> list[str]:
     for method, info in models.items():
         version = f", version {info['version']}" if info.get("version") else ", no version"
         sha = f"sha256 `{info['sha256']}`" if info.get("sha256") else "sha256 unknown"
-        lines.append(f"- {method}: `{info.get('ref') or info.get('name')}`{version}, {sha} ({info.get('checkpoint')})")
+        ref = info.get("ref") or info.get("name")
+        lines.append(f"- {method}: `{ref}`{version}, {sha} ({info.get('checkpoint')})")
     return lines + [""]
 
 

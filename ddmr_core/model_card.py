@@ -102,7 +102,8 @@ def input_mismatch(card: dict | None, image: np.ndarray, what: str, model: str) 
     if units not in ("HU", "arbitrary"):
         return None
     image = np.asarray(image)
-    expects = f"{model} expects {'/'.join(card.get('modalities') or ['?'])} ({', '.join(card.get('contrasts') or ['?'])})"
+    modalities, contrasts = card.get("modalities") or ["?"], card.get("contrasts") or ["?"]
+    expects = f"{model} expects {'/'.join(modalities)} ({', '.join(contrasts)})"
     if units == "arbitrary":
         share = float(np.mean(image < CT_AIR_HU))
         if share >= CT_SHARE:
@@ -187,7 +188,8 @@ def markdown_block(items) -> str:
     """The generated block of ``docs/models.md`` for ``items``, a list of ``(release,
     card, {notice name: text})``: a table of the models, each card's expectations, terms
     and figures, and the notices verbatim, between :data:`BEGIN` and :data:`END`."""
-    lines = [BEGIN, "", "| model | task | modalities (contrasts) | intensities | trained at | size | weights licence | sha256 |",
+    lines = [BEGIN, "",
+             "| model | task | modalities (contrasts) | intensities | trained at | size | weights licence | sha256 |",
              "|---|---|---|---|---|---|---|---|"]
     for rel, card, _ in items:
         row = summary_row(rel, card)

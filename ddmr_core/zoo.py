@@ -316,7 +316,8 @@ def verify(release: Release) -> Release:
         return release
     got = file_sha256(release.source)
     if got != release.sha256:
-        where = f"the sha256 recorded in {str(release.registry_file)!r}" if release.registry_file else "its recorded sha256"
+        where = (f"the sha256 recorded in {str(release.registry_file)!r}" if release.registry_file
+                 else "its recorded sha256")
         raise IntegrityError(
             f"model {release.ref}: weight file {describe_source(release.source)!r} does not match {where} "
             f"(expected {release.sha256[:16]}..., got {got[:16]}...): it was modified or corrupted; "

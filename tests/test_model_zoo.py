@@ -20,10 +20,11 @@ import pytest
 import torch
 
 import ddmr_plugins.models as builtin
+from ddmr_core.checkpoint import resolve_model
 from ddmr_core.cli import main
+from ddmr_core.errors import DataError
 from ddmr_core.hookspecs import hookimpl
-from ddmr_core.model_card import (BEGIN, END, CardError, input_mismatch, markdown_block, replace_block,
-                                  validate_card)
+from ddmr_core.model_card import CardError, input_mismatch, markdown_block, replace_block, validate_card
 from ddmr_core.zoo import (IntegrityError, Release, add_release, field_description, folder_models, read_sums,
                            record_sha256)
 
@@ -49,6 +50,7 @@ def test_every_shipped_release_has_a_valid_card_a_changelog_and_its_sha256():
         assert r.size <= 2 * 1024 * 1024
         assert isinstance(r.card["contrasts"], list) and r.card["contrasts"]
         assert "clinical" in r.card["intended_use"]
+        assert resolve_model(r.ref) == r.path  # by NAME@VERSION, its sha256 checked
     assert set(sums) == {r.path.name for r in releases}
 
 
@@ -218,8 +220,12 @@ def test_a_tampered_weight_file_is_one_error_line_and_nothing_loads(zoo, tiny_wo
     shutil.copy(zoo / "tiny-mr@1.pt", zoo / "tiny-mr@3.pt")
     with pytest.raises(IntegrityError, match="no sha256 in"):
         Registrar("tiny-mr")
-    assert record_sha256(zoo / "tiny-mr@3.pt") == read_sums(zoo / "SHA256SUMS")["tiny-mr@3.pt"]
-    Registrar("tiny-mr@3")
+    assert main(["models", "hash", str(zoo / "tiny-mr@3.pt")]) == 0  # what a maintainer runs (record_sha256)
+    digest = hashlib.sha256((zoo / "tiny-mr@3.pt").read_bytes()).hexdigest()
+    assert read_sums(zoo / "SHA256SUMS")["tiny-mr@3.pt"] == digest
+    assert Registrar("tiny-mr").model_info["version"] == "3"
+    with pytest.raises(DataError, match="<name>@<version>.pt"):
+        record_sha256(zoo / "tiny-mr@1.json")
 
 
 def _ct_like(path: Path, like: str) -> str:
