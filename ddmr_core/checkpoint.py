@@ -66,55 +66,33 @@ def describe(source) -> str:
     return str(source)
 
 
-#: characters that make a ``--model`` value a file name rather than a model name
-_PATH_HINTS = ("/", "\\", ".")
-
-
 def resolve_model(spec, registry=None):
-    """What ``--model SPEC`` names: a checkpoint file or a registered model.
+    """What ``--model SPEC`` names: a checkpoint file or a registered model release.
 
-    A path to an existing file wins; otherwise ``spec`` is looked up among the models of
-    the ``ddmr_models`` plugin hook and its factory's result (a path, or anything
-    ``torch.load`` accepts) is returned. Paths (and already open files) are returned as
-    they are, so :func:`load_checkpoint` reports a missing file.
+    A path to an existing file wins; otherwise ``spec``, ``NAME`` or ``NAME@VERSION``, is
+    looked up among the models of the ``ddmr_models`` plugin hook
+    (:func:`ddmr_core.zoo.lookup`: the newest release, or the version named), its weight
+    file is checked against the sha256 its plugin recorded (:func:`ddmr_core.zoo.verify`)
+    and its checkpoint (a path, or anything ``torch.load`` accepts) is returned. Paths (and
+    already open files) are returned as they are, so :func:`load_checkpoint` reports a
+    missing file.
 
     Args:
-        spec: a path (``str`` or :class:`~pathlib.Path`), a model name, or an open file.
+        spec: a path (``str`` or :class:`~pathlib.Path`), a model reference, or an open file.
         registry: a :class:`~ddmr_core.registry.Registry` (default: the installed plugins).
 
     Raises:
-        UnknownNameError: ``spec`` is neither a file nor a registered model name (the
-            message lists the registered names, with a did-you-mean).
+        UnknownNameError: ``spec`` is neither a file nor a registered model name, or names
+            a version that is not shipped (the message lists what is).
         PluginError: the model's factory fails, or names a file that does not exist.
+        ddmr_core.zoo.IntegrityError: the weight file does not match its recorded sha256.
     """
-    from .errors import PluginError
-    from .registry import Registry, unknown_name_message
+    from . import zoo
 
-    if _is_stream(spec) or isinstance(spec, Path) or Path(str(spec)).is_file():
-        return spec
-    spec = str(spec)
-    if any(h in spec for h in _PATH_HINTS) or not spec:  # a file name: not a model name
-        return Path(spec)
-    registry = registry if registry is not None else Registry(bind_gin=False)
-    names = registry.names("models")
-    if spec not in names:
-        from .errors import UnknownNameError
-
-        raise UnknownNameError(unknown_name_message(
-            "models", spec, names, intro=f"model {spec!r} is neither a checkpoint file nor a registered model name"))
-    entry = registry.entry("models", spec)
-    origin = f"model {spec!r} of plugin {entry.plugin!r} ({entry.distribution})"
-    try:
-        source = entry.factory()
-    except Exception as exc:
-        raise PluginError(f"{origin} failed: {type(exc).__name__}: {exc}") from exc
-    if _is_stream(source):
-        return source
-    if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
-        raise PluginError(f"{origin}: its factory returned {type(source).__name__}, not a checkpoint path")
-    if not Path(source).is_file():
-        raise PluginError(f"{origin}: its checkpoint {str(source)!r} does not exist")
-    return Path(source)
+    release = zoo.lookup(spec, registry)
+    if release is None:  # a checkpoint file (or a file name): not a model reference
+        return spec if (_is_stream(spec) or isinstance(spec, Path) or Path(str(spec)).is_file()) else Path(str(spec))
+    return zoo.verify(release).source
 
 
 def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:

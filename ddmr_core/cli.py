@@ -19,10 +19,12 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from . import __version__
 from .config_trust import trusted_configs
 from .errors import DdmrError
+from .errors import DdmrWarning
 
 
 def _command_modules():
@@ -86,11 +88,29 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show each :class:`DdmrWarning` (every time, not once per place) as one line,
+    ``ddmr: warning: ...``, on stderr; other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DdmrWarning):
+                print(f"ddmr: warning: {one_line(message)}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", DdmrWarning)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _warnings_as_lines():
             parser = build_parser()
             args = parser.parse_args(argv)
             if not getattr(args, "_run", None):

@@ -32,3 +32,13 @@ class DataError(DdmrError):
 
 class CheckpointError(DdmrError):
     """A checkpoint that is missing, corrupt or of another architecture."""
+
+
+class DdmrWarning(UserWarning):
+    """Base class of warnings a user should see; the command line prints each as one
+    line, ``ddmr: warning: ...``."""
+
+
+class ModelInputWarning(DdmrWarning):
+    """An input that does not look like what the model expects (its card's modality and
+    intensity units, :func:`ddmr_core.model_card.input_mismatch`)."""

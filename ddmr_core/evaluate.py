@@ -512,8 +512,10 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
         titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
         units = {n: getattr(metric_objs[n], "unit", "") for n in names}
+        models_used = {m.name: m.registrar.model_info for m in methods
+                       if m.kind == "model" and m.registrar is not None}
         write_report(tmp, writer.rows, [m.name for m in methods], names, directions, titles, units,
-                     slices if figures else None, tset)
+                     slices if figures else None, tset, models=models_used)
     say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
         + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
     return EvaluationResult(writer.rows, out, failures, [m.name for m in methods])

@@ -87,7 +87,22 @@ def _failed(row) -> bool:
     return bool(err) and not all(part.startswith("metric ") for part in err.split("; "))
 
 
-def write_summary(path: Path, rows, methods, metric_names, directions, titles, units, testset=None) -> Path:
+def model_lines(models: dict) -> list[str]:
+    """The summary's "Models" section: for each model method, the release it ran (name,
+    version) and the sha256 of its weight file (:func:`ddmr_core.zoo.identify`)."""
+    if not models:
+        return []
+    lines = ["## Models", ""]
+    for method, info in models.items():
+        version = f", version {info['version']}" if info.get("version") else ", no version"
+        sha = f"sha256 `{info['sha256']}`" if info.get("sha256") else "sha256 unknown"
+        ref = info.get("ref") or info.get("name")
+        lines.append(f"- {method}: `{ref}`{version}, {sha} ({info.get('checkpoint')})")
+    return lines + [""]
+
+
+def write_summary(path: Path, rows, methods, metric_names, directions, titles, units, testset=None,
+                  models: dict | None = None) -> Path:
     paper = [c for c in PAPER_METRICS if c in metric_names]
     extra = [c for c in metric_names if c not in PAPER_METRICS]
     lines = ["# Evaluation summary", ""]
@@ -113,6 +128,7 @@ def write_summary(path: Path, rows, methods, metric_names, directions, titles, u
     if label_cols:
         t = {c: f"DSC {c[4:]}" for c in label_cols}
         lines += ["## Dice per label", ""] + _table(rows, methods, label_cols, {c: True for c in label_cols}, t, {}) + [""]
+    lines += model_lines(models or {})
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["## Failures", ""]
@@ -193,11 +209,12 @@ def write_median_figure(path: Path, method: str, pair: str, s: dict) -> Path:
 
 
 def write_report(out: Path, rows, methods: Sequence[str], metric_names, directions, titles, units,
-                 slices: dict, testset=None) -> dict:
-    """Write ``summary.md``, ``boxplots.png`` and ``median_pair_<method>.png``; returns paths."""
+                 slices: dict, testset=None, models: dict | None = None) -> dict:
+    """Write ``summary.md``, ``boxplots.png`` and ``median_pair_<method>.png``; returns paths.
+    ``models``: ``{method: model info}`` of the model methods, recorded in the summary."""
     out = Path(out)
     paths = {"summary": write_summary(out / "summary.md", rows, methods, metric_names, directions,
-                                      titles, units, testset)}
+                                      titles, units, testset, models)}
     if slices is not None:
         box = write_boxplots(out / "boxplots.png", rows, methods, metric_names, titles, units)
         if box is not None:

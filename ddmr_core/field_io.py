@@ -75,13 +75,16 @@ def lps_mm_to_voxel(vectors, affine) -> np.ndarray:
     return np.einsum("ij,xyzj->ixyz", m, np.asarray(vectors, dtype=np.float64)).astype(np.float32)
 
 
-def save_field_itk(path, disp, affine) -> Path:
+def save_field_itk(path, disp, affine, description: str | None = None) -> Path:
     """Write a voxel pull field as an ITK/ANTs displacement-field NIfTI.
 
     Args:
         path: ``.nii`` or ``.nii.gz``.
         disp: ``(3, D, H, W)`` (or ``(1, 3, D, H, W)``) voxel field, array or tensor.
         affine: the fixed image's voxel->RAS affine ``(4, 4)``.
+        description: text for the header's ``descrip`` field (NIfTI-1 keeps 79 bytes of
+            it: longer text is cut), e.g. which model made the field
+            (:func:`ddmr_core.zoo.field_description`).
 
     Returns:
         The path written. The file is ``(D, H, W, 1, 3)`` float32, LPS millimetres,
@@ -102,6 +105,8 @@ def save_field_itk(path, disp, affine) -> Path:
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     hdr.set_zooms(tuple(zooms) + (1.0, 1.0))
     hdr.set_xyzt_units("mm", "sec")
+    if description:
+        hdr["descrip"] = description.encode("ascii", "replace")[:79]
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path

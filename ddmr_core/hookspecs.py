@@ -119,7 +119,9 @@ def ddmr_models():
 
     A factory takes no arguments and returns where the model's ddmr checkpoint is: a
     :class:`pathlib.Path` (or ``str``) of a file, or anything else ``torch.load`` accepts
-    (an open binary file). Factories are called when a name is looked up, so they should
+    (an open binary file); or the model's versioned releases, a
+    :class:`ddmr_core.zoo.Release` or a list of them (:func:`ddmr_core.zoo.folder_models`
+    builds such a hook from a folder of weights, cards and their sha256). Factories are called when a name is looked up, so they should
     be cheap (no download: return a file shipped in the package). The checkpoint is an
     untrusted file like any other: it is read with ``torch.load(weights_only=True)`` and
     its gin config may only bind values (:func:`ddmr_core.checkpoint.load_model`).

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -185,6 +186,10 @@ class RegistrationResult:
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
+    #: the model used: name, version, ref, sha256, checkpoint (:func:`ddmr_core.zoo.identify`)
+    model: dict = field(default_factory=dict)
+    #: input mismatches found (:meth:`Registrar.check_inputs`), one line each
+    warnings: list = field(default_factory=list)
 
     @property
     def spacing(self) -> np.ndarray:
@@ -206,10 +211,13 @@ class RegistrationResult:
         return out
 
     def summary(self) -> dict:
-        """JSON-ready dict: inputs, output grid, timings (s) and metrics."""
+        """JSON-ready dict: model (name, version, sha256), inputs, warnings, output grid,
+        timings (s) and metrics."""
         return _jsonable(
             {
+                "model": self.model,
                 "inputs": self.inputs,
+                "warnings": self.warnings,
                 "output_shape": list(self.warped.shape),
                 "output_spacing_mm": [float(s) for s in self.spacing],
                 "output_affine": self.affine.tolist(),
@@ -279,24 +287,38 @@ class Registrar:
         device: torch device for the network (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
             None: CUDA when available), :func:`ddmr_core.devices.resolve_device`.
         registry: a :class:`ddmr_core.registry.Registry` (default: the installed plugins).
+        strict: refuse (:class:`DataError`) images that do not look like what the model's
+            card says it expects, instead of warning (:meth:`check_inputs`).
 
     Raises:
-        CheckpointError: missing/unreadable file, not a ddmr checkpoint, or a checkpoint
-            whose config or weights do not build a model.
-        UnknownNameError: ``model`` is neither a file nor a registered model name.
+        CheckpointError: missing/unreadable file, not a ddmr checkpoint, a checkpoint
+            whose config or weights do not build a model, or a shipped weight file that
+            does not match its recorded sha256 (:class:`ddmr_core.zoo.IntegrityError`).
+        UnknownNameError: ``model`` is neither a file nor a registered model name (or
+            names a version that is not shipped).
     """
 
-    def __init__(self, model, device="cpu", registry=None):
+    def __init__(self, model, device="cpu", registry=None, strict: bool = False):
+        from . import zoo
         from .checkpoint import describe, load_model, resolve_model
         from .preprocess import Preprocess
 
         self.device = resolve_device(device)
         self.spec = model if hasattr(model, "read") else str(model)
-        self.path = resolve_model(model, registry)
+        self.strict = bool(strict)
+        release = zoo.lookup(model, registry)  # None: a checkpoint file, not a model name
+        self.path = zoo.verify(release).source if release is not None else resolve_model(model, registry)
         self.name = describe(self.path)
+        #: which model this is, as results record it: name, version, sha256 (:func:`ddmr_core.zoo.identify`)
+        self.model_info = zoo.identify(model, self.path, release)
         t0 = time.perf_counter()
         self.model, ckpt = load_model(self.path, device=self.device, registry=registry)
         self.load_time = time.perf_counter() - t0
+        # the card says what inputs the model expects (the input check of :meth:`register`);
+        # a checkpoint without a card file may carry one from ``ddmr export --card``
+        self.card = release.card if release is not None and release.card is not None else ckpt.get("card")
+        if not isinstance(self.card, dict):
+            self.card = None
         self.labels = tuple(int(v) for v in (ckpt.get("labels") or ()))
         size = ckpt.get("input_size")
         try:
@@ -350,6 +372,27 @@ class Registrar:
         pre = self.preprocess.replace(size=None if shape is None else tuple(int(n) for n in shape))
         img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground")
         return img, aff
+
+    def check_inputs(self, *images) -> list[str]:
+        """Compare ``(array, what)`` images with what the model's card says it expects
+        (:func:`ddmr_core.model_card.input_mismatch`: CT in Hounsfield units given to an
+        MR model, an MR scan given to a CT model). Each mismatch is one line, issued as a
+        :class:`~ddmr_core.errors.ModelInputWarning` and returned; with ``strict`` it is a
+        :class:`~ddmr_core.errors.DataError` instead."""
+        from .errors import DataError, ModelInputWarning
+        from .model_card import input_mismatch
+
+        notes = []
+        for image, what in images:
+            note = input_mismatch(self.card, image, what, self.model_info.get("ref") or self.name)
+            if note is None:
+                continue
+            if self.strict:
+                raise DataError(note + " (refused: strict input checking)")
+            # stacklevel: the caller of register (past torch.no_grad's wrapper)
+            warnings.warn(ModelInputWarning(note + " (registering anyway; --strict refuses)"), stacklevel=4)
+            notes.append(note)
+        return notes
 
     @torch.inference_mode()
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -407,6 +450,7 @@ class Registrar:
         check_spacing(M0, _named("moving image", mname))
         self.check_memory(f0.shape, F0, original_resolution)
         m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
+        notes = self.check_inputs((f0, _named("fixed image", fname)), (m0, _named("moving image", mname)))
         timings["read"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -469,6 +513,8 @@ class Registrar:
             metrics=metrics,
             timings=timings,
             inputs=inputs,
+            model=dict(self.model_info),
+            warnings=notes,
         )
 
 

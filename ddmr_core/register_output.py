@@ -7,9 +7,11 @@ Files (``OUTPUT_FILES``):
 * ``warped.nii.gz`` -- the moving image warped onto it (original intensities, linear);
 * ``warped_seg.nii.gz`` -- the moving label map warped (nearest), when one is given;
 * ``field.nii.gz`` -- the field for ITK/ANTs/3D Slicer (LPS mm, :mod:`ddmr_core.field_io`);
+  its header's description names the model, ``ddmr brain-mr@1 sha256:0123456789ab``;
 * ``field.npz`` -- the voxel field with spacing and affine;
 * ``overview.png`` -- fixed, moving, warped, checkerboard, deformation grid (mid slices);
-* ``results.json`` -- inputs, output grid, timings and Dice/TRE before and after.
+* ``results.json`` -- the model (name, version, sha256), inputs, input warnings, output
+  grid, timings and Dice/TRE before and after.
 
 Everything is first written to a hidden temporary folder next to the destination, which
 replaces the destination as a whole only once all of it succeeded
@@ -28,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from .field_io import save_field_itk, save_field_npz
+from .zoo import field_description
 from .io import atomic_dir as _atomic_dir
 from .io import check_output_folder
 from .figures import checkerboard, draw_deformation_grid
@@ -92,7 +95,9 @@ def write_into(result, folder: str | Path) -> list[str]:
     if result.warped_seg is not None:
         save_label_map(folder / "warped_seg.nii.gz", result.warped_seg, result.affine)
         written.append("warped_seg.nii.gz")
-    save_field_itk(folder / "field.nii.gz", result.disp, result.affine)
+    # which model made the field travels in its header: "ddmr brain-mr@1 sha256:0123456789ab"
+    desc = field_description(result.model) if result.model else None
+    save_field_itk(folder / "field.nii.gz", result.disp, result.affine, description=desc)
     save_field_npz(folder / "field.npz", result.disp, result.spacing, result.affine)
     written += ["field.nii.gz", "field.npz"]
     save_overview(folder / "overview.png", result)

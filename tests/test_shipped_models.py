@@ -1,7 +1,7 @@
 """CI checks of the models that ship with ddmr (issue 15).
 
-For every model the built-in plugin registers (``ddmr_plugins.models``: one per
-``plugins/models/weights/<name>.pt``), the test
+For every model the built-in plugin registers (``ddmr_plugins.models``: one per name of
+``plugins/models/weights/<name>@<version>.pt``, its newest release), the test
 
 * resolves the name and loads the checkpoint through ddmr's loader
   (``torch.load(weights_only=True)``, config bindings only), and checks its size (<= 2 MB);
@@ -138,10 +138,12 @@ def test_the_scaffolding_runs_on_a_tiny_model(tiny_workspace, tmp_path, monkeypa
     import shutil
 
     import ddmr_plugins.models as builtin
+    from ddmr_core.zoo import record_sha256
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     (tmp_path / "weights").mkdir()
-    shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "brain-mr.pt")
+    shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "brain-mr@1.pt")
+    record_sha256(tmp_path / "weights" / "brain-mr@1.pt")  # a release is checked against its sha256
     assert builtin_models() == ["brain-mr"]
     got = measure("brain-mr", tmp_path, pair=("mni_brain", 16, 2024, ()))
     assert got["bytes"] <= MAX_BYTES and got["crop"] == "none"

@@ -1,12 +1,18 @@
 """``ddmr export``: a training checkpoint as a model to ship or share.
 
     ddmr export runs/brain/uw_nsd/best.pt --out brain-mr.pt [--card card.json]
+    ddmr export runs/brain/uw_nsd/best.pt --out plugins/models/weights/brain-mr@2.pt --card card.json
 
 Keeps what inference needs (weights, config, grid, labels, preprocessing) and the
 validation history, drops the optimiser, scheduler and RNG states
 (:func:`ddmr_core.checkpoint.export_model`), and stores an optional model card (a JSON
 object: data, training command, budget, measured figures). A plugin ships models by
 returning such files from its ``ddmr_models`` hook (``docs/plugin_hooks.md``).
+
+An ``--out`` named ``<name>@<version>.pt`` is a release of a zoo folder
+(:mod:`ddmr_core.zoo`): the card is then required and checked against the schema
+(:mod:`ddmr_core.model_card`) first, and written beside the weights as
+``<name>@<version>.json``, with the weights' sha256 in the folder's ``SHA256SUMS``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ def run(args) -> int:
     from ..errors import DataError
     from ..guards import check_not_input
     from ..io import check_output_file
+    from ..model_card import validate_card
+    from ..zoo import SUMS, WEIGHT_FILE, add_release
 
     out = check_output_file(args.out, suffixes=(".pt",))  # before any work
     check_not_input(out, {"checkpoint": args.checkpoint, "card": args.card})
@@ -50,6 +58,14 @@ def run(args) -> int:
             raise DataError(f"--card {args.card!r} is not a readable JSON file: {exc}") from exc
         if not isinstance(card, dict):
             raise DataError(f"--card {args.card!r} must hold a JSON object")
+    release = WEIGHT_FILE.match(out.name)
+    if release:  # a release of a zoo folder: its card must follow the schema, before any work
+        if card is None:
+            raise DataError(f"--out {args.out!r} names a release (<name>@<version>.pt): give its model card, --card JSON")
+        validate_card(card, repr(args.card), name=release["name"], version=release["version"], folder=out.parent)
     path = export_model(args.checkpoint, out, card)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if release:
+        sha = add_release(path, card)
+        print(f"wrote {path.with_suffix('.json').name} and its sha256 {sha[:12]}... in {path.parent / SUMS}")
     return 0

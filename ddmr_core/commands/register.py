@@ -5,8 +5,10 @@ One pair::
     ddmr register --fixed F.nii.gz --moving M.nii.gz [--fixed-seg FS] [--moving-seg MS] \\
         --model {model.pt | NAME} --out DIR [--original-resolution] [--device cuda]
 
-``--model`` takes a checkpoint file or the name of a registered model (``brain-mr``;
-``ddmr plugins --kind models`` lists them); a path to an existing file wins.
+``--model`` takes a checkpoint file or a shipped model: ``brain-mr`` (its newest release)
+or ``brain-mr@1`` (that release; ``ddmr models`` lists them); a path to an existing file
+wins. An input that does not look like what the model's card expects (CT given to an MR
+model...) gets one warning line; ``--strict`` refuses it instead.
 
 Many pairs, model loaded once: ``--pairs pairs.csv`` with columns ``fixed,moving`` and
 optionally ``fixed_seg,moving_seg`` and ``pair`` (an output sub-folder name; default
@@ -43,8 +45,9 @@ def add_arguments(parser):
     parser.add_argument("--fixed-seg", metavar="FS", help="fixed label map (optional; gives Dice/TRE)")
     parser.add_argument("--moving-seg", metavar="MS", help="moving label map (optional; warped with nearest neighbour)")
     parser.add_argument("--pairs", metavar="CSV", help="CSV of pairs (columns fixed,moving[,fixed_seg,moving_seg][,pair])")
-    parser.add_argument("--model", metavar="CKPT|NAME", required=True,
-                        help="ddmr checkpoint, or the name of a registered model (`ddmr plugins --kind models`)")
+    parser.add_argument("--model", metavar="CKPT|NAME[@VERSION]", required=True,
+                        help="ddmr checkpoint, or a shipped model: NAME (its newest release) or NAME@VERSION "
+                             "(`ddmr models` lists them)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
     parser.add_argument(
         "--original-resolution",
@@ -52,6 +55,9 @@ def add_arguments(parser):
         help="write outputs on the fixed image's original grid (default: the working grid, the fixed "
              "image after the model's crop and resampling)",
     )
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse images that do not look like what the model's card says it expects (e.g. CT "
+                             "given to an MR model); default: one warning line, and register anyway")
     parser.add_argument("--device", default="cpu", help="torch device for the network: cpu, cuda, cuda:N or mps "
                         "(default: cpu)")
     parser.add_argument("--no-memory-check", action="store_true",
@@ -154,10 +160,12 @@ def _run(args, out: Path, pairs) -> int:
     for item in pairs or [vars(args)]:
         inputs.update({col + (f" of pair {item['pair']!r}" if pairs else ""): item.get(col) for col in PAIR_COLUMNS})
     check_inputs_outside(out, inputs)  # the folder is replaced as a whole
-    reg = Registrar(args.model, device=args.device)
+    reg = Registrar(args.model, device=args.device, strict=args.strict)
     reg.memory_check = not args.no_memory_check
+    ref = reg.model_info.get("ref") or args.model
     source = "" if reg.name == args.model else f" ({reg.name})"
-    print(f"model {args.model}{source} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
+    sha = reg.model_info.get("sha256")
+    print(f"model {ref}{source}{f' sha256 {sha[:12]}' if sha else ''} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
           f"device {reg.device})")
     if pairs is None:
         res = reg.register(
@@ -185,6 +193,7 @@ def _run(args, out: Path, pairs) -> int:
             _print(item["pair"], res)
         summary = {
             "model": str(args.model),
+            "model_info": reg.model_info,
             "checkpoint": reg.name,
             "model_load_s": reg.load_time,
             "total_s": time.perf_counter() - t0,

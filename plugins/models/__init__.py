@@ -1,10 +1,13 @@
-"""Built-in trained models: ``ddmr register --model NAME``.
+"""Built-in trained models: ``ddmr register --model NAME[@VERSION]``.
 
-Each model is a ddmr checkpoint shipped inside this package, ``weights/<name>.pt``
-(package data, see ``setup.cfg``); the file name without ``.pt`` is the model's name
-(``brain-mr.pt`` -> ``brain-mr``). A name is registered only when its file is there, so
-``ddmr plugins --kind models`` never lists a model that cannot load. ``docs/models.md``
-describes each shipped model (training data, recipe, measured accuracy).
+The folder ``weights/`` (package data, see ``setup.cfg``) is a zoo folder
+(:mod:`ddmr_core.zoo`): each release is ``weights/<name>@<version>.pt`` (a ddmr
+checkpoint), its model card ``weights/<name>@<version>.json`` (:mod:`ddmr_core.model_card`)
+and its line in ``weights/SHA256SUMS``, checked before the file is loaded. Notices a card
+names (the MNI ICBM152 copyright and permission notice for brain-mr) lie beside them. A
+name is registered only when one of its weight files is there, so ``ddmr models`` never
+lists a model that is not shipped. ``docs/models.md`` describes each model and how to add
+a release.
 
 Checkpoints load like any other (``torch.load(weights_only=True)``, config bindings
 only; :func:`ddmr_core.checkpoint.load_model`): shipping a model never runs code.
@@ -15,28 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddmr_core.hookspecs import hookimpl
+from ddmr_core.zoo import folder_models, folder_releases
 
-#: where the shipped checkpoints are
+#: where the shipped releases are
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-SUFFIX = ".pt"
 
 
-def _factory(path: Path):
-    def model() -> Path:
-        return path
-
-    model.__doc__ = f"the checkpoint {path.name} shipped with ddmr"
-    return model
-
-
-def shipped() -> dict[str, Path]:
-    """``{name: checkpoint path}`` of the weight files present in :data:`WEIGHTS`."""
-    if not WEIGHTS.is_dir():
-        return {}
-    return {p.name[: -len(SUFFIX)]: p for p in sorted(WEIGHTS.iterdir())
-            if p.name.endswith(SUFFIX) and p.is_file() and not p.name.startswith(".")}
+def shipped() -> dict:
+    """``{name: [Release, oldest first]}`` of the releases in :data:`WEIGHTS`."""
+    return folder_releases(WEIGHTS)
 
 
 @hookimpl(trylast=True)
 def ddmr_models():
-    return {name: _factory(path) for name, path in shipped().items()}
+    return folder_models(WEIGHTS)

@@ -113,21 +113,29 @@ def test_ddmr_plugins_lists_models(tiny_workspace, install_models, capsys):
 
 def test_builtin_plugin_registers_only_weight_files_that_exist(tiny_workspace, tmp_path, monkeypatch):
     import ddmr_plugins.models as builtin
+    from ddmr_core.zoo import IntegrityError, record_sha256
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     assert Registry(bind_gin=False).names("models") == []  # no folder: nothing listed
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "README.md").write_text("not a model")
+    shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "tiny-mr.pt")  # unversioned: not a release
     assert Registry(bind_gin=False).names("models") == []
-    shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "tiny-mr.pt")
+    shutil.copy(tiny_workspace["good"], tmp_path / "weights" / "tiny-mr@1.pt")
     reg = Registry(bind_gin=False)
     assert reg.names("models") == ["tiny-mr"]
     entry = reg.entry("models", "tiny-mr")
     assert (entry.plugin, entry.distribution) == ("builtin_models", "ddmr")
-    assert resolve_model("tiny-mr") == tmp_path / "weights" / "tiny-mr.pt"
-    # the shipped folder: every file there is a model that loads (none yet, until weights ship)
-    for path in builtin.shipped().values():
-        assert path.stat().st_size <= 2 * 1024 * 1024
+    # a weight file without its line in SHA256SUMS is listed but never loaded
+    with pytest.raises(IntegrityError, match="no sha256 in"):
+        resolve_model("tiny-mr")
+    record_sha256(tmp_path / "weights" / "tiny-mr@1.pt")
+    assert resolve_model("tiny-mr") == tmp_path / "weights" / "tiny-mr@1.pt"
+    assert resolve_model("tiny-mr@1") == tmp_path / "weights" / "tiny-mr@1.pt"
+    # the shipped folder: every release's file is at most 2 MB
+    for releases in builtin.shipped().values():
+        for release in releases:
+            assert release.size <= 2 * 1024 * 1024
 
 
 def test_register_and_evaluate_take_a_name(tiny_workspace, install_models, tmp_path, capsys):
