@@ -37,6 +37,7 @@ def add_arguments(parser):
 def run(args) -> int:
     import ipaddress
     import logging
+    from http.server import HTTPServer
 
     from ..errors import DdmrError
     from ..serve import create_app
@@ -67,7 +68,9 @@ def run(args) -> int:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per slice request
         print(f"ddmr serve: http://{args.host}:{http.server_port}/ (Ctrl-C stops)", flush=True)
         try:
-            http.serve_forever()
+            # the standard library's loop, not werkzeug's override, which swallows Ctrl-C and
+            # SIGTERM: ddmr stops with its usual line and status (130, 143) instead
+            HTTPServer.serve_forever(http)
         finally:
             http.server_close()
     finally:

@@ -66,7 +66,11 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
 
     if server is None:
         store = ResultStore(max_results=max_results, ttl_s=result_ttl_s)
-        server = Server(models, device=device, store=store, max_voxels=max_voxels or MAX_VOXELS)
+        try:
+            server = Server(models, device=device, store=store, max_voxels=max_voxels or MAX_VOXELS)
+        except BaseException:  # a model that does not load: no folder left behind
+            store.close()
+            raise
     app = flask.Flask("ddmr_core.serve", root_path=str(PACKAGE_DIR), static_folder="static",
                       template_folder="templates")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2 ** 20)

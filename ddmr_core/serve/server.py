@@ -96,7 +96,7 @@ class Server:
                 n += 1
             self.models[key] = Model(key, key, reg, threading.Lock())
         self.default_model = next(iter(self.models))
-        self.store = store or ResultStore()
+        self.store = store if store is not None else ResultStore()  # an empty store is falsy
         self.max_voxels = int(max_voxels)
 
     def model_list(self) -> list[dict]:
