@@ -361,3 +361,34 @@ def test_own_root_is_removed_on_close():
     store.put(rid, folder, 1)
     store.close()
     assert not store.root.exists()
+
+
+def test_volume_over_the_voxel_limit_is_refused_from_its_header(tiny_workspace):
+    server = Server([tiny_workspace["good"]], max_voxels=16 ** 3 - 1)
+    try:
+        r = upload(create_app(server=server).test_client(), **pair())
+        assert r.status_code == 400
+        assert "4096 voxels" in r.get_json()["error"] and "f.nii.gz" in r.get_json()["error"]
+        assert not any(server.store.root.iterdir())
+    finally:
+        server.close()
+
+
+def test_page_files_are_package_data():
+    """Every file the page needs is installed with the package (setup.cfg's globs)."""
+    import configparser
+    import fnmatch
+    from pathlib import Path
+
+    import ddmr_core.serve as serve
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert "ddmr_core.serve" in cfg["options"]["packages"].split()
+    globs = [g.strip() for g in cfg["options.package_data"]["ddmr_core"].split(",")]
+    pkg = Path(serve.__file__).parent
+    needed = [p.relative_to(pkg.parent).as_posix() for d in ("templates", "static") for p in (pkg / d).iterdir()]
+    assert {"serve/templates/index.html", "serve/static/app.js", "serve/static/app.css"} <= set(needed)
+    for rel in needed:
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
