@@ -249,6 +249,8 @@ BAD_UPLOADS = {
                                   ["ms.nii.gz", "one grid"], 400),
     "label map with fractions": (dict(moving_seg=(nifti_bytes(np.full((16, 16, 16), 0.5, np.float32)), "p.nii.gz")),
                                  ["p.nii.gz", "label map"], 400),
+    "RGB image": (dict(fixed=(nifti_bytes(np.zeros((16, 16, 16), [("R", "u1"), ("G", "u1"), ("B", "u1")])),
+                              "rgb.nii.gz")), ["rgb.nii.gz", "integer or real"], 400),
     "constant image": (dict(moving=(nifti_bytes(np.zeros((16, 16, 16), np.float32)), "zero.nii.gz")),
                        ["zero.nii.gz", "constant"], 400),
     "empty file": (dict(moving=(b"", "empty.nii")), ["empty.nii", "empty"], 400),
