@@ -16,9 +16,10 @@ Routes (JSON errors carry ``{"error": message}``):
 ``GET /api/results/<id>/files/<name>``                     a download, by its fixed name only
 =========================================================  ==========================================
 
-Bad input is a 4xx with a message, never a dead server: a :class:`~ddmr_core.errors.DdmrError`
-is a 400, an upload over the limit a 413 (``MAX_CONTENT_LENGTH``), an unknown or expired
-result a 404; anything else is a 500 with its message (and the server goes on).
+A ``POST`` whose ``Origin`` is another site is refused (403). Bad input is a 4xx with a
+message, never a dead server: a :class:`~ddmr_core.errors.DdmrError` is a 400, an upload
+over the limit a 413 (``MAX_CONTENT_LENGTH``), an unknown or expired result a 404;
+anything else is a 500 with its message (and the server goes on).
 
 Flask is imported inside :func:`create_app`: ``ddmr --help`` and the rest of the library
 never import it.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import DdmrError
 
@@ -152,6 +154,15 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
         if path is None:
             return error(f"no file {name!r} here; available: {', '.join(res.available_downloads())}", 404)
         return flask.send_file(path, as_attachment=True, download_name=path.name, max_age=0)
+
+    @app.before_request
+    def same_origin_only():
+        # another web site open in the same browser may send forms to 127.0.0.1 too: a
+        # request that says it comes from elsewhere does not run a registration
+        origin = flask.request.headers.get("Origin")
+        if flask.request.method == "POST" and origin and urlsplit(origin).netloc != flask.request.host:
+            return error(f"cross-site request from {origin!r} refused", 403)
+        return None
 
     @app.after_request
     def no_sniffing(resp):

@@ -51,7 +51,7 @@ class Model:
     lock: threading.Lock
 
 
-def _model_label(spec: str, registrar) -> str:
+def _model_label(spec: str) -> str:
     """A shipped model's name as it is; a checkpoint file by its file name only (the
     page never shows the server's folders)."""
     return Path(spec).name if Path(spec).is_file() else str(spec)
@@ -89,7 +89,7 @@ class Server:
         for spec in models:
             with _gin_lock:
                 reg = Registrar(spec, device=device)
-            label = key = _model_label(str(spec), reg)
+            label = key = _model_label(str(spec))
             n = 2
             while key in self.models:  # two checkpoints of one file name
                 key = f"{label} ({n})"

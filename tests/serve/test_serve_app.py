@@ -287,6 +287,15 @@ def test_bad_form_values_are_400(tiny):
     assert tiny.get("/api/nothing").status_code == 404
 
 
+def test_posts_from_another_site_are_refused(tiny):
+    r = tiny.post("/api/register", data={"source": "upload", **files(**pair())}, content_type="multipart/form-data",
+                  headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-site" in r.get_json()["error"]
+    r = tiny.post("/api/register", data={"source": "upload", **files(**pair())}, content_type="multipart/form-data",
+                  headers={"Origin": "http://localhost"})  # the page itself
+    assert r.status_code == 200
+
+
 def test_client_file_names_are_never_server_paths(tiny, tiny_server, tmp_path):
     evil = str(tmp_path / "planted.nii.gz")
     r = upload(tiny, fixed=(nifti_bytes(_volume()), "../../../../" + evil), moving=(b"junk", "../../m.nii"))
