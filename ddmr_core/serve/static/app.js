@@ -162,7 +162,7 @@ function refreshAxis(axis) {
   const viewer = document.querySelector(`.viewer[data-axis="${axis}"]`);
   const slider = viewer.querySelector("input[type=range]");
   const index = parseInt(slider.value, 10);
-  viewer.querySelector(".slice-no").textContent = `slice ${index + 1} / ${slider.max - -1}`;
+  viewer.querySelector(".slice-no").textContent = `slice ${index + 1} / ${Number(slider.max) + 1}`;
   viewer.querySelectorAll("img").forEach((img, i) => {
     const v = PANELS[i][1];
     img.src = sliceUrl(typeof v === "function" ? v() : v, axis, index);
