@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.ddmr-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-browser demo bench clean
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# the browser tests (tests/browser) need Chromium: `make test-browser` runs them
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/browser
+
+# ddmr serve's page in a real, headless browser: the system's Chromium and chromedriver
+# (Debian: apt-get install chromium chromium-driver); skipped, with the reason, without them
+test-browser: install
+	$(PY) -m pip install -q -e ".[test,browser]"
+	$(PY) -m pytest -q -rs tests/browser
 
 demo: install
 	$(VENV)/bin/ddmr demo --out demo_out

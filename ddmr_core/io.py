@@ -70,11 +70,14 @@ def _read_nifti(path: Path, what: str):
 
 
 def check_volume(data, affine, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The checks every volume passes, from a file or from memory: 3-D (trailing singleton
-    axes, e.g. NIfTI's ``(X, Y, Z, 1)``, are dropped), at least 2 voxels per axis, a
-    finite, invertible ``(4, 4)`` affine. ``what`` names the volume in the one-line
-    :class:`DataError` (e.g. ``"image 'F.nii.gz'"``). Returns ``(data, affine float64)``."""
+    """The checks every volume passes, from a file or from memory: integer or real voxels
+    (not RGB or complex), 3-D (trailing singleton axes, e.g. NIfTI's ``(X, Y, Z, 1)``, are
+    dropped), at least 2 voxels per axis, a finite, invertible ``(4, 4)`` affine. ``what``
+    names the volume in the one-line :class:`DataError` (e.g. ``"image 'F.nii.gz'"``).
+    Returns ``(data, affine float64)``."""
     data = np.asarray(data)
+    if data.dtype.kind not in "biuf":  # RGB (structured), complex, ...: no cast says what was meant
+        raise DataError(f"{what} has voxels of type {data.dtype}; a volume of integer or real values is needed")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

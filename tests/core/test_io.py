@@ -94,6 +94,16 @@ def test_label_map_with_fractions_or_out_of_range_values(tmp_path):
         load_label_map(tmp_path / "big.nii.gz")
 
 
+def test_rgb_and_complex_volumes_are_refused_by_name(tmp_path):
+    rgb = np.zeros((3, 3, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.complex64), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    for name in ("rgb.nii.gz", "c.nii.gz"):
+        for load in (load_image, load_label_map):
+            with pytest.raises(DataError, match=f"{name}.*integer or real"):
+                load(tmp_path / name)
+
+
 def test_image_and_segmentation_on_different_grids(tmp_path):
     save_image(tmp_path / "img.nii.gz", np.zeros((4, 5, 6)), np.eye(4))
     save_label_map(tmp_path / "small.nii.gz", np.zeros((4, 5, 5)), np.eye(4))
