@@ -241,3 +241,24 @@ def replace_block(text: str, block: str) -> str:
         raise DataError(f"the text has no generated block (markers {BEGIN!r} ... {END!r})")
     rest = text[stop + len(END):]
     return text[:start] + block + (rest[1:] if rest.startswith("\n") else rest)
+
+
+def suitability(ref: str, card: dict | None, others) -> str | None:
+    """One line saying which pairs the model ``ref`` (its ``card``) is for, and which other
+    registered model of the same modality covers contrasts it was not trained on.
+
+    ``others``: ``(ref, card)`` of the other registered models (newest release each). ``None``
+    when the card names no contrasts."""
+    contrasts = list((card or {}).get("contrasts") or [])
+    if not contrasts:
+        return None
+    modality = set((card or {}).get("modalities") or [])
+    trained = set(contrasts)
+    line = f"model {ref}: trained for pairs of {', '.join(contrasts)} images"
+    better = [(r, c) for r, c in others
+              if c and set(c.get("modalities") or []) & modality and set(c.get("contrasts") or []) - trained]
+    if better:
+        r, c = max(better, key=lambda rc: len(set(rc[1].get("contrasts") or [])))
+        extra = [x for x in c.get("contrasts") or [] if x not in trained]
+        line += f"; for {', '.join(extra)} scans use --model {r}"
+    return line

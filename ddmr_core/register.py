@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device, synchronize
-from .errors import CheckpointError, DdmrError
+from .errors import CheckpointError, DdmrError, RegistrationQualityWarning
 from .guards import check_spacing
 from .io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
                  load_label_map, spacing_from_affine, to_numpy)
@@ -274,6 +274,44 @@ def _resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpol
     return out
 
 
+# ------------------------------------------------------- is it trustworthy?
+
+#: folding above this share of voxels (%) marks a result untrustworthy
+MAX_FOLDING_PCT = 1.0
+#: a pair already this similar (normalised MI) may rightly be left as it is
+ALIGNED_NMI = 0.98
+
+
+def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor) -> dict:
+    """Whether a registration can be trusted, from signs that do not depend on the contrast.
+
+    ``fixed``, ``moving`` ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid, ``disp`` the
+    ``(1, 3, D, H, W)`` voxel field between them. Returns ``{"nmi_before", "nmi_after",
+    "folding_pct", "flags", "trusted"}``: the images' normalised mutual information
+    (:func:`ddmr_core.similarity.mutual_information`, which a T2 scan against a T1 shares
+    with a T1 against a T1) before and after warping, the share of folded voxels, and one
+    flag per sign of failure: the registration did not raise the mutual information of a
+    pair not already aligned (the images are of different things, or the field moved them
+    apart), or more than
+    :data:`MAX_FOLDING_PCT` % of the voxels fold."""
+    from .similarity import mutual_information
+    from .spatial import folding_percentage, jacobian_determinant, warp
+
+    sub = (slice(None), slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+    warped = warp(moving, disp, mode="linear", padding="border")
+    before = float(mutual_information(moving[sub], fixed[sub], normalised=True)[0])
+    after = float(mutual_information(warped[sub], fixed[sub], normalised=True)[0])
+    folding = float(folding_percentage(jacobian_determinant(disp.float())))
+    flags = []
+    if not after > before and before < ALIGNED_NMI:
+        flags.append(f"the registration did not raise the images' mutual information ({before:.3f} -> "
+                     f"{after:.3f}): different anatomy, or a failed alignment")
+    if folding > MAX_FOLDING_PCT:
+        flags.append(f"{folding:.2f} % of the voxels fold (more than {MAX_FOLDING_PCT:g} %)")
+    return {"nmi_before": before, "nmi_after": after, "folding_pct": folding, "flags": flags,
+            "trusted": not flags}
+
+
 # ------------------------------------------------------------- registrar
 
 
@@ -487,6 +525,11 @@ class Registrar:
             labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
             metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
             metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
+        metrics["trust"] = assess(fx, mv, disp[None].to(fx.device))
+        for flag in metrics["trust"]["flags"]:
+            note = f"untrustworthy result for {fname!r} and {mname!r}: {flag}"
+            warnings.warn(RegistrationQualityWarning(note), stacklevel=3)
+            notes.append(note)
         inputs = {
             "fixed": _describe(fixed, "array"),
             "moving": _describe(moving, "array"),

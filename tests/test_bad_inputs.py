@@ -226,7 +226,8 @@ def test_bad_input(case, tiny_workspace, capsys):
     capsys.readouterr()
     rc = main(argv)
     out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
+    # the tiny untrained model's results are (rightly) flagged untrustworthy: not the error
+    lines = [x for x in err.strip().splitlines() if "untrustworthy result" not in x]
     assert rc == case.rc, (rc, err)
     assert len(lines) == 1 and lines[0].startswith("ddmr: error: "), err
     for word in case.words:

@@ -243,7 +243,8 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_workspace, tmp_path, sig, rc, word)
                        "--fixed-seg", tiny_workspace["fs"], "--moving-seg", tiny_workspace["ms"],
                        "--model", tiny_workspace["good"], "--out", out)
     assert proc.returncode == rc, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    # the tiny untrained model's results are (rightly) flagged untrustworthy: not the point here
+    lines = [x for x in proc.stderr.strip().splitlines() if "untrustworthy result" not in x]
     assert len(lines) == 1 and lines[0].startswith("ddmr: ") and word in lines[0], proc.stderr
     assert _files(out) == before  # the earlier output, not the interrupted one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

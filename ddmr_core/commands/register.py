@@ -115,6 +115,8 @@ def _flat(pair: str, res) -> dict:
         row[f"ncc_{when}"] = m.get("ncc")
         row[f"dice_mean_{when}"] = m.get("dice_mean")
         row[f"tre_mm_mean_{when}"] = m.get("tre_mm_mean")
+    trust = res.metrics.get("trust") or {}
+    row["trusted"] = trust.get("trusted")
     for k, v in res.timings.items():
         row[f"time_{k}_s"] = v
     return row
@@ -130,6 +132,11 @@ def _print(pair, res):
         msg += f", Dice {before['dice_mean']:.3f} -> {after['dice_mean']:.3f}"
     if after and after.get("tre_mm_mean") is not None and before.get("tre_mm_mean") is not None:
         msg += f", TRE {before['tre_mm_mean']:.2f} -> {after['tre_mm_mean']:.2f} mm"
+    trust = res.metrics.get("trust")
+    if trust is not None:
+        msg += f", NMI {trust['nmi_before']:.3f} -> {trust['nmi_after']:.3f}"
+        if not trust["trusted"]:
+            msg += " (UNTRUSTED: see the warning above)"
     print(msg)
 
 
@@ -151,6 +158,27 @@ def run(args) -> int:
         return _run(args, out, pairs)
 
 
+def _suitability(reg, ref) -> str | None:
+    """The one line of :func:`ddmr_core.model_card.suitability` for the loaded model."""
+    from .. import zoo
+    from ..model_card import suitability
+    from ..registry import Registry
+
+    registry = Registry(bind_gin=False)
+    others = []
+    own = str(ref).split("@")[0]
+    for name in registry.names("models"):
+        if name == own:
+            continue
+        try:
+            release = zoo.pick(zoo.entry_releases(registry.entry("models", name)), None)
+        except Exception:  # a third-party model that lists no releases: not suggested
+            continue
+        if release is not None and release.card:
+            others.append((name, release.card))
+    return suitability(ref, reg.card, others)
+
+
 def _run(args, out: Path, pairs) -> int:
     from ..guards import check_inputs_outside
     from ..register import Registrar
@@ -167,6 +195,9 @@ def _run(args, out: Path, pairs) -> int:
     sha = reg.model_info.get("sha256")
     print(f"model {ref}{source}{f' sha256 {sha[:12]}' if sha else ''} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
           f"device {reg.device})")
+    hint = _suitability(reg, ref)
+    if hint:
+        print(hint)
     if pairs is None:
         res = reg.register(
             args.fixed, args.moving, args.fixed_seg, args.moving_seg,

@@ -273,7 +273,7 @@ def test_cli_with_real_vxm_unet(tmp_path, pair_files, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["timings_s"]) >= {"read", "preprocess", "predict", "apply"}
-    assert set(summary["metrics"]) == {"before", "after"}
+    assert set(summary["metrics"]) == {"before", "after", "trust"}
     assert set(summary["metrics"]["before"]["dice"]) == {"1", "2"}
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     field, _ = load_field_itk(out / "field.nii.gz")

@@ -1,0 +1,87 @@
+"""A wrong registration is never a plain success: ddmr_core.register.assess and the warning
+`ddmr register` gives; which model suits which pair (model_card.suitability)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from ddmr_core.errors import RegistrationQualityWarning
+from ddmr_core.model_card import suitability
+from ddmr_core.register import Registrar, assess
+
+
+def head(shape=(40, 44, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.random(shape), 2.0)
+    img = (img - img.min()) / (img.max() - img.min())
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    mask = (zz / 0.75) ** 2 + (yy / 0.6) ** 2 + ((xx - 0.1) / 0.65) ** 2 < 1
+    return (img * mask + 0.3 * mask).astype(np.float32)
+
+
+def T(a):
+    return torch.from_numpy(np.ascontiguousarray(a))[None, None]
+
+
+def test_assess_flags_a_field_that_moves_the_images_apart_and_one_that_folds():
+    fixed = head()
+    moving = np.roll(fixed, 3, axis=0)
+    right = torch.zeros(1, 3, *fixed.shape)
+    right[:, 0] = 3.0  # moving(x + 3) = fixed(x): the true field
+    wrong = torch.zeros(1, 3, *fixed.shape)
+    wrong[:, 0] = -3.0
+    ok = assess(T(fixed / fixed.max()), T(moving / fixed.max()), right)
+    assert ok["trusted"] and ok["nmi_after"] > ok["nmi_before"]
+    bad = assess(T(fixed / fixed.max()), T(moving / fixed.max()), wrong)
+    assert not bad["trusted"] and "mutual information" in bad["flags"][0]
+    # an inverted moving image is no reason to distrust a right field: the measure is contrast-free
+    inv = assess(T(fixed / fixed.max()), T(1 - moving / fixed.max()), right)
+    assert inv["trusted"]
+    folding = right.clone()
+    folding[:, 1, :, ::2] += 1.5  # alternate rows cross each other
+    folded = assess(T(fixed / fixed.max()), T(moving / fixed.max()), folding)
+    assert folded["folding_pct"] > 1.0 and any("fold" in f for f in folded["flags"])
+
+
+def test_register_warns_and_records_an_untrustworthy_result():
+    # a brain pair: the template at 3 mm and its copy rotated by 6 degrees
+    from ddmr_plugins.datasets.mni_brain import load_template
+
+    t1 = load_template()[0][::3, ::3, ::3]
+    rotated = ndimage.rotate(t1, 6, axes=(0, 1), reshape=False, order=1)
+    # a deliberately wrong registration: the shipped model's prediction replaced by a
+    # field that moves the moving image away from the fixed one
+    reg = Registrar("brain-mr")
+
+    def away(f, m):
+        d = torch.zeros(1, 3, *f.shape[2:])
+        d[:, 1] = -6.0
+        return d
+
+    reg.predict = away
+    with pytest.warns(RegistrationQualityWarning, match="untrustworthy"):
+        res = reg.register(t1, rotated)
+    assert res.metrics["trust"]["trusted"] is False
+    assert any("untrustworthy" in w for w in res.summary()["warnings"])
+    # the model's own field on the same pair raises no such warning
+    good = Registrar("brain-mr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegistrationQualityWarning)
+        res = good.register(t1, rotated)
+    assert res.metrics["trust"]["trusted"]
+    assert res.metrics["trust"]["nmi_after"] > res.metrics["trust"]["nmi_before"]
+
+
+def test_suitability_names_the_model_for_other_contrasts():
+    t1 = {"modalities": ["MR"], "contrasts": ["T1"]}
+    anyc = {"modalities": ["MR"], "contrasts": ["T1", "T2", "PD", "FLAIR", "inverted"]}
+    ct = {"modalities": ["CT"], "contrasts": ["CT"]}
+    line = suitability("brain-mr@1", t1, [("brain-mr-any", anyc), ("abdomen-ct", ct)])
+    assert line == ("model brain-mr@1: trained for pairs of T1 images; for T2, PD, FLAIR, inverted scans "
+                    "use --model brain-mr-any")
+    assert suitability("brain-mr-any@1", anyc, [("brain-mr", t1)]) == \
+        "model brain-mr-any@1: trained for pairs of T1, T2, PD, FLAIR, inverted images"
+    assert suitability("x", None, []) is None
