@@ -169,7 +169,7 @@ def main(argv=None) -> int:
                 row[f"{name}_s"] = time.perf_counter() - t
                 row[name], per, row[f"{name}_fold"] = score(res.disp, moving_lab)
                 row[f"{name}_labels"] = per
-                row[f"{name}_flags"] = ";".join(res.metrics.get("flags", []))
+                row[f"{name}_trusted"] = res.metrics["trust"]["trusted"]
             for name, base in baselines.items():
                 if name == "ants_syncc" and contrast != "T1":
                     continue

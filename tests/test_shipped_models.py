@@ -40,6 +40,9 @@ MARGINS: dict[str, tuple[float, str]] = {
     "brain-mr": (0.10, "python tests/test_shipped_models.py brain-mr: +0.154 over the affine start"),
     # measured 2026-11-28: identity 0.358, affine start 0.744, abdomen-ct 0.848 (+0.103),
     # the pair in HU, no label maps: `python tests/test_shipped_models.py abdomen-ct`
+    # measured 2026-12-05: identity 0.267, affine start 0.682, brain-mr-any 0.792 (+0.110),
+    # its T1 case: `python tests/test_shipped_models.py brain-mr-any`
+    "brain-mr-any": (0.07, "python tests/test_shipped_models.py brain-mr-any: +0.110 over the affine start"),
     "abdomen-ct": (0.06, "python tests/test_shipped_models.py abdomen-ct: +0.103 over the affine start"),
 }
 
@@ -48,6 +51,7 @@ MARGINS: dict[str, tuple[float, str]] = {
 #: paper's augmentation), as a user would hold it: the whole image, no crop around labels.
 PAIRS: dict[str, tuple[str, int, int, tuple[str, ...]]] = {
     "brain-mr": ("mni_brain", 64, 2024, ()),  # skull-stripped: the label crop is the foreground
+    "brain-mr-any": ("mni_brain", 64, 2024, ()),  # its T1 case; other contrasts: benchmarks/contrast.py
     # the whole field of view, as a CT scan comes (the dataset's default crops around the liver)
     "abdomen-ct": ("abdomen_phantom", 64, 2024,
                    ("ddmr.datasets.abdomen_phantom.preprocess = {'crop_labels': None, 'window': (-150.0, 250.0)}",)),
