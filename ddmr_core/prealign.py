@@ -37,8 +37,9 @@ from .spatial import grid_sample, identity_grid, intensity_centroid, normalised_
 
 METHODS = (None, "centroid", "affine", "affine_mi")
 #: foreground_mask: voxels further than this fraction of the robust intensity range
-#: (0.5 to 99.5 percentiles) from the background level
+#: (the 100 - P to P percentiles) from the background level
 FOREGROUND_FRACTION = 0.1
+FOREGROUND_PERCENTILE = 99.5
 
 
 def centroid_shift(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -156,16 +157,22 @@ def background_level(image: torch.Tensor) -> torch.Tensor:
 def foreground_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) -> torch.Tensor:
     """``(B, 1, D, H, W)`` 0/1 mask of the voxels of ``(B, 1, D, H, W)`` images that differ
     from the background (:func:`background_level`) by more than ``fraction`` of the robust
-    intensity range (0.5 to 99.5 percentiles, per sample). Unlike a threshold above the
-    minimum it does not depend on the contrast: an image and its inversion have the same
-    mask."""
-    flat = image.detach().float().flatten(1)
+    intensity range (the ``100 - P`` to ``P`` percentiles, ``P`` =
+    :data:`FOREGROUND_PERCENTILE`, per sample; a few hot voxels do not move it; the whole
+    range when those percentiles meet, a small object on a flat background). Unlike a
+    threshold above the minimum it does not depend on the contrast: an image and its
+    inversion have the same mask. (:meth:`ddmr_core.preprocess.Preprocess.foreground`, the
+    crop of images without label maps, is this mask.)"""
+    x = image.detach().float()
+    flat = x.flatten(1)
     if flat.shape[1] > 2 ** 24:  # torch.quantile's limit; a regular subsample is as good
         flat = flat[:, :: -(-flat.shape[1] // 2 ** 24)]
-    q = torch.quantile(flat, torch.tensor([0.005, 0.995], device=flat.device), dim=1)
-    rng = (q[1] - q[0]).clamp_min(1e-12).view(-1, 1, 1, 1, 1)
-    bg = background_level(image.detach().float()).view(-1, 1, 1, 1, 1)
-    return ((image.detach().float() - bg).abs() > fraction * rng).float()
+    p = FOREGROUND_PERCENTILE / 100.0
+    q = torch.quantile(flat, torch.tensor([1.0 - p, p], device=flat.device), dim=1)
+    rng = q[1] - q[0]
+    rng = torch.where(rng > 0, rng, flat.amax(1) - flat.amin(1)).view(-1, 1, 1, 1, 1)
+    bg = background_level(x).view(-1, 1, 1, 1, 1)
+    return ((x - bg).abs() > fraction * rng).float()
 
 
 def fit_affine_mi(

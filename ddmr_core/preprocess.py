@@ -45,10 +45,6 @@ ALL_LABELS = "all"
 #: what a recipe that crops around labels crops around: the label map (training, and
 #: inference with label maps) or the image's foreground (inference without them)
 CROP_MODES = ("labels", "foreground")
-#: foreground: above this fraction of the robust intensity range (minimum to the
-#: :data:`FOREGROUND_PERCENTILE` percentile), after the recipe's window if it has one
-FOREGROUND_FRACTION = 0.1
-FOREGROUND_PERCENTILE = 99.5
 #: foreground: connected parts smaller than this fraction of the largest are dropped
 FOREGROUND_MIN_PART = 0.1
 
@@ -160,14 +156,12 @@ class Preprocess:
         """The image's foreground, a boolean mask: what a recipe that crops around labels
         crops to when there is no label map (inference on users' images).
 
-        Voxels whose intensity differs from the background's by more than
-        ``FOREGROUND_FRACTION`` of the robust range (the 0.5 to ``FOREGROUND_PERCENTILE``
-        percentiles; a few hot voxels do not move it), computed after clipping to the
-        recipe's ``window`` if it has one (CT: air and the scanner's padding value fall
-        below it). The background's level is the median of the volume's outermost voxel
-        layer (:func:`ddmr_core.prealign.background_level`), so a scan with a bright
-        background (an inverted image) gives the same mask as its dark-background
-        counterpart. Then connected parts smaller than
+        :func:`ddmr_core.prealign.foreground_mask`: the voxels that differ from the
+        background's level (the median of the outermost voxel layer) by more than a tenth of
+        the robust intensity range, so a scan with a bright background (an inverted image)
+        gives the same mask as its dark-background counterpart; computed after clipping to
+        the recipe's ``window`` if it has one (CT: air and the scanner's padding value fall
+        below it). Then connected parts smaller than
         ``FOREGROUND_MIN_PART`` of the largest are dropped, so that a stray bright voxel
         or a small object beside the body does not widen the crop. On a skull-stripped
         brain (the ``mni_brain`` template) this is the brain, the region its label map
@@ -177,13 +171,9 @@ class Preprocess:
             v = np.clip(v, *self.window)
         import torch
 
-        from .prealign import background_level
+        from .prealign import foreground_mask
 
-        lo, hi = (float(q) for q in np.percentile(v, [100 - FOREGROUND_PERCENTILE, FOREGROUND_PERCENTILE]))
-        if hi <= lo:  # a small object on a flat background
-            lo, hi = float(v.min()), float(v.max())
-        bg = float(background_level(torch.from_numpy(np.ascontiguousarray(v))[None, None])[0])
-        mask = np.abs(v - bg) > FOREGROUND_FRACTION * (hi - lo)
+        mask = foreground_mask(torch.from_numpy(np.ascontiguousarray(v))[None, None])[0, 0].numpy() > 0
         parts, n = ndimage.label(mask)
         if n > 1:
             sizes = np.bincount(parts.ravel())[1:]

@@ -282,11 +282,13 @@ MAX_FOLDING_PCT = 1.0
 ALIGNED_NMI = 0.98
 
 
-def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor) -> dict:
+def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, warped: torch.Tensor | None = None) -> dict:
     """Whether a registration can be trusted, from signs that do not depend on the contrast.
 
-    ``fixed``, ``moving`` ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid, ``disp`` the
-    ``(1, 3, D, H, W)`` voxel field between them. Returns ``{"nmi_before", "nmi_after",
+    ``fixed``, ``moving`` ``(1, 1, D, H, W)`` in [0, 1] on one grid, ``disp`` the
+    ``(1, 3, d, h, w)`` voxel field of the registration (its folding is counted), and
+    ``warped`` the moving image registered onto that grid (``None``: ``moving`` warped by
+    ``disp``, which then lies on the images' grid). Returns ``{"nmi_before", "nmi_after",
     "folding_pct", "flags", "trusted"}``: the images' normalised mutual information
     (:func:`ddmr_core.similarity.mutual_information`, which a T2 scan against a T1 shares
     with a T1 against a T1) before and after warping, the share of folded voxels, and one
@@ -298,7 +300,8 @@ def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor) -> dic
     from .spatial import folding_percentage, jacobian_determinant, warp
 
     sub = (slice(None), slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
-    warped = warp(moving, disp, mode="linear", padding="border")
+    if warped is None:
+        warped = warp(moving, disp, mode="linear", padding="border")
     before = float(mutual_information(moving[sub], fixed[sub], normalised=True)[0])
     after = float(mutual_information(warped[sub], fixed[sub], normalised=True)[0])
     folding = float(folding_percentage(jacobian_determinant(disp.float())))
@@ -310,6 +313,14 @@ def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor) -> dic
         flags.append(f"{folding:.2f} % of the voxels fold (more than {MAX_FOLDING_PCT:g} %)")
     return {"nmi_before": before, "nmi_after": after, "folding_pct": folding, "flags": flags,
             "trusted": not flags}
+
+
+def _unit(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """``(1, 1, D, H, W)`` float32 tensor of ``a`` mapped from ``[lo, hi]`` (default: its own
+    range) to [0, 1]."""
+    lo = float(np.min(a)) if lo is None else lo
+    hi = float(np.max(a)) if hi is None else hi
+    return torch.from_numpy(((np.asarray(a, np.float32) - lo) / max(hi - lo, 1e-12)).astype(np.float32))[None, None]
 
 
 # ------------------------------------------------------------- registrar
@@ -525,7 +536,11 @@ class Registrar:
             labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
             metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
             metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
-        metrics["trust"] = assess(fx, mv, disp[None].to(fx.device))
+        # on the output images already made: the moving ones share the unregistered
+        # image's intensity scale, so the measure sees what the user gets
+        lo, hi = float(np.min(outs["before"])), float(np.max(outs["before"]))
+        metrics["trust"] = assess(_unit(outs["fixed"]), _unit(outs["before"], lo, hi), disp[None],
+                                  warped=_unit(outs["warped"], lo, hi))
         for flag in metrics["trust"]["flags"]:
             note = f"untrustworthy result for {fname!r} and {mname!r}: {flag}"
             warnings.warn(RegistrationQualityWarning(note), stacklevel=3)

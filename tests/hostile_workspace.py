@@ -15,21 +15,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from conftest import TINY_TRAINING
 from tiny_workspace import GRID, SECRET, _box, _volume
 
-TINY_CONFIG = """
-SIZE = (16, 16, 16)
-include 'mixins/data/synthetic.gin'
-include 'mixins/trainer/cpu_small.gin'
-ddmr.input_size.size = %SIZE
-ddmr.build_model.backbone = @ddmr.backbones.vxm_unet()
-ddmr.backbones.vxm_unet.widths = (4, 8)
-ddmr.backbones.vxm_unet.head = (4,)
-ddmr.build_augmentation.steps = [@ddmr.augmenters.tps()]
-ddmr.augmenters.tps.grid = 4
-ddmr.Trainer.progress = False
-ddmr.Trainer.log_images = False
-"""
+# conftest's tiny training config, without losses (the config tests add theirs or none)
+TINY_CONFIG = TINY_TRAINING + "ddmr.Trainer.log_images = False\n"
 TINY_TRAINING_CONFIG = TINY_CONFIG + "ddmr.build_model.losses = {'ncc': @ddmr.losses.ncc()}\n"
 
 #: gin configs, by name: each refused (or broken) for the reason its name says
