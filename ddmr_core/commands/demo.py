@@ -33,9 +33,6 @@ from . import duration
 from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
                         testset_step, train_step)
 
-NAME = "demo"
-HELP = "the main job: train UW-NSD on the embedded brain template, evaluate against ANTs"
-ORDER = 5
 
 DESIGNS = ("UW-NSD",)
 

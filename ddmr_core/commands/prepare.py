@@ -17,9 +17,6 @@ from __future__ import annotations
 from . import add_trust_config_argument
 from ..prepare import SPLITS, prepare, prepare_named  # noqa: F401  (prepare: benchmarks import it from here)
 
-NAME = "prepare"
-HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"
-ORDER = 20
 
 
 def add_arguments(parser):

@@ -30,9 +30,6 @@ from . import duration
 from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
                         testset_step, train_step)
 
-NAME = "reproduce"
-HELP = "run one of the paper's experiments (six designs, finetuning, ANTs baselines) and write its table"
-ORDER = 60
 
 EXPERIMENTS = {
     # name: (dataset, config folder, baselines)
