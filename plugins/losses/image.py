@@ -13,12 +13,14 @@ All are "lower is better": ``1 - similarity``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ddmr_core.similarity import global_ncc, mutual_information
 
-from .common import check_pair
+from .common import MonaiBacked, check_pair
 
 
 class NCCLoss(nn.Module):
@@ -42,7 +44,7 @@ class NCCLoss(nn.Module):
         return 1.0 - global_ncc(warped.flatten(0, 1), fixed.flatten(0, 1), self.eps).mean()
 
 
-class LNCCLoss(nn.Module):
+class LNCCLoss(MonaiBacked):
     """``1 - LNCC``: MONAI's local squared NCC in a cubic window of ``win`` voxels.
 
     Args:
@@ -53,10 +55,12 @@ class LNCCLoss(nn.Module):
     inputs = "image"
 
     def __init__(self, win: int = 9, kernel: str = "rectangular"):
-        super().__init__()
-        from monai.losses import LocalNormalizedCrossCorrelationLoss
+        def make():
+            from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-        self.inner = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=win, kernel_type=kernel)
+            return LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=win, kernel_type=kernel)
+
+        super().__init__(make)
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_pair(warped, fixed, "lncc")
@@ -88,9 +92,10 @@ class SSIMLoss(nn.Module):
             raise ValueError(f"ssim: win must be a positive odd number of voxels, got {win}")
         if sigma <= 0 or data_range <= 0:
             raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma}, {data_range}")
-        x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
-        g = torch.exp(-(x**2) / (2 * sigma**2))
-        self.register_buffer("kernel", (g / g.sum()).float(), persistent=False)
+        # in Python floats: tensor maths here would, when a checkpoint's model is probed on
+        # the meta device, pull in torch's reference kernels (a second of imports)
+        g = [math.exp(-((i - (win - 1) / 2) ** 2) / (2 * sigma**2)) for i in range(win)]
+        self.register_buffer("kernel", torch.tensor([v / sum(g) for v in g], dtype=torch.float32), persistent=False)
         self.win = win
         self.c1, self.c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
 
