@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from brain_pairs import template, warp_pair
+
 #: tissue intensities (CSF, grey matter, white matter) of each synthetic contrast
 CONTRASTS = {
     "T2": (1.0, 0.55, 0.3),
@@ -48,29 +50,6 @@ CONTRASTS = {
     "FLAIR": (0.08, 0.75, 0.5),
 }
 ALL = ("T1", "T2", "PD", "FLAIR", "inverted")
-
-
-def template(spacing: float):
-    """``(t1, (p_csf, p_gm, p_wm), labels, affine)`` on a ``spacing`` mm grid."""
-    from ddmr_core.io import load_image
-    from ddmr_core.preprocess import Preprocess
-    from ddmr_plugins.datasets.mni_brain import load_template, template_files
-
-    t1, labels, affine = load_template()
-    files = template_files()
-    gm, _ = load_image(files["gm"])
-    wm, _ = load_image(files["wm"])
-    scale = 255.0 if max(gm.max(), wm.max()) > 1.5 else 1.0
-    gm, wm = gm / scale, wm / scale
-    brain = (labels > 0).astype(np.float32)
-    csf = np.clip(brain - gm - wm, 0, 1) * brain
-    pre = Preprocess(spacing=spacing, size=None, crop_labels=None, percentiles=(0.0, 100.0))
-    out = []
-    for vol in (t1, csf, gm * brain, wm * brain):
-        v, _, aff = pre.apply(vol, affine)
-        out.append(v * float(vol.max()))  # keep the maps' own scale
-    _, lab, aff = pre.apply(t1, affine, labels)
-    return out[0], tuple(out[1:]), lab, aff
 
 
 def moving_contrast(name: str, t1, tissues, rng) -> np.ndarray:
@@ -84,32 +63,6 @@ def moving_contrast(name: str, t1, tissues, rng) -> np.ndarray:
         img = sum(v * p for v, p in zip(values, tissues))
     img = img + rng.normal(0, 0.01 * float(img.max()), img.shape) * brain
     return np.clip(img, 0, None).astype(np.float32)
-
-
-def warp_pair(fixed_shape, affine, volumes, rng, labels):
-    """The volumes pulled through a random rigid + B-spline transform (SimpleITK)."""
-    import SimpleITK as sitk
-
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    ref = sitk.Image([int(n) for n in fixed_shape[::-1]], sitk.sitkFloat32)
-    ref.SetSpacing([float(s) for s in spacing[::-1]])
-    centre = ref.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_shape[::-1]])
-    rigid = sitk.Euler3DTransform()
-    rigid.SetCenter(centre)
-    rigid.SetRotation(*[float(np.deg2rad(a)) for a in rng.uniform(-10, 10, 3)])
-    t = rng.normal(size=3)
-    rigid.SetTranslation([float(v) for v in t / np.linalg.norm(t) * rng.uniform(0, 15)])
-    bspline = sitk.BSplineTransformInitializer(ref, [4, 4, 4])
-    params = np.asarray(bspline.GetParameters())
-    bspline.SetParameters([float(v) for v in rng.normal(0, 3.0, params.size)])
-    transform = sitk.CompositeTransform([rigid, bspline])
-    out = []
-    for vol, is_label in zip(volumes, labels):
-        img = sitk.GetImageFromArray(np.ascontiguousarray(vol.astype(np.float32)))
-        img.CopyInformation(ref)
-        interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-        out.append(sitk.GetArrayFromImage(sitk.Resample(img, ref, transform, interp, 0.0)))
-    return out
 
 
 def main(argv=None) -> int:

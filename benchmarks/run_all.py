@@ -4,9 +4,12 @@
 
 Runs, each in its own process (so peak-memory figures do not mix):
 
-* inference of the default model vs ``ants_syn`` at 128^3, with the ratio; when a trained
-  checkpoint exists (``--model``, default the demo's UW-NSD), that model, and its Dice
-  against ``ants_syn``'s on 8 brain test pairs at the same size (``--dice-pairs``);
+* inference of a trained model vs ``ants_syn`` at 128^3, with the ratio, and its Dice
+  against ``ants_syn``'s on 8 brain test pairs at the same size (``--dice-pairs``): the
+  demo's UW-NSD (``--model``) when ``make demo`` has trained it, else the shipped
+  ``brain-mr``;
+* ``ddmr register`` against ANTs SyN as processes, end to end, at 2 mm and 1 mm
+  (``register_end_to_end.py``, 3 pairs per grid; ``--quick``: 2 pairs at 2 mm);
 * the augmentation overhead of a training step (64^3 on CPU);
 * the trainer's overhead against a bare PyTorch loop (64^3);
 * loader throughput from a ``ddmr prepare`` cache at 128^3;
@@ -63,12 +66,15 @@ def main(argv=None) -> int:
                     help="trained checkpoint for the inference and Dice comparison (default: the demo's UW-NSD)")
     args = ap.parse_args(argv)
     size = "64" if args.quick else "128"
-    model = ("--model", args.model, "--dice-pairs", "8") if Path(args.model).exists() else ()
-    if not model:
-        print(f"(no checkpoint {args.model}: the inference benchmark times an untrained light model and skips "
-              "the Dice comparison; run `make demo` first)")
+    checkpoint = args.model if Path(args.model).exists() else "brain-mr"
+    if checkpoint != args.model:
+        print(f"(no checkpoint {args.model}: the inference benchmark uses the shipped brain-mr; `make demo` trains "
+              "the demo's models)")
+    model = ("--model", checkpoint, "--dice-pairs", "8")
     jobs = [
         ("inference_vs_ants.py", "--size", size, *model),
+        # ddmr register and ANTs as the processes users run, at 2 mm and 1 mm
+        ("register_end_to_end.py", *(("--grids", "2", "--pairs", "2") if args.quick else ("--pairs", "3"))),
         ("augmentation_overhead.py",),
         ("trainer_overhead.py",),
         ("loader.py",),
@@ -91,7 +97,8 @@ def main(argv=None) -> int:
             keep = [line for line in text.splitlines() if "U-Net" in line or "grid_sample" in line]
         else:
             keep = [line for line in text.splitlines()
-                    if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median", "mean DSC"))
+                    if any(k in line for k in ("speed-up", "overhead", "ratio", "samples/s", "peak", "s (median", "mean DSC",
+                                               "ANTs/ddmr", "per pair"))
                     or (name == "inference.py" and "^3" in line)]
         for line in keep[:12]:
             print(f"{name:26s} {line.strip()}")
