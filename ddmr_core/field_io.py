@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import DataError
-from .io import atomic_path
+from .io import atomic_path, write_nifti
 
 #: NIfTI intent code for a vector-valued image (``NIFTI_INTENT_VECTOR``).
 INTENT_VECTOR = 1007
@@ -66,7 +66,16 @@ def voxel_to_lps_mm(disp, affine) -> np.ndarray:
     """Voxel field ``(3, D, H, W)`` -> LPS millimetre vectors ``(D, H, W, 3)``."""
     disp = _as_numpy_field(disp)
     m = RAS_TO_LPS @ _as_affine(affine)[:3, :3]
-    return np.einsum("ij,jxyz->xyzi", m, disp.astype(np.float64)).astype(np.float32)
+    # one output component at a time, in float32: no float64 copies of a field that
+    # holds 100 MB at 1 mm (the matrix in float64, each product rounded once)
+    out = np.empty(disp.shape[1:] + (3,), np.float32)
+    for i in range(3):
+        acc = np.zeros(disp.shape[1:], np.float64 if disp.dtype == np.float64 else np.float32)
+        for j in range(3):
+            if m[i, j] != 0.0:
+                acc += m[i, j] * disp[j]
+        out[..., i] = acc
+    return out
 
 
 def lps_mm_to_voxel(vectors, affine) -> np.ndarray:
@@ -107,9 +116,7 @@ def save_field_itk(path, disp, affine, description: str | None = None) -> Path:
     hdr.set_xyzt_units("mm", "sec")
     if description:
         hdr["descrip"] = description.encode("ascii", "replace")[:79]
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-    return path
+    return write_nifti(img, path)
 
 
 def load_field_itk(path):

@@ -153,3 +153,24 @@ def check_inputs_outside(folder, inputs: Mapping[str, object] | Iterable, option
         if real == root or root in real.parents:
             raise DataError(f"{option} {str(folder)!r} holds the {name} {str(path)!r}; the output folder is "
                             "replaced as a whole, which would destroy the input: choose another --out")
+
+
+#: glibc's mallopt parameter number of the mmap threshold (malloc.h: M_MMAP_THRESHOLD)
+_M_MMAP_THRESHOLD = -3
+
+
+def release_large_blocks(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve allocations above ``threshold_bytes`` by ``mmap``, so that each freed volume
+    goes back to the system at once (glibc's ``mallopt(M_MMAP_THRESHOLD)``). By default
+    glibc raises that threshold after every large free, up to 32 MB, and the volumes of a
+    1 mm registration then stay in the heap once freed: the process's peak memory becomes
+    the sum of its phases' peaks rather than the largest. For processes that allocate
+    few, large blocks (``ddmr register``). Returns False where the C library is not glibc
+    (nothing changes)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False

@@ -79,6 +79,9 @@ class RegistrationModel(nn.Module):
         if int(refine_iterations) != refine_iterations or refine_iterations < 0:
             raise ConfigError(f"refine_iterations must be a non-negative integer, got {refine_iterations!r}")
         self.refine_iterations = int(refine_iterations)
+        #: further keyword arguments of :func:`~ddmr_core.refine.refine_field` (not
+        #: configured: set at inference, e.g. by :class:`ddmr_core.register.Registrar`)
+        self.refine_options: dict = {}
         if prealign not in PREALIGN:
             raise ConfigError(f"prealign must be one of {PREALIGN}, got {prealign!r}")
         self.prealign = prealign
@@ -210,7 +213,7 @@ class RegistrationModel(nn.Module):
         if refine is None:
             refine = not self.training
         if self.refine_iterations and refine:
-            disp = refine_field(fixed, moving, disp, iterations=self.refine_iterations)
+            disp = refine_field(fixed, moving, disp, iterations=self.refine_iterations, **self.refine_options)
         return disp
 
     def loss_terms(self, batch: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor]) -> dict:

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from .optim import Adam
 from .similarity import box_mean, global_ncc
 from .spatial import grid_sample, identity_grid, linear_weights, normalised_scale, resize_field
 
@@ -59,6 +60,7 @@ def refine_field(
     factor: int = 2,
     window: int = 5,
     step_voxels: int = 64**3,
+    nodes: int | None = None,
 ) -> torch.Tensor:
     """Refine the pull field ``disp`` of ``(fixed, moving)`` by instance optimisation.
 
@@ -68,7 +70,8 @@ def refine_field(
         iterations: Adam steps (0 returns ``disp`` unchanged).
         lr: Adam step, voxels of the coarse grid.
         smoothness: weight of the diffusion penalty on the correction (coarse voxels^2).
-        factor: the correction has one node per ``factor * stride`` voxels per axis.
+        factor: the correction has one node per ``factor * stride`` voxels per axis...
+        nodes: ...or, when given, one node per ``nodes`` voxels whatever the stride.
         window: box size (odd) of the local normalisation; 0 compares the raw images.
         step_voxels: on a larger grid each step scores one sub-lattice of every
             ``stride``-th voxel per axis, with about this many voxels
@@ -85,9 +88,11 @@ def refine_field(
     """
     if iterations <= 0:
         return disp
+    disp = disp.detach()  # the prediction is a constant here (a model's parameter may be one)
     shape = tuple(int(n) for n in fixed.shape[2:])
     stride = sub_lattice_stride(shape, step_voxels)
-    coarse = tuple(max(1, n // (int(factor) * stride)) for n in shape)
+    every = int(nodes) if nodes else int(factor) * stride
+    coarse = tuple(max(1, n // every) for n in shape)
     dev, dt = disp.device, disp.dtype
     with torch.inference_mode(False), torch.enable_grad():
         # new tensors, outside inference mode: autograd may save them
@@ -111,7 +116,7 @@ def refine_field(
                 [_axis_weights(n, k, o, stride, dev, dt) for n, k, o in zip(shape, coarse, offset)],
             ))
         c = torch.zeros(disp.shape[0], 3, *coarse, device=dev, dtype=dt, requires_grad=True)
-        opt = torch.optim.Adam([c], lr=lr)
+        opt = Adam([c], lr=lr)
         for it in range(int(iterations)):
             base, target, weights = lattices[it % len(lattices)]
             grid = (base + _coarse_at(c, weights, c_scale).flip(1)).movedim(1, -1)

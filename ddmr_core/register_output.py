@@ -1,23 +1,32 @@
 """Writing a :class:`~ddmr_core.register.RegistrationResult` to a folder, atomically.
 
-Files (``OUTPUT_FILES``):
+Outputs (``OUTPUTS``; ``ddmr register --outputs`` chooses, ``DEFAULT_OUTPUTS`` by default,
+the library's :meth:`~ddmr_core.register.RegistrationResult.save` writes all):
 
-* ``fixed.nii.gz`` -- the fixed image on the output grid (the reference grid that ANTs'
-  ``apply_transforms`` needs to reproduce ``warped``);
-* ``warped.nii.gz`` -- the moving image warped onto it (original intensities, linear);
-* ``warped_seg.nii.gz`` -- the moving label map warped (nearest), when one is given;
-* ``field.nii.gz`` -- the field for ITK/ANTs/3D Slicer (LPS mm, :mod:`ddmr_core.field_io`);
-  its header's description names the model, ``ddmr brain-mr@1 sha256:0123456789ab``;
-* ``field.npz`` -- the voxel field with spacing and affine;
-* ``overview.png`` -- fixed, moving, warped, checkerboard, deformation grid (mid slices);
-* ``results.json`` -- the model (name, version, sha256), inputs, input warnings, output
-  grid, timings and Dice/TRE before and after.
+* ``field`` -- ``field.nii.gz``, the field for ITK/ANTs/3D Slicer (LPS mm,
+  :mod:`ddmr_core.field_io`); its header's description names the model,
+  ``ddmr brain-mr@1 sha256:0123456789ab``;
+* ``warped`` -- ``warped.nii.gz``, the moving image warped onto the output grid (original
+  intensities, linear), and ``warped_seg.nii.gz``, the moving label map warped (nearest),
+  when one is given;
+* ``fixed`` -- ``fixed.nii.gz``, the fixed image on the output grid: the reference grid
+  that ITK and ANTs need to apply the field. Written whenever the field or the warped
+  image is and the output grid is not the fixed file's own (the working grid, without
+  ``--original-resolution``);
+* ``npz`` -- ``field.npz``, the voxel field with spacing and affine (NumPy);
+* ``overview`` -- ``overview.png``: fixed, moving, warped, checkerboard, deformation grid
+  (mid slices);
+* ``results`` -- ``results.json``: the model (name, version, sha256), inputs, input
+  warnings, output grid, timings, Dice/TRE before and after, the trust check and the
+  files written.
 
-Everything is first written to a hidden temporary folder next to the destination, which
-replaces the destination as a whole only once all of it succeeded
-(:func:`ddmr_core.io.atomic_dir`): a failure or a kill leaves the destination as it was,
-and files of an earlier run (say, ``warped_seg.nii.gz`` of a run with label maps) never
-survive. An existing destination must be empty or an earlier ``ddmr register`` output.
+Images and fields are ``.nii.gz`` (:func:`ddmr_core.io.write_nifti`), or ``.nii`` with
+``compress=False`` (``--uncompressed``). Everything is first written to a hidden
+temporary folder next to the destination, which replaces the destination as a whole only
+once all of it succeeded (:func:`ddmr_core.io.atomic_dir`): a failure or a kill leaves the
+destination as it was, and files of an earlier run (say, ``warped_seg.nii.gz`` of a run
+with label maps) never survive. An existing destination must be empty or an earlier
+``ddmr register`` output.
 """
 
 from __future__ import annotations
@@ -25,25 +34,44 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
+from .errors import DdmrError
 from .field_io import save_field_itk, save_field_npz
 from .zoo import field_description
 from .io import atomic_dir as _atomic_dir
 from .io import check_output_folder
 from .figures import checkerboard, draw_deformation_grid
 
-OUTPUT_FILES = (
-    "fixed.nii.gz",
-    "warped.nii.gz",
-    "warped_seg.nii.gz",
-    "field.nii.gz",
-    "field.npz",
-    "overview.png",
-    "results.json",
-)
+#: ``--outputs`` names and the files each writes (``.nii.gz`` or, uncompressed, ``.nii``)
+OUTPUTS = {
+    "field": ("field.nii.gz",),
+    "warped": ("warped.nii.gz", "warped_seg.nii.gz"),
+    "fixed": ("fixed.nii.gz",),
+    "npz": ("field.npz",),
+    "overview": ("overview.png",),
+    "results": ("results.json",),
+}
+#: what ``ddmr register`` writes unless ``--outputs`` says otherwise
+DEFAULT_OUTPUTS = ("field", "warped", "results")
+ALL_OUTPUTS = tuple(OUTPUTS)
+#: every file name a register output folder may hold
+OUTPUT_FILES = tuple(name for names in OUTPUTS.values() for name in names) + tuple(
+    name[:-3] for names in OUTPUTS.values() for name in names if name.endswith(".nii.gz"))
+
+
+def parse_outputs(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"field,warped"`` (or names, or ``"all"``) -> the output names, checked."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["all"]:
+        return ALL_OUTPUTS
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown or not names:
+        raise DdmrError(f"--outputs: unknown output(s) {unknown or names!r}; choose among "
+                        f"{', '.join(OUTPUTS)} (comma-separated), or all")
+    return tuple(dict.fromkeys(names))
 
 
 #: what a batch run (``ddmr register --pairs``) adds beside the pair folders
@@ -82,37 +110,50 @@ def check_out(out_dir: str | Path, option: str = "--out") -> Path:
     return check_output_folder(out_dir, option, replaceable=is_register_output, what="ddmr register")
 
 
-def write_into(result, folder: str | Path) -> list[str]:
-    """Write every output of ``result`` into an existing ``folder`` (not atomic);
-    returns the file names written."""
+def write_into(result, folder: str | Path, outputs: Iterable[str] = ALL_OUTPUTS, compress: bool = True) -> list[str]:
+    """Write the ``outputs`` (names of :data:`OUTPUTS`) of ``result`` into an existing
+    ``folder`` (not atomic); returns the file names written. ``compress``: ``.nii.gz``
+    (else ``.nii``)."""
     from .io import save_image, save_label_map
 
+    outputs = set(parse_outputs(outputs))
+    if outputs & {"field", "warped"} and not result.inputs.get("original_resolution", True):
+        outputs.add("fixed")  # the grid the field and warped image lie on: not the fixed file's
+    ext = ".nii.gz" if compress else ".nii"
     folder = Path(folder)
     written = []
-    save_image(folder / "fixed.nii.gz", result.fixed, result.affine)
-    save_image(folder / "warped.nii.gz", result.warped, result.affine)
-    written += ["fixed.nii.gz", "warped.nii.gz"]
-    if result.warped_seg is not None:
-        save_label_map(folder / "warped_seg.nii.gz", result.warped_seg, result.affine)
-        written.append("warped_seg.nii.gz")
-    # which model made the field travels in its header: "ddmr brain-mr@1 sha256:0123456789ab"
-    desc = field_description(result.model) if result.model else None
-    save_field_itk(folder / "field.nii.gz", result.disp, result.affine, description=desc)
-    save_field_npz(folder / "field.npz", result.disp, result.spacing, result.affine)
-    written += ["field.nii.gz", "field.npz"]
-    save_overview(folder / "overview.png", result)
-    written.append("overview.png")
-    summary = result.summary()
-    summary["files"] = written + ["results.json"]
-    (folder / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    written.append("results.json")
+    if "fixed" in outputs:
+        save_image(folder / f"fixed{ext}", result.fixed, result.affine)
+        written.append(f"fixed{ext}")
+    if "warped" in outputs:
+        save_image(folder / f"warped{ext}", result.warped, result.affine)
+        written.append(f"warped{ext}")
+        if result.warped_seg is not None:
+            save_label_map(folder / f"warped_seg{ext}", result.warped_seg, result.affine)
+            written.append(f"warped_seg{ext}")
+    if "field" in outputs:
+        # which model made the field travels in its header: "ddmr brain-mr@1 sha256:0123456789ab"
+        desc = field_description(result.model) if result.model else None
+        save_field_itk(folder / f"field{ext}", result.disp, result.affine, description=desc)
+        written.append(f"field{ext}")
+    if "npz" in outputs:
+        save_field_npz(folder / "field.npz", result.disp, result.spacing, result.affine)
+        written.append("field.npz")
+    if "overview" in outputs:
+        save_overview(folder / "overview.png", result)
+        written.append("overview.png")
+    if "results" in outputs:
+        summary = result.summary()
+        summary["files"] = written + ["results.json"]
+        (folder / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        written.append("results.json")
     return written
 
 
-def write_outputs(result, out_dir: str | Path) -> Path:
-    """Write ``result`` into ``out_dir`` atomically (see :func:`atomic_dir`)."""
+def write_outputs(result, out_dir: str | Path, outputs: Iterable[str] = ALL_OUTPUTS, compress: bool = True) -> Path:
+    """Write ``result``'s ``outputs`` into ``out_dir`` atomically (see :func:`atomic_dir`)."""
     with atomic_dir(out_dir) as tmp:
-        write_into(result, tmp)
+        write_into(result, tmp, outputs, compress)
     return Path(out_dir)
 
 

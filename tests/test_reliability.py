@@ -84,11 +84,11 @@ def test_a_failure_while_writing_keeps_the_earlier_output(tiny_workspace, tmp_pa
         raise KeyboardInterrupt  # Ctrl-C after the NIfTI and field files were written
 
     monkeypatch.setattr(ro, "save_overview", half_then_interrupt)
-    assert _register(tiny_workspace, out, segs=False) == 130
+    assert _register(tiny_workspace, out, "--outputs", "all", segs=False) == 130
     assert "interrupted" in capsys.readouterr().err
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert _register(tiny_workspace, tmp_path / "new", segs=False) == 130  # never appears half-written
+    assert _register(tiny_workspace, tmp_path / "new", "--outputs", "all", segs=False) == 130  # never half-written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -166,8 +166,8 @@ def test_temporaries_of_a_killed_register_are_removed_by_the_next_run(tiny_works
         import os, signal, sys
         import ddmr_core.register_output as ro
         real = ro.write_into
-        def write_then_die(result, folder):
-            real(result, folder)
+        def write_then_die(result, folder, *rest):
+            real(result, folder, *rest)
             os.kill(os.getpid(), signal.SIGKILL)
         ro.write_into = write_then_die
         from ddmr_core.cli import main
@@ -232,8 +232,8 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_workspace, tmp_path, sig, rc, word)
         import os, sys
         import ddmr_core.register_output as ro
         real = ro.write_into
-        def write_then_signal(result, folder):
-            real(result, folder)  # everything written into the temporary folder
+        def write_then_signal(result, folder, *rest):
+            real(result, folder, *rest)  # everything written into the temporary folder
             os.kill(os.getpid(), {int(sig)})
         ro.write_into = write_then_signal
         from ddmr_core.cli import main
@@ -263,7 +263,7 @@ def test_file_modes_follow_the_umask(tiny_workspace, tmp_path, capsys):
 
     old = os.umask(0o027)
     try:
-        assert _register(tiny_workspace, tmp_path / "reg") == 0
+        assert _register(tiny_workspace, tmp_path / "reg", "--outputs", "all") == 0
         save_checkpoint(tmp_path / "run" / "best.pt", {"model": {}, "gin_config": ""})
         row = write_pair(tmp_path / "ts", "p", np.ones((4, 4, 4)), np.ones((4, 4, 4)),
                          np.zeros((3, 4, 4, 4)), np.eye(4))

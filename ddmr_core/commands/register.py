@@ -22,6 +22,7 @@ succeeded (an existing ``DIR`` must be empty or an earlier ``ddmr register`` out
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -31,7 +32,21 @@ from pathlib import Path
 from ..errors import DataError, DdmrError
 
 
+#: as ddmr_core.register_output and ddmr_core.register say (kept here: ``ddmr --help``
+#: must not import the library's torch stack)
+DEFAULT_OUTPUTS = ("field", "warped", "results")
+AUTO_REFINE_ITERATIONS = 40
+
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
+
+
+def _refine_steps(text: str):
+    """``--refine``: ``auto`` or a non-negative integer (an argparse type)."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid steps {text!r}: a non-negative integer or auto")
+    return int(text)
 #: what ``--pairs`` writes beside the pair folders (so no pair may be named so)
 SUMMARY_FILES = ("summary.json", "summary.csv")
 
@@ -52,6 +67,17 @@ def add_arguments(parser):
         help="write outputs on the fixed image's original grid (default: the working grid, the fixed "
              "image after the model's crop and resampling)",
     )
+    parser.add_argument("--outputs", metavar="LIST", default=",".join(DEFAULT_OUTPUTS),
+                        help="comma-separated outputs to write, among field (ITK/ANTs field.nii.gz), warped (the "
+                             "warped image and label map), fixed (the output grid's fixed image), npz (field.npz), "
+                             "overview (overview.png), results (results.json); or all "
+                             f"(default: {','.join(DEFAULT_OUTPUTS)})")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="write .nii instead of .nii.gz (faster to write, larger files)")
+    parser.add_argument("--refine", metavar="N|auto", default="auto", type=_refine_steps,
+                        help="instance optimisation steps on the working grid after the network (0: none); auto "
+                             "(default): the model's own if its config refines, else "
+                             f"{AUTO_REFINE_ITERATIONS} steps of NCC unless its card lists several contrasts")
     parser.add_argument("--strict", action="store_true",
                         help="refuse images that do not look like what the model's card says it expects (e.g. CT "
                              "given to an MR model); default: one warning line, and register anyway")
@@ -177,21 +203,23 @@ def _suitability(reg, ref) -> str | None:
 
 
 def _run(args, out: Path, pairs) -> int:
-    from ..guards import check_inputs_outside
+    from ..guards import check_inputs_outside, release_large_blocks
     from ..register import Registrar
-    from ..register_output import atomic_dir, write_into
+    from ..register_output import atomic_dir, parse_outputs, write_into
 
     inputs = {"--pairs CSV": args.pairs, "--model": args.model if Path(str(args.model)).exists() else None}
     for item in pairs or [vars(args)]:
         inputs.update({col + (f" of pair {item['pair']!r}" if pairs else ""): item.get(col) for col in PAIR_COLUMNS})
     check_inputs_outside(out, inputs)  # the folder is replaced as a whole
-    reg = Registrar(args.model, device=args.device, strict=args.strict)
+    release_large_blocks()  # peak memory: the largest phase's, not their sum
+    outputs = parse_outputs(args.outputs)
+    reg = Registrar(args.model, device=args.device, strict=args.strict, refine=args.refine)
     reg.memory_check = not args.no_memory_check
     ref = reg.model_info.get("ref") or args.model
     source = "" if reg.name == args.model else f" ({reg.name})"
     sha = reg.model_info.get("sha256")
     print(f"model {ref}{source}{f' sha256 {sha[:12]}' if sha else ''} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
-          f"device {reg.device})")
+          f"device {reg.device}, refinement {reg.model.refine_iterations} steps)")
     hint = _suitability(reg, ref)
     if hint:
         print(hint)
@@ -201,7 +229,7 @@ def _run(args, out: Path, pairs) -> int:
             original_resolution=args.original_resolution,
         )
         with atomic_dir(out) as tmp:
-            write_into(res, tmp)
+            write_into(res, tmp, outputs, not args.uncompressed)
         _print("pair", res)
         print(f"wrote {out}")
         return 0
@@ -216,7 +244,7 @@ def _run(args, out: Path, pairs) -> int:
             )
             sub = tmp / item["pair"]
             sub.mkdir()
-            write_into(res, sub)
+            write_into(res, sub, outputs, not args.uncompressed)
             rows.append(_flat(item["pair"], res))
             _print(item["pair"], res)
         summary = {

@@ -143,3 +143,22 @@ def test_predict_on_grid_refines_on_the_images_grid(monkeypatch):
     seen.clear()
     model.predict_on_grid(fixed, moving, (16, 16, 16), refine=False)
     assert seen == []
+
+
+def test_adam_matches_torch_optim_adam():
+    """ddmr_core.optim.Adam (used at inference, where torch.optim's import costs more than
+    the optimisation) takes PyTorch's steps on the same gradients."""
+    from ddmr_core.optim import Adam
+
+    torch.manual_seed(0)
+    target = torch.randn(4, 5)
+    start = torch.randn(4, 5)
+    ours, ref = start.clone().requires_grad_(), start.clone().requires_grad_()
+    a, b = Adam([ours], lr=0.05), torch.optim.Adam([ref], lr=0.05)
+    for _ in range(25):
+        for p, opt in ((ours, a), (ref, b)):
+            opt.zero_grad()
+            ((p - target) ** 4).sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert (ours - target).abs().max() < (start - target).abs().max()  # it descended

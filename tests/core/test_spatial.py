@@ -317,3 +317,16 @@ def test_resize_matrix_maps_voxel_centres_keeping_the_field_of_view():
     np.testing.assert_allclose(m @ [4, 15, 5, 1], [8.5, 7.25, 5, 1])
     a = np.diag([2.0, 3.0, 1.5, 1.0])
     np.testing.assert_allclose(spatial.resize_affine(a, (10, 8, 6), (5, 16, 6)), a @ m)
+
+
+def test_field_folding_percentage_in_slabs_equals_the_whole_field():
+    """The slab-wise folding count (bounded memory, the trust check of ddmr register) is
+    the whole-field one, planes at the slab edges included."""
+    from ddmr_core.spatial import field_folding_percentage, folding_percentage, jacobian_determinant
+
+    torch.manual_seed(3)
+    disp = torch.randn(1, 3, 21, 9, 8) * 0.6  # folds in places
+    whole = folding_percentage(jacobian_determinant(disp))
+    assert 1.0 < whole < 60.0
+    for rows in (1, 2, 5, 21, 40):
+        assert field_folding_percentage(disp, rows=rows) == pytest.approx(whole, abs=1e-9)

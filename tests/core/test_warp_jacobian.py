@@ -112,7 +112,7 @@ def test_warp_reproduces_the_register_output(tiny_workspace, tmp_path):
     ws = tiny_workspace
     out = tmp_path / "reg"
     assert main(["register", "--fixed", ws["f"], "--moving", ws["m"], "--fixed-seg", ws["fs"], "--moving-seg",
-                 ws["ms"], "--model", ws["good"], "--out", str(out)]) == 0
+                 ws["ms"], "--model", ws["good"], "--out", str(out), "--outputs", "field,npz,warped"]) == 0
     for field in ("field.nii.gz", "field.npz"):
         w = tmp_path / "w.nii.gz"
         assert main(["warp", "--field", str(out / field), "--moving", ws["m"], "--out", str(w)]) == 0
