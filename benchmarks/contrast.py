@@ -52,8 +52,8 @@ ALL = ("T1", "T2", "PD", "FLAIR", "inverted")
 
 def template(spacing: float):
     """``(t1, (p_csf, p_gm, p_wm), labels, affine)`` on a ``spacing`` mm grid."""
-    from ddmr_core.io import load_image
-    from ddmr_core.preprocess import Preprocess
+    from ddmr_core.data.io import load_image
+    from ddmr_core.data.preprocess import Preprocess
     from ddmr_plugins.datasets.mni_brain import load_template, template_files
 
     t1, labels, affine = load_template()
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 
-    from ddmr_core.register import Registrar, dice_tre
-    from ddmr_core.registry import Registry
-    from ddmr_core.spatial import apply_field, folding_percentage, jacobian_determinant
+    from ddmr_core.registration.register import Registrar, dice_tre
+    from ddmr_core.plugins.registry import Registry
+    from ddmr_core.spatial.fields import apply_field, folding_percentage, jacobian_determinant
 
     import torch
 

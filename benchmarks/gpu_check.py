@@ -45,8 +45,8 @@ def profile(args, say) -> None:
     import torch
     from torch.utils.data import default_collate
 
-    from ddmr_core.config import parse_config
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.training.trainer import Trainer
 
     s = args.size
     parse_config(["experiments/brain/uw_nsd.gin"], [f"SIZE = ({s}, {s}, {s})", "ddmr.Trainer.progress = False",

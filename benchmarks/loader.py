@@ -20,7 +20,7 @@ import time
 def main(argv=None) -> int:
     from torch.utils.data import DataLoader
 
-    from ddmr_core.prepare import prepare
+    from ddmr_core.data.prepare import prepare
     from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
     from ddmr_plugins.datasets.prepared import PreparedDataset, default_workers
 

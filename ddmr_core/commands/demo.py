@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import DdmrError
 from . import duration
-from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
+from ..experiments.protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
                         testset_step, train_step)
 
 NAME = "demo"
@@ -59,7 +59,7 @@ def add_arguments(parser):
 
 
 def build_steps(args) -> list:
-    from ..registry import Registry
+    from ..plugins.registry import Registry
 
     registry = Registry(bind_gin=False)
     for name in args.baselines:  # before any training: an unknown name lists the known ones

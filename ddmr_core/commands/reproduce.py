@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import DdmrError
 from . import duration
-from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
+from ..experiments.protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
                         testset_step, train_step)
 
 NAME = "reproduce"

@@ -10,11 +10,11 @@ The map from the fixed image to the moving one is
 
 whose pull field is ``disp_true``; its exact inverse ``R^T (q - c - t) + c`` renders the
 moving image. Both are affine, ``u(x) = A x + b`` in voxels, and the pipeline evaluates
-them in closed form (:func:`ddmr_core.augment.add_geometric_step` with ``u_at``/``w_at``):
+them in closed form (:func:`ddmr_core.data.augment.add_geometric_step` with ``u_at``/``w_at``):
 at every voxel when this is the first geometric step; after ``tps`` at the nodes of the
 lattice its fields are held on -- exact for ``disp_true`` (trilinear upsampling reproduces
 affine maps), an interpolation-level approximation for the rendering field (module
-docstring of :mod:`ddmr_core.augment`). ``|t| <= max_translation``; the displacement at
+docstring of :mod:`ddmr_core.data.augment`). ``|t| <= max_translation``; the displacement at
 the centre is ``t``, elsewhere rotation adds ``|(R - I)(p - c)|``.
 """
 
@@ -25,9 +25,9 @@ import math
 import torch
 from torch import nn
 
-from ddmr_core.augment import add_geometric_step, check_non_negative, draw
+from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import identity_grid
+from ddmr_core.spatial.fields import identity_grid
 
 
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:

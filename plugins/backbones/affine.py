@@ -13,7 +13,7 @@ instead, so one forward pass registers the pair:
    the moving image's, by least squares in closed form;
 2. the moving image is warped by that map and the deformable backbone predicts the
    residual on the pre-aligned pair;
-3. the two compose exactly, with no interpolation (:func:`ddmr_core.spatial.compose_affine`).
+3. the two compose exactly, with no interpolation (:func:`ddmr_core.spatial.fields.compose_affine`).
 
 Everything is trained end to end by the model's losses. Fields follow
 ``docs/ARCHITECTURE.md``: ``(B, 3, D, H, W)`` voxel pull displacements.
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.layers import Conv3d
-from ddmr_core.prealign import affine_field, voxel_matrix
-from ddmr_core.spatial import compose_affine, identity_grid, warp
+from ddmr_core.spatial.layers import Conv3d
+from ddmr_core.spatial.prealign import affine_field, voxel_matrix
+from ddmr_core.spatial.fields import compose_affine, identity_grid, warp
 
 from .integration import check_pair
 

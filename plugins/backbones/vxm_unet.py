@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.layers import Conv3d
+from ddmr_core.spatial.layers import Conv3d
 
 from .integration import FieldOutput, check_pair, check_size, flow_conv
 

@@ -1,6 +1,6 @@
 """Built-in datasets."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ddmr_core.preprocess import Preprocess, as_preprocess
+from ddmr_core.data.preprocess import Preprocess, as_preprocess
 
 from .common import Subject, SubjectDataset, seeded_splits
 

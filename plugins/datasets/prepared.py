@@ -1,6 +1,6 @@
 """``prepared``: samples cached on disk by ``ddmr prepare`` (no preprocessing at load time).
 
-Layout of a cache folder ``DIR`` (written by :mod:`ddmr_core.prepare`, which owns the format)::
+Layout of a cache folder ``DIR`` (written by :mod:`ddmr_core.data.prepare`, which owns the format)::
 
     DIR/index.json                 # format, dataset, labels, preprocess, splits
     DIR/<split>/<index>.npz        # image float32 (D, H, W), seg uint8 (D, H, W) (optional), affine (4, 4)
@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ddmr_core.errors import DataError
-from ddmr_core.prepare import FORMAT, FORMAT_VERSION, INDEX, default_workers  # noqa: F401  (the format's owner)
+from ddmr_core.data.prepare import FORMAT, FORMAT_VERSION, INDEX, default_workers  # noqa: F401  (the format's owner)
 
 from .common import SPLITS, make_sample
 

@@ -1,7 +1,7 @@
 """Built-in losses: image (ncc, lncc, ssim, mi), segmentation (dice, hausdorff), field (grad_l2,
 bending), and supervised (epe, against the augmentation's ground-truth field)."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

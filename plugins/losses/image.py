@@ -7,7 +7,7 @@ All are "lower is better": ``1 - similarity``.
 * ``ssim``: 3-D SSIM with a Gaussian window, computed separably (the statistics of MONAI's
   ``SSIMLoss`` and scikit-image's ``structural_similarity(gaussian_weights=True,
   use_sample_covariance=False)``);
-* ``mi``: mutual information (:func:`ddmr_core.similarity.mutual_information`), which,
+* ``mi``: mutual information (:func:`ddmr_core.spatial.similarity.mutual_information`), which,
   unlike the three above, does not assume that the two images share a contrast.
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddmr_core.similarity import global_ncc, mutual_information
+from ddmr_core.spatial.similarity import global_ncc, mutual_information
 
 from .common import check_pair
 
 
 class NCCLoss(nn.Module):
-    """``1 - NCC``, NCC (:func:`ddmr_core.similarity.global_ncc`) computed over the whole
+    """``1 - NCC``, NCC (:func:`ddmr_core.spatial.similarity.global_ncc`) computed over the whole
     volume of each sample and channel, then averaged. Range [0, 2]; 0 when the images
     agree up to a positive affine intensity map.
 
@@ -122,7 +122,7 @@ class SSIMLoss(nn.Module):
 
 class MILoss(nn.Module):
     """``1 - NMI``: normalised mutual information
-    (:func:`ddmr_core.similarity.mutual_information` with ``normalised=True``), per sample
+    (:func:`ddmr_core.spatial.similarity.mutual_information` with ``normalised=True``), per sample
     and channel, averaged. About [0, 1]; 0 when either image's intensities determine the
     other's by a one-to-one map (an inversion, a T1 against a T2-like remap): a similarity
     for pairs of different contrasts.

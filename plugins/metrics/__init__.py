@@ -5,7 +5,7 @@ beyond it: ``folding``, ``sdlogj``, ``epe``. Each metric object says whether hig
 better (``higher_is_better``), which the summary table uses to mark the best method.
 """
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

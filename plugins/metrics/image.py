@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddmr_core.similarity import global_ncc, local_ncc
+from ddmr_core.spatial.similarity import global_ncc, local_ncc
 
 from .base import Metric
 
@@ -51,7 +51,7 @@ class SSIM(Metric):
 
 class NCC(Metric):
     """Normalised cross-correlation between fixed and warped image
-    (:mod:`ddmr_core.similarity`, in float64).
+    (:mod:`ddmr_core.spatial.similarity`, in float64).
 
     With ``win`` set (default 9, voxelmorph's and the original DDMR's window), the local
     NCC: the squared correlation coefficient in a ``win^3`` window around every voxel

@@ -15,9 +15,9 @@ GroupNorm it grows by at most 3.3x per step towards the shift.
 import pytest
 import torch
 
-from ddmr_core.config import parse_config
-from ddmr_core.experiment import build_model
-from ddmr_core.spatial import warp
+from ddmr_core.config.parsing import parse_config
+from ddmr_core.model.build import build_model
+from ddmr_core.spatial.fields import warp
 from ddmr_plugins.losses.image import NCCLoss
 
 SIZE = 64  # the smallest grid the 6-level paper U-Net accepts

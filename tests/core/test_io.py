@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ddmr_core.errors import DataError
-from ddmr_core.io import (
+from ddmr_core.data.io import (
     atomic_path,
     load_image,
     load_image_and_seg,
@@ -139,8 +139,8 @@ def test_arrays_get_the_checks_and_messages_of_files(tmp_path, bad, words):
     """register.read_volume (arrays, tensors, nibabel images) checks as io reads files."""
     import torch
 
-    from ddmr_core.io import as_image
-    from ddmr_core.register import read_volume
+    from ddmr_core.data.io import as_image
+    from ddmr_core.registration.register import read_volume
 
     save_image(tmp_path / "bad.nii.gz", bad.astype(np.float32), np.eye(4)) if bad.ndim == 3 else None
     with pytest.raises(DataError, match=words):
@@ -155,7 +155,7 @@ def test_arrays_get_the_checks_and_messages_of_files(tmp_path, bad, words):
 def test_read_volume_of_arrays_tensors_and_nibabel_images():
     import torch
 
-    from ddmr_core.register import read_volume
+    from ddmr_core.registration.register import read_volume
 
     labels = np.random.default_rng(1).integers(0, 5, size=(4, 5, 6))
     aff = oblique_affine()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.model import RegistrationModel
+from ddmr_core.model.registration_model import RegistrationModel
 from ddmr_plugins.backbones.vxm_unet import VxmUNet
 from ddmr_plugins.loss_weightings.fixed import fixed
 from ddmr_plugins.losses.image import NCCLoss

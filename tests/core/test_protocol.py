@@ -3,7 +3,7 @@
 import pytest
 
 from ddmr_core.errors import DdmrError
-from ddmr_core.protocol import Step, StepFailed, run_protocol
+from ddmr_core.experiments.protocol import Step, StepFailed, run_protocol
 
 
 def test_failure_names_the_step_and_rerun_resumes(tmp_path):
@@ -53,7 +53,7 @@ def test_a_larger_budget_continues_a_finished_step_and_redoes_what_follows(tmp_p
 
 
 def test_the_train_step_is_keyed_by_its_budget():
-    from ddmr_core.protocol import train_step
+    from ddmr_core.experiments.protocol import train_step
 
     assert train_step("UW-NSD", "c.gin", "r", None, [], "cpu", max_time=2700.0).key == "45 min"
     assert train_step("UW-NSD", "c.gin", "r", 300, [], "cpu").key == "300 optimiser steps"
@@ -87,11 +87,11 @@ def _record_library_calls(monkeypatch, failures=0):
     the command line must never be entered."""
     import types
 
-    import ddmr_core.build_testset
+    import ddmr_core.data.build_testset
     import ddmr_core.cli
-    import ddmr_core.evaluate
-    import ddmr_core.prepare
-    import ddmr_core.trainer
+    import ddmr_core.evaluation.evaluate
+    import ddmr_core.data.prepare
+    import ddmr_core.training.trainer
 
     calls = {}
 
@@ -99,10 +99,10 @@ def _record_library_calls(monkeypatch, failures=0):
         return lambda *a, **kw: calls.setdefault(name, []).append((a, kw)) or result
 
     monkeypatch.setattr(ddmr_core.cli, "main", lambda *a: pytest.fail("a protocol step entered the CLI"))
-    monkeypatch.setattr(ddmr_core.prepare, "prepare_named", record("prepare"))
-    monkeypatch.setattr(ddmr_core.trainer, "train", record("train"))
-    monkeypatch.setattr(ddmr_core.build_testset, "build_testset_named", record("testset"))
-    monkeypatch.setattr(ddmr_core.evaluate, "evaluate", record("evaluate", types.SimpleNamespace(failures=failures)))
+    monkeypatch.setattr(ddmr_core.data.prepare, "prepare_named", record("prepare"))
+    monkeypatch.setattr(ddmr_core.training.trainer, "train", record("train"))
+    monkeypatch.setattr(ddmr_core.data.build_testset, "build_testset_named", record("testset"))
+    monkeypatch.setattr(ddmr_core.evaluation.evaluate, "evaluate", record("evaluate", types.SimpleNamespace(failures=failures)))
     return calls
 
 
@@ -223,7 +223,7 @@ def test_reproduce_refuses_a_negative_seed_before_any_work(tmp_path):
 
 
 def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
-    from ddmr_core.protocol import evaluate_step
+    from ddmr_core.experiments.protocol import evaluate_step
 
     _record_library_calls(monkeypatch, failures=2)
     with pytest.raises(StepFailed, match="step 'evaluate' failed: 2 method/pair run.*per_pair.csv"):
@@ -231,7 +231,7 @@ def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
 
 
 def test_the_old_protocol_cli_name_runs_the_command_line(tmp_path, capsys):
-    from ddmr_core import protocol
+    from ddmr_core.experiments import protocol
     from ddmr_core.cli import run
 
     assert protocol.cli is run
@@ -246,7 +246,7 @@ def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_
     import argparse
 
     from ddmr_core.commands import demo
-    from ddmr_core.registry import Registry
+    from ddmr_core.plugins.registry import Registry
 
     calls = _record_library_calls(monkeypatch)
     args = argparse.Namespace(out=str(tmp_path), size=32, max_time=90.0, steps=None, pairs=2,

@@ -1,11 +1,11 @@
-"""ddmr_core.spatial against SciPy, MONAI and hand-worked cases."""
+"""ddmr_core.spatial.fields against SciPy, MONAI and hand-worked cases."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core import spatial
+from ddmr_core.spatial import fields as spatial
 
 
 def smooth_volume(shape, seed, sigma=3.0):
@@ -255,7 +255,7 @@ def test_sample_at_matches_scipy_map_coordinates():
 def test_grid_sample_split_over_threads_is_exact():
     # a batch of one is cut into slabs sampled as a batch; values and both gradients
     # must equal torch's own grid_sample
-    from ddmr_core.spatial import grid_sample
+    from ddmr_core.spatial.fields import grid_sample
 
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
@@ -278,7 +278,7 @@ def test_grid_sample_split_over_threads_is_exact():
 
 
 def test_normalised_scale_by_hand():
-    from ddmr_core.spatial import normalised_scale
+    from ddmr_core.spatial.fields import normalised_scale
 
     # 2 / (n - 1): 5 voxels span [-1, 1] in steps of 0.5; a single voxel axis keeps scale 2
     torch.testing.assert_close(normalised_scale((5, 3, 1)), torch.tensor([0.5, 1.0, 2.0]))

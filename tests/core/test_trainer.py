@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from ddmr_core.checkpoint import load_model
+from ddmr_core.model.checkpoint import load_model
 from ddmr_core.errors import ConfigError
-from ddmr_core.trainer import TrainingError
+from ddmr_core.training.trainer import TrainingError
 from conftest import TINY_TRAINING, make_trainer
 
 BASE = TINY_TRAINING + """
@@ -183,7 +183,7 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
-    from ddmr_core.experiment import build_model
+    from ddmr_core.model.build import build_model
 
     t = make(tmp_path, "ddmr.Trainer.max_nonfinite = 2", "ddmr.Trainer.max_epochs = 5")
     model = build_model()

@@ -5,14 +5,14 @@ supply full-resolution fields."""
 import pytest
 import torch
 
-from ddmr_core.augment import (
+from ddmr_core.data.augment import (
     AugmentationPipeline,
     add_geometric_step,
     field_shape,
     lattice_nodes,
     to_full_resolution,
 )
-from ddmr_core.spatial import compose, identity_grid, upsample_lattice, warp
+from ddmr_core.spatial.fields import compose, identity_grid, upsample_lattice, warp
 from ddmr_plugins.augmenters.resize import Resize
 from ddmr_plugins.augmenters.rigid import Rigid, affine_field, rotation_matrix
 from ddmr_plugins.augmenters.tps import TPS
