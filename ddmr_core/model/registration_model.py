@@ -3,7 +3,7 @@
 This is the paper's Fig. 1 as one module: the backbone predicts a pull field from
 ``(fixed, moving)``, the spatial transformer warps the moving image (linear) and its
 one-hot segmentations (linear, so gradients flow), and each loss term is computed on
-the inputs it declares (``image``, ``segmentation`` or ``field``) before the weighting
+the inputs it declares (one of :data:`~ddmr_core.plugins.hookspecs.LOSS_INPUTS`) before the weighting
 strategy combines them into one scalar.
 """
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..plugins.hookspecs import LOSS_INPUTS
 from ..spatial.prealign import METHODS as PREALIGN
 from ..spatial.prealign import prealign_field
 from ..spatial.refine import refine_field
@@ -25,7 +26,6 @@ def _float(value):
     return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
 
 
-LOSS_INPUTS = ("image", "segmentation", "field", "displacement")
 
 
 class RegistrationModel(nn.Module):
