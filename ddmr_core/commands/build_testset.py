@@ -14,7 +14,7 @@ maps and the ground-truth pull field are written with the fixed image's affine (
 from __future__ import annotations
 
 from . import add_trust_config_argument
-from ..data.build_testset import DEFAULT_AUGMENT, build_testset, build_testset_named  # noqa: F401
+from ..data.build_testset import DEFAULT_AUGMENT, build_testset_named
 
 NAME = "build-testset"
 HELP = "write fixed evaluation pairs (images, label maps, ground-truth fields) to a folder"

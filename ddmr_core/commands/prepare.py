@@ -15,7 +15,7 @@ bindings; ``SIZE`` defaults to ``--size`` (128). The samples are cached by
 from __future__ import annotations
 
 from . import add_trust_config_argument
-from ..data.prepare import SPLITS, prepare, prepare_named  # noqa: F401  (prepare: benchmarks import it from here)
+from ..data.prepare import SPLITS, prepare_named
 
 NAME = "prepare"
 HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"

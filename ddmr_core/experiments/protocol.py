@@ -89,12 +89,6 @@ def run_protocol(out: Path, steps: Sequence[Step], title: str = "protocol") -> d
 
 
 # ------------------------------------------------------------ common steps
-DESIGN_FILES = {
-    "BL-N": "bl_n", "BL-NS": "bl_ns", "SG-ND": "sg_nd",
-    "SG-NSD": "sg_nsd", "UW-NSD": "uw_nsd", "UW-NSDH": "uw_nsdh",
-}
-
-
 def data_bindings(cache: Path, size: int, light: bool) -> list[str]:
     """Gin bindings that point an experiment config at a prepared cache and a grid size;
     ``light`` swaps the paper's U-Net for ddmr's light default (``mixins/backbone/default.gin``)."""
@@ -184,13 +178,3 @@ def evaluate_step(testset: Path, models: dict, baselines, report: Path, device=N
     # keyed by the methods: asking for another set scores them all again, in one run
     return Step("evaluate", run, f"evaluate {what}", key=what)
 
-
-def __getattr__(name):
-    # ``protocol.cli`` ran a command line in-process; protocols now call the library. The
-    # runner lives in the CLI module (:func:`ddmr_core.cli.run`); the old name stays for
-    # scripts that still use it.
-    if name == "cli":
-        from ..cli import run
-
-        return run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
