@@ -491,7 +491,7 @@ def test_jacobian_of_a_large_affine_field_is_exact(tmp_path, capsys):
 
 def test_train_writes_its_config_copy_under_its_own_header_and_resumes(tmp_path, capsys):
     from conftest import TINY_TRAINING
-    from ddmr_core.training.trainer import CONFIG_HEADER
+    from ddmr_core.training.run_folder import CONFIG_HEADER
 
     cfg = tmp_path / "exp.gin"
     cfg.write_text(TINY_TRAINING + TRAIN_BASE)
@@ -523,7 +523,7 @@ def test_a_lock_names_its_holder_and_a_dead_holder_blocks_nobody(tmp_path):
     assert not lock_path(out).exists()
 
 
-def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_run(tmp_path):
+def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
     """A signal that arrives while an optimiser step updates the weights and counters is
     held until the step is complete; last.pt is then that step's, and resuming from it
     gives the weights of an uninterrupted run (CPU, within 1e-6)."""
@@ -533,17 +533,19 @@ def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_
     straight = make_trainer(tmp_path, config, run="straight", max_steps=6)
     straight.fit()
 
+    from ddmr_core.training.loop import TrainingLoop
+
     t = make_trainer(tmp_path, config, run="cut", max_steps=6)
     t.setup()
-    step = t._optimizer_step
+    step = TrainingLoop._optimizer_step
 
-    def step_then_signal(*a, **k):
-        loss = step(*a, **k)
-        if t.counters["optimizer_steps"] == 3:
+    def step_then_signal(loop, *a, **k):
+        loss = step(loop, *a, **k)
+        if loop.run is t and t.counters["optimizer_steps"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step's critical section
         return loss
 
-    t._optimizer_step = step_then_signal
+    monkeypatch.setattr(TrainingLoop, "_optimizer_step", step_then_signal)
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)

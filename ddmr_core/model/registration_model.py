@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..plugins.hookspecs import LOSS_INPUTS
+from .schedule import Schedule
 from ..spatial.prealign import METHODS as PREALIGN
 from ..spatial.prealign import prealign_field
 from ..spatial.refine import refine_field
@@ -109,9 +110,9 @@ class RegistrationModel(nn.Module):
         self.supervision = supervision
         self.supervision_weight = float(supervision_weight)
         self.supervision_ramp = (int(ramp[0]), int(ramp[1]))
-        #: optimiser steps taken so far; the trainer sets it before every training pass
-        #: (what schedules over the run, such as the supervision's ramp, read)
-        self.step = 0
+        #: the step-dependent factors of training (the supervision's ramp; the trainer
+        #: configures the rate's and advances it)
+        self.schedule = Schedule(supervision_ramp=self.supervision_ramp)
         self.losses = nn.ModuleDict(losses)
         self.loss_names = [n for n, l in losses.items() if l.inputs != "field"]
         self.regulariser_names = [n for n, l in losses.items() if l.inputs == "field"]
@@ -261,13 +262,8 @@ class RegistrationModel(nn.Module):
         return dict(self.weighting.weights())
 
     def supervision_scale(self) -> float:
-        """The factor on ``supervision_weight`` now: the ramp in training, 1 otherwise."""
-        start, end = self.supervision_ramp
-        if not self.training or self.step >= end:
-            return 1.0
-        if self.step <= start:
-            return 0.0
-        return (self.step - start) / (end - start)
+        """The factor on ``supervision_weight`` now: the schedule's ramp in training, 1 otherwise."""
+        return self.schedule.supervision_factor() if self.training else 1.0
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]):
         """Forward pass plus loss: returns ``(total, terms, out)``."""

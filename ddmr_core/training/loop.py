@@ -1,15 +1,15 @@
-"""The optimisation loop of :class:`~ddmr_core.training.trainer.Trainer`: epochs of accumulated
-micro-batches, optimiser steps (warm-up and the cosine schedule on top of the
-scheduler's rate, non-finite steps skipped), validation, the end-of-epoch decisions
-(plateau schedule, ``best.pt``/``last.pt``, early stopping, transfer phases) and the
-step and wall-clock budgets, and Ctrl-C or SIGTERM (``last.pt`` saved at the last
-completed optimiser step, resumable).
+"""The optimisation loop of a training run: epochs of accumulated micro-batches, optimiser
+steps (the schedule's warm-up and cosine factor on top of the scheduler's rate, non-finite
+steps skipped), validation, the end-of-epoch decisions (plateau schedule,
+``best.pt``/``last.pt``, early stopping, transfer phases) and the step and wall-clock budgets,
+and Ctrl-C or SIGTERM (``last.pt`` saved at the last completed optimiser step, resumable).
 
-:class:`TrainingLoop` is the trainer's base class; it uses what the trainer's set-up
-builds (``Trainer.setup``): ``model``, ``loss_module`` (the model's loss, inside DDP under
-torchrun), ``optimizer``, ``scheduler``, ``sampler``, ``train_set``, ``val_set``,
-``counters``, ``history``, ``log`` and the configuration attributes, and its methods
-``prepare``, ``_loader``, ``_autocast``, ``_new_scheduler``, ``_wrap``, ``save``.
+:class:`TrainingLoop` takes the run's state explicitly: the
+:class:`~ddmr_core.training.trainer.Trainer` it is given holds the configuration, what its
+set-up built (``model``, ``loss_module``, ``optimizer``, ``scheduler``, ``sampler``, the
+splits, the :class:`~ddmr_core.model.schedule.Schedule`), the ``counters``, ``history`` and
+``log``, and turns samples into pairs (``prepare``); the loop holds only what a loop needs
+between steps (the deferred signal).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import math
 import signal
 import sys
 import threading
-import time
 from collections import defaultdict
 
 import torch
@@ -28,7 +27,6 @@ from . import distributed as _dist
 from . import transfer as _transfer
 from ..errors import DdmrError
 from .log import epoch_line, progress_bar
-from .validation import validate
 
 
 def _raise_signal(signum, frame, previous) -> None:
@@ -50,45 +48,51 @@ class TrainingError(DdmrError):
 
 
 class TrainingLoop:
-    """Epochs, optimiser steps, validation and stopping (see the module docstring)."""
+    """Epochs, optimiser steps, validation and stopping of ``run`` (see the module docstring)."""
+
+    def __init__(self, run):
+        #: the :class:`~ddmr_core.training.trainer.Trainer` whose state this loop advances
+        self.run = run
 
     def _weights_finite(self) -> bool:
         """Every floating-point parameter and buffer of the model is finite."""
-        return all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
+        run = self.run
+        return all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values()
                    if t.is_floating_point())
 
     def fit(self) -> dict:
         """Train until ``max_epochs``, early stopping or ``max_steps``; returns a summary."""
-        if not self._setup_done:
-            self.setup()
+        run = self.run
+        if not run.setup_done:
+            run.setup()
         reason = "max_epochs"
-        c = self.counters
-        self._clock = (time.perf_counter(), c["train_seconds"])
-        if self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience:
+        c = run.counters
+        run.start_clock()
+        if run.early_stopping_patience is not None and c["bad_epochs"] >= run.early_stopping_patience:
             reason = "early_stopping"  # a resumed run that had already stopped
         try:
             with self._deferred_signals():
-                while reason == "max_epochs" and c["epoch"] < self.max_epochs:
+                while reason == "max_epochs" and c["epoch"] < run.max_epochs:
                     if not self._train_epoch():
                         reason = self._budget_spent() or "max_steps"
                         break
-                    metrics = self.validate()
+                    metrics = run.validate()
                     with self._critical():
                         stop = self._end_epoch(metrics)
                     if stop:
                         reason = "early_stopping"
                         break
-            _dist.barrier(self._owns_process_group)  # rank 0's last checkpoint is written before anyone leaves
+            _dist.barrier(run.owns_process_group)  # rank 0's last checkpoint is written before anyone leaves
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: keep the work done so far
             self._save_interrupted()
             raise
         finally:
-            if self.log is not None:
-                self.log.close()
-                self.log = None
-            _dist.finish(self._owns_process_group)
-            self._owns_process_group = False
-        return {"stopped": reason, **self.counters}
+            if run.log is not None:
+                run.log.close()
+                run.log = None
+            _dist.finish(run.owns_process_group)
+            run.owns_process_group = False
+        return {"stopped": reason, **run.counters}
 
     # ------------------------------------------------------------ interruption
     # SIGINT and SIGTERM stop training at once, and ``last.pt`` is saved at the last
@@ -136,25 +140,20 @@ class TrainingLoop:
     def _save_interrupted(self) -> None:
         """Save ``last.pt`` at the last completed optimiser step (rank 0; not when the
         weights are no longer finite, so a blown-up state never replaces it)."""
-        if not (self._setup_done and self.is_main) or not self._weights_finite():
+        run = self.run
+        if not (run.setup_done and run.is_main) or not self._weights_finite():
             return
-        self.save("last.pt")
-        print(f"ddmr train: stopped at optimiser step {self.counters['optimizer_steps']}; "
-              f"{str(self.run_dir / 'last.pt')!r} is saved, continue with --resume", file=sys.stderr, flush=True)
-
-    def elapsed(self) -> float:
-        """Seconds of training (and validation) in this run so far, across resumes."""
-        if self._clock is None:
-            return float(self.counters["train_seconds"])
-        start, before = self._clock
-        return before + time.perf_counter() - start
+        run.save("last.pt")
+        print(f"ddmr train: stopped at optimiser step {run.counters['optimizer_steps']}; "
+              f"{str(run.run_dir / 'last.pt')!r} is saved, continue with --resume", file=sys.stderr, flush=True)
 
     def _budget_spent(self) -> str | None:
         """``"max_steps"`` or ``"max_time"`` when that budget is used up, else None."""
-        if self.max_steps is not None and self.counters["global_step"] >= self.max_steps:
+        run = self.run
+        if run.max_steps is not None and run.counters["global_step"] >= run.max_steps:
             return "max_steps"
         # every rank must stop at the same step
-        if self.max_time is not None and _dist.any_rank(self.elapsed() >= self.max_time, self.world, self.device):
+        if run.max_time is not None and _dist.any_rank(run.elapsed() >= run.max_time, run.world, run.device):
             return "max_time"
         return None
 
@@ -163,31 +162,31 @@ class TrainingLoop:
 
     def _train_epoch(self) -> bool:
         """One epoch from the saved position; False when ``max_steps`` stopped it."""
-        c = self.counters
+        run = self.run
+        c = run.counters
         if not self._steps_left():
             return False
-        self.sampler.set_epoch(c["epoch"])
-        order = list(iter(self.sampler))
-        n_micro = math.ceil(len(order) / self.batch_size)
+        run.sampler.set_epoch(c["epoch"])
+        order = list(iter(run.sampler))
+        n_micro = math.ceil(len(order) / run.batch_size)
         start = c["batch_in_epoch"]
-        loader = self._loader(self.train_set, order[start * self.batch_size:])
-        bar = progress_bar(n_micro, start, c["epoch"] + 1) if self.progress and self.is_main else None
-        self.model.train()
-        group_losses, group_terms, nonfinite = [], defaultdict(list), torch.zeros((), device=self.device)
+        loader = run.loader(run.train_set, order[start * run.batch_size:])
+        bar = progress_bar(n_micro, start, c["epoch"] + 1) if run.progress and run.is_main else None
+        run.model.train()
+        group_losses, group_terms, nonfinite = [], defaultdict(list), torch.zeros((), device=run.device)
         try:
             for i, sample in enumerate(loader, start=start):
-                group_start = (i // self.accumulate) * self.accumulate
-                group_len = min(self.accumulate, n_micro - group_start)
+                group_start = (i // run.accumulate) * run.accumulate
+                group_len = min(run.accumulate, n_micro - group_start)
                 last = i == group_start + group_len - 1
-                self.seen_indices.extend(int(v) for v in torch.as_tensor(sample["index"]).view(-1))
-                batch = self.prepare(sample, train=True)
-                self.model.step = c["optimizer_steps"]  # RegistrationModel.step: schedules over the run
+                run.seen_indices.extend(int(v) for v in torch.as_tensor(sample["index"]).view(-1))
+                batch = run.prepare(sample, train=True)
                 sync = contextlib.nullcontext()
-                if self.distributed and not last:
-                    sync = self.loss_module.no_sync()
+                if run.distributed and not last:
+                    sync = run.loss_module.no_sync()
                 with sync:
-                    with self._autocast():
-                        total, terms, _ = self.loss_module(batch)
+                    with run.autocast():
+                        total, terms, _ = run.loss_module(batch)
                     total = total.float()
                     (total / group_len).backward()
                 nonfinite = nonfinite + (~torch.isfinite(total.detach())).float()
@@ -201,12 +200,12 @@ class TrainingLoop:
                         loss = self._optimizer_step(group_losses, group_terms, nonfinite)
                         c["batch_in_epoch"] = i + 1
                     if bar is not None and loss is not None:
-                        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+                        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{run.optimizer.param_groups[0]['lr']:.1e}")
                     group_losses, group_terms = [], defaultdict(list)
-                    nonfinite = torch.zeros((), device=self.device)
+                    nonfinite = torch.zeros((), device=run.device)
                     if not self._steps_left() and c["batch_in_epoch"] < n_micro:
                         if self._weights_finite():  # a blown-up state never replaces last.pt
-                            self.save("last.pt")  # mid-epoch position, resumable
+                            run.save("last.pt")  # mid-epoch position, resumable
                         return False
         finally:
             if bar is not None:
@@ -214,31 +213,33 @@ class TrainingLoop:
         return True
 
     def _params(self):
-        return [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        run = self.run
+        return [p for p in run.model.parameters() if p.requires_grad and p.grad is not None]
 
     def _optimizer_step(self, losses, terms, nonfinite) -> float | None:
         """Step on the accumulated gradients unless the loss or gradient is non-finite."""
-        c = self.counters
+        run = self.run
+        c = run.counters
         params = self._params()
         grads = [p.grad for p in params]
-        if self.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if run.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
         elif grads:
             grad_norm = torch.nn.utils.get_total_norm(grads)
         else:
-            grad_norm = torch.zeros((), device=self.device)
+            grad_norm = torch.zeros((), device=run.device)
         # every rank must take the same decision
-        bad = _dist.any_rank(nonfinite + (~torch.isfinite(grad_norm)).float(), self.world, self.device)
+        bad = _dist.any_rank(nonfinite + (~torch.isfinite(grad_norm)).float(), run.world, run.device)
         step = c["global_step"]
         c["global_step"] += 1
         if bad:
-            self.optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             c["nonfinite_total"] += 1
             c["nonfinite_in_a_row"] += 1
-            if self.log is not None:
-                self.log.nonfinite(step, c["nonfinite_total"])
-            if c["nonfinite_in_a_row"] >= self.max_nonfinite:
-                best_pt = self.run_dir / "best.pt"
+            if run.log is not None:
+                run.log.nonfinite(step, c["nonfinite_total"])
+            if c["nonfinite_in_a_row"] >= run.max_nonfinite:
+                best_pt = run.run_dir / "best.pt"
                 kept = (f"the last good checkpoint {str(best_pt)!r} is left as it was"
                         if best_pt.exists() else "no good checkpoint had been written yet")
                 raise TrainingError(
@@ -248,98 +249,73 @@ class TrainingLoop:
                     "learning rate (ddmr.Trainer.lr) or ddmr.Trainer.grad_clip, or check the data")
             return None
         self._step_with_warmup()
-        self.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         c["nonfinite_in_a_row"] = 0
         c["optimizer_steps"] += 1
+        run.schedule.advance()
         loss = torch.stack(losses).mean().item()
-        if self.log is not None:
-            self.log.step(step, loss, terms, self.model.current_weights(), self.optimizer.param_groups[0]["lr"],
+        if run.log is not None:
+            run.log.step(step, loss, terms, run.model.current_weights(), run.optimizer.param_groups[0]["lr"],
                           grad_norm.item())
         return loss
 
-    def lr_factor(self) -> float:
-        """The factor on the scheduler's rate for the next step: the linear warm-up, times
-        the cosine decay over the budget (``lr_schedule="cosine"``)."""
-        k = self.counters["optimizer_steps"]
-        factor = (k + 1) / self.warmup_steps if k < self.warmup_steps else 1.0
-        if self.lr_schedule == "cosine":
-            done = 0.0
-            if self.max_steps:
-                # the step being taken was counted already: the first step has done = 0
-                done = max(done, (self.counters["global_step"] - 1) / self.max_steps)
-            if self.max_time:
-                done = max(done, self.elapsed() / self.max_time)
-            factor *= 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-        return factor
-
     def _step_with_warmup(self) -> None:
-        """``optimizer.step()`` with the rate times :meth:`lr_factor`. The scheduler's
-        rate stays in the param groups; the factor applies to this step only."""
-        factor = self.lr_factor()
+        """``optimizer.step()`` with the rate times the schedule's factor (warm-up, cosine:
+        :meth:`~ddmr_core.model.schedule.Schedule.lr_factor`). The scheduler's rate stays in
+        the param groups; the factor applies to this step only."""
+        run = self.run
+        factor = run.schedule.lr_factor(run.counters["global_step"], run.elapsed())
         if factor == 1.0:
-            self.optimizer.step()
+            run.optimizer.step()
             return
-        rates = [g["lr"] for g in self.optimizer.param_groups]
-        for g in self.optimizer.param_groups:
+        rates = [g["lr"] for g in run.optimizer.param_groups]
+        for g in run.optimizer.param_groups:
             g["lr"] = g["lr"] * factor
         try:
-            self.optimizer.step()
+            run.optimizer.step()
         finally:
-            for g, lr in zip(self.optimizer.param_groups, rates):
+            for g, lr in zip(run.optimizer.param_groups, rates):
                 g["lr"] = lr
-
-    # -------------------------------------------------------------- validation
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Mean validation loss, terms and metrics over this rank's share of the validation
-        pairs, all-reduced (:func:`ddmr_core.training.validation.validate`)."""
-        self.model.eval()
-        mine = list(range(self.rank, len(self.val_set), self.world))
-        batches = (self.prepare(sample, train=False) for sample in self._loader(self.val_set, mine))
-        metrics, first = validate(self.model, batches, self._autocast, self.world, self.device)
-        if self.log is not None:
-            self.log.validation(self.counters["global_step"], metrics, first if self.log_images else None)
-        self.model.train()
-        return metrics
 
     def _end_epoch(self, metrics: dict) -> bool:
         """Schedule, checkpoint, early stopping, two-step phases; True to stop."""
-        c = self.counters
+        run = self.run
+        c = run.counters
         val = metrics["loss"]
-        counting = c["optimizer_steps"] >= self.patience_after_steps  # the plateau's patience runs
+        counting = c["optimizer_steps"] >= run.patience_after_steps  # the plateau's patience runs
         if counting:
-            self.scheduler.step(val)
+            run.scheduler.step(val)
         c["epoch"] += 1
         c["batch_in_epoch"] = 0
         c["phase_epochs"] += 1
         # a checkpoint is "good" only with finite weights and a finite validation loss
         healthy = math.isfinite(val) and self._weights_finite()
-        improved = healthy and val < c["best_val"] - self.min_delta
+        improved = healthy and val < c["best_val"] - run.min_delta
         if improved:
             c["best_val"], c["bad_epochs"] = val, 0
         elif counting:
             c["bad_epochs"] += 1
-        patience_out = self.early_stopping_patience is not None and c["bad_epochs"] >= self.early_stopping_patience
+        patience_out = run.early_stopping_patience is not None and c["bad_epochs"] >= run.early_stopping_patience
         stop = patience_out
-        if _transfer.next_phase(self.transfer, c, patience_out):
+        if _transfer.next_phase(run.transfer, c, patience_out):
             # second step: the whole model, from the base rate, with fresh patience
-            for g, lr in zip(self.optimizer.param_groups, self.base_rates()):
+            for g, lr in zip(run.optimizer.param_groups, run.base_rates()):
                 g["lr"] = lr
-            self.scheduler = self._new_scheduler()
-            _transfer.set_phase(self.model, self.transfer, 1)
-            self._wrap()
+            run.scheduler = run.new_scheduler()
+            _transfer.set_phase(run.model, run.transfer, 1)
+            run.wrap()
             stop = False
-        entry = {"epoch": c["epoch"], "step": c["optimizer_steps"], "seconds": round(self.elapsed(), 3),
+        entry = {"epoch": c["epoch"], "step": c["optimizer_steps"], "seconds": round(run.elapsed(), 3),
                  **{k: float(v) for k, v in metrics.items()}}
-        self.history.append(entry)
-        if self.on_validation is not None and self.is_main:
-            self.on_validation(entry)
+        run.history.append(entry)
+        if run.on_validation is not None and run.is_main:
+            run.on_validation(entry)
         if improved:
-            self.save("best.pt")
+            run.save("best.pt")
         if healthy:  # a blown-up run keeps the last.pt from before the blow-up
-            self.save("last.pt")
-        if self.log is not None:
-            self.log.epoch(c["epoch"], c["global_step"])
-        if self.is_main and self.progress:
+            run.save("last.pt")
+        if run.log is not None:
+            run.log.epoch(c["epoch"], c["global_step"])
+        if run.is_main and run.progress:
             print(epoch_line(c["epoch"], metrics, improved), flush=True)
         return stop

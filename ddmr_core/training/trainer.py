@@ -21,15 +21,15 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA; :mod:`ddmr_core.training.dis
 gradient all-reduce runs only on the last micro-batch of each accumulation group
 (``no_sync`` on the others). Rank 0 writes checkpoints and logs.
 
-Run folder: ``config.gin`` (the operative gin config), ``last.pt``, ``best.pt``
-(:func:`ddmr_core.model.checkpoint.training_state`), TensorBoard events under ``logs/``
-(:mod:`ddmr_core.training.log`). Transfer learning's phases: :mod:`ddmr_core.training.transfer`.
+Run folder: :mod:`ddmr_core.training.run_folder`. Transfer learning's phases:
+:mod:`ddmr_core.training.transfer`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,43 +39,20 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..model.checkpoint import load_training_state, save_checkpoint, training_state
-from ..config.parsing import config_text
+from ..model.schedule import Schedule
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError, DdmrError
 from ..data.guards import check_memory, training_bytes
-from ..data.io import check_output_folder, write_text_atomic
 from ..spatial.fields import one_hot
 from .log import TrainingLog
-from .loop import TrainingError, TrainingLoop  # noqa: F401  (TrainingError: importable from here)
+from .run_folder import check_run_folder, write_config_copy
+from .validation import validate
+from .loop import TrainingLoop
 from . import distributed as _dist
 from . import transfer as _transfer
 
 #: Offset between the augmentation seeds of two training epochs (larger than any dataset).
 INDEX_STRIDE = 1_000_003
-#: the run's copy of its operative config, and the first line that marks it as ddmr's
-CONFIG_COPY = "config.gin"
-CONFIG_HEADER = "# ddmr train: the operative gin config of this run (written by ddmr, replaced on --resume)\n"
-
-
-def check_config_copy(run_dir: Path) -> None:
-    """Refuse a run folder whose ``config.gin`` ddmr did not write (say, the user's own
-    config, trained with ``--out`` its folder): ``train`` writes its copy there, and never
-    over a user's file. A copy ddmr wrote starts with :data:`CONFIG_HEADER`; in a folder
-    holding a run (``last.pt`` or ``best.pt``, e.g. from before the header) it is ddmr's."""
-    path = Path(run_dir) / CONFIG_COPY
-    if not path.exists() or any((Path(run_dir) / n).exists() for n in ("last.pt", "best.pt")):
-        return
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline()
-    except OSError:
-        first = ""
-    if first != CONFIG_HEADER:
-        raise DdmrError(f"run directory {str(run_dir)!r} holds a {CONFIG_COPY} that ddmr did not write (your "
-                        f"config?); ddmr train writes the run's config there and never over your file: give a "
-                        "new folder or a ddmr run folder as --out")
-
-
 class _ListSampler(Sampler):
     """Yields a fixed list of indices (one epoch's order, possibly resumed mid-way)."""
 
@@ -90,12 +67,13 @@ class _ListSampler(Sampler):
 
 
 @gin.configurable(module="ddmr")
-class Trainer(TrainingLoop):
+class Trainer:
     """Gradient-accumulating trainer. ``run_dir``, ``device``, ``max_steps`` and ``resume``
     come from the command line; everything else from gin (``ddmr.Trainer.<param>``).
-    This class builds and checks the run (:meth:`setup`), holds its state
-    (:meth:`state`) and turns loader samples into training pairs (:meth:`prepare`); the
-    loop itself is :class:`~ddmr_core.training.loop.TrainingLoop` (:meth:`fit`).
+    This class is the run's state: it builds and checks the run (:meth:`setup`), holds
+    its components, counters, history and :class:`~ddmr_core.model.schedule.Schedule`
+    (:meth:`state`) and turns loader samples into training pairs (:meth:`prepare`);
+    :meth:`fit` hands it to the loop, :class:`~ddmr_core.training.loop.TrainingLoop`.
 
     Args:
         run_dir: folder of the run (created).
@@ -224,7 +202,7 @@ class Trainer(TrainingLoop):
         self.device = self._resolve_device(device)
         self.bf16 = bool(bf16) and self.device.type == "cuda"
         self.cudnn_benchmark = bool(cudnn_benchmark)
-        self._owns_process_group = False
+        self.owns_process_group = False
 
         self.model, self.dataset, self.augmentation = model, dataset, augmentation
         self.counters = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "optimizer_steps": 0,
@@ -239,7 +217,7 @@ class Trainer(TrainingLoop):
         self.seen_indices: list[int] = []
         #: rank 0's :class:`~ddmr_core.training.log.TrainingLog` while :meth:`fit` runs
         self.log: TrainingLog | None = None
-        self._setup_done = False
+        self.setup_done = False
 
     # ----------------------------------------------------------------- set-up
     def _resolve_device(self, device) -> torch.device:
@@ -263,27 +241,20 @@ class Trainer(TrainingLoop):
     def setup(self) -> None:
         """Build everything and check every input before anything is written to ``run_dir``."""
         from ..data.datasets import build_augmentation, build_dataset, input_size
-        from ..model.build import build_model
+        from ..model.build import build_model, check_model_memory
 
         if self.distributed:
-            self._owns_process_group = _dist.start(self.device)
+            self.owns_process_group = _dist.start(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.manual_seed(self.seed)  # same initial weights everywhere (DDP also broadcasts)
 
         run_dir = self.run_dir
-        # a folder, or one that can be created, and writable: checked before any work,
-        # written (created) only once every input is valid
-        check_output_folder(run_dir, "run directory", replace=False)
-        if not self.resume and any((run_dir / n).exists() for n in ("last.pt", "best.pt")):
-            raise DdmrError(
-                f"run directory {str(run_dir)!r} already holds a training run; pass --resume to "
-                "continue it or choose another --out"
-            )
-        check_config_copy(run_dir)
+        check_run_folder(run_dir, self.resume)
         if self.model is None:
-            self._check_model_memory()  # before the weights are allocated
+            if self.memory_check:  # before the weights are allocated
+                check_model_memory(self.device)
             self.model = build_model()
         self.dataset = self.dataset if self.dataset is not None else build_dataset()
         self.augmentation = self.augmentation if self.augmentation is not None else build_augmentation()
@@ -311,38 +282,26 @@ class Trainer(TrainingLoop):
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=self.seed, drop_last=False)
         self.optimizer = torch.optim.Adam(self._param_groups(), lr=self.base_lr)
-        self.scheduler = self._new_scheduler()
+        self.scheduler = self.new_scheduler()
 
         if self.resume:
             self._load_resume(run_dir / "last.pt")
         elif self.transfer is not None:
             _transfer.load_pretrained(self.model, self.transfer.checkpoint, self.transfer.load_weighting)
+        # the one schedule of the run: the model's (its supervision ramp), with the rate's
+        # warm-up and cosine decay over the budget; the loop advances it
+        self.schedule = self.model.schedule if hasattr(self.model, "schedule") else Schedule()
+        self.schedule.step = self.counters["optimizer_steps"]
+        self.schedule.warmup_steps, self.schedule.cosine = self.warmup_steps, self.lr_schedule == "cosine"
+        self.schedule.max_steps, self.schedule.max_time = self.max_steps, self.max_time
         _transfer.set_phase(self.model, self.transfer, self.counters["phase"])
-        self._wrap()
+        self.wrap()
 
         # every input is valid: only now touch the run folder
         if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / CONFIG_COPY, CONFIG_HEADER + config_text())
+            write_config_copy(run_dir)
             self.log = TrainingLog(run_dir)
-        self._setup_done = True
-
-    def _check_model_memory(self) -> None:
-        """Build the configured model on the ``meta`` device (nothing allocated) and refuse
-        one whose weights, gradients and Adam moments (4 x 4 bytes a parameter) exceed the
-        memory available (``--gin "ddmr.backbones.vxm_unet.widths = (100000, 100000)"``
-        asked for a terabyte). Models that cannot be built on ``meta`` are not checked here."""
-        from ..model.build import build_model
-
-        if not self.memory_check:
-            return
-        try:
-            with torch.device("meta"):
-                params = sum(p.numel() for p in build_model().parameters())
-        except Exception:  # a config error is reported by the real build
-            return
-        check_memory(16.0 * params, f"training a model of {params:,} parameters (weights, gradients, Adam's moments)",
-                     device=self.device)
+        self.setup_done = True
 
     def _param_groups(self) -> list[dict]:
         """The optimiser's groups: every parameter at ``lr``, or, with ``weighting_lr``,
@@ -359,17 +318,34 @@ class Trainer(TrainingLoop):
         """Each optimiser group's rate before warm-up and schedule."""
         return [self.base_lr] + [self.weighting_lr] * (len(self.optimizer.param_groups) - 1)
 
-    def _new_scheduler(self):
+    def new_scheduler(self):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=self.plateau_factor, patience=self.plateau_patience)
 
-    def _wrap(self) -> None:
+    def wrap(self) -> None:
         self.loss_module = _dist.wrap(self.model, self.world, self.device, self.find_unused_parameters)
 
     def _load_resume(self, path: Path) -> None:
         ckpt = load_training_state(path, self.model, self.optimizer, self.scheduler)
         self.counters.update(ckpt["counters"])
         self.history = [dict(h) for h in ckpt.get("history", [])]
+
+    def fit(self) -> dict:
+        """Train until ``max_epochs``, early stopping or a budget; returns a summary
+        (:meth:`ddmr_core.training.loop.TrainingLoop.fit`)."""
+        return TrainingLoop(self).fit()
+
+    # ------------------------------------------------------------ wall clock
+    def start_clock(self) -> None:
+        """Start counting this session's training time on top of the run's so far."""
+        self._clock = (time.perf_counter(), self.counters["train_seconds"])
+
+    def elapsed(self) -> float:
+        """Seconds of training (and validation) in this run so far, across resumes."""
+        if self._clock is None:
+            return float(self.counters["train_seconds"])
+        start, before = self._clock
+        return before + time.perf_counter() - start
 
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -381,6 +357,20 @@ class Trainer(TrainingLoop):
     def save(self, name: str) -> None:
         if self.is_main:
             save_checkpoint(self.run_dir / name, self.state())
+
+    # -------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean validation loss, terms and metrics over this rank's share of the validation
+        pairs, all-reduced (:func:`ddmr_core.training.validation.validate`)."""
+        self.model.eval()
+        mine = list(range(self.rank, len(self.val_set), self.world))
+        batches = (self.prepare(sample, train=False) for sample in self.loader(self.val_set, mine))
+        metrics, first = validate(self.model, batches, self.autocast, self.world, self.device)
+        if self.log is not None:
+            self.log.validation(self.counters["global_step"], metrics, first if self.log_images else None)
+        self.model.train()
+        return metrics
 
     # ------------------------------------------------------------------ data
     def prepare(self, sample: dict, train: bool) -> dict:
@@ -400,11 +390,11 @@ class Trainer(TrainingLoop):
                 image, segs=segs, spacing=sample["spacing"].to(dev).float(),
                 affine=sample["affine"].to(dev), index=index.to(dev))
 
-    def _loader(self, dataset, indices) -> DataLoader:
+    def loader(self, dataset, indices) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=_ListSampler(indices),
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
-    def _autocast(self):
+    def autocast(self):
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
