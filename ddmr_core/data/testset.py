@@ -146,8 +146,38 @@ class PairRecord:
 
 
 @dataclass
+class Pair:
+    """One test pair as the evaluator scores it (:meth:`TestSet.load`): images ``(D, H, W)``
+    float32 in [0, 1], label maps uint8 ``(D, H, W)`` or None, ``disp_true`` ``(3, D, H, W)``
+    voxels or None, ``spacing`` ``(3,)`` mm and ``affine`` ``(4, 4)`` of the fixed grid."""
+
+    name: str
+    fixed: np.ndarray
+    moving: np.ndarray
+    affine: np.ndarray
+    spacing: np.ndarray
+    fixed_seg: np.ndarray | None = None
+    moving_seg: np.ndarray | None = None
+    disp_true: np.ndarray | None = None
+    #: volumes on their original grids (``{"fixed": (array, affine), ...}``) or None
+    original: dict | None = None
+
+
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    """Images are compared in [0, 1], as the networks see them; a test set written by
+    ``build-testset`` already is, anything else is min-max scaled."""
+    lo, hi = float(image.min()), float(image.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return image.astype(np.float32)
+    return ((image - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+
+@dataclass
 class TestSet:
-    """A test set folder: its metadata and pair records."""
+    """A test set folder: its metadata and pair records (:func:`read_testset`), and its pairs
+    loaded as the evaluator scores them (:meth:`load`)."""
+
+    __test__ = False  # not a pytest test class, despite its name
 
     root: Path
     meta: dict
@@ -168,12 +198,34 @@ class TestSet:
     def __getitem__(self, i) -> PairRecord:
         return self.records[i]
 
+    def names(self) -> list[str]:
+        return [r.pair for r in self.records]
+
+    def load(self, index: int, original: bool = False) -> Pair:
+        """Pair ``index`` with its images in [0, 1] and constant images refused; ``original``
+        also reads the original-grid volumes (when the manifest names them).
+
+        Raises:
+            DataError: naming the missing, unreadable or constant file."""
+        from .io import check_not_constant
+
+        record = self.records[index]
+        d = load_pair(record)
+        check_not_constant(d["fixed"], f"image {str(record.fixed)!r}")
+        check_not_constant(d["moving"], f"image {str(record.moving)!r}")
+        pair = Pair(d["pair"], _unit_range(d["fixed"]), _unit_range(d["moving"]), d["affine"],
+                    np.asarray(d["spacing"], np.float64), d["fixed_seg"], d["moving_seg"], d["disp_true"])
+        if original and self.has_original and {"fixed", "moving"} <= set(record.original):
+            pair.original = {key: (arr if key.endswith("seg") else _unit_range(arr), aff)
+                             for key, (arr, aff) in load_original(record).items()}
+        return pair
+
 
 def read_testset(path: str | Path) -> TestSet:
     """Read ``DIR/testset.json`` and ``DIR/manifest.csv`` (files are not opened yet).
 
     Raises:
-        DataError: missing folder/files, bad JSON, missing manifest columns.
+        DataError: missing folder/files, bad JSON, missing manifest columns, no pairs.
     """
     root = Path(path)
     if not root.is_dir():
@@ -210,6 +262,8 @@ def read_testset(path: str | Path) -> TestSet:
             **{k: resolve(r.get(k)) for k in COLUMNS[1:]},
             original={k: p for k, p in original.items() if p is not None},
         ))
+    if not records:
+        raise DataError(f"test set {str(root)!r}: {MANIFEST} lists no pairs")
     return TestSet(root, meta, records, has_original=all(c in header for c in ORIGINAL_COLUMNS[:2]))
 
 

@@ -59,89 +59,16 @@ import torch
 
 from ..devices import resolve_device, synchronize
 from ..errors import DataError, DdmrError
-from ..data.io import (atomic_dir, atomic_path, check_field, check_finite, check_not_constant, check_output_folder,
+from ..data.io import (atomic_dir, atomic_path, check_field, check_finite, check_output_folder,
                  spacing_from_affine)
 from ..spatial.fields import apply_field, carry_field, warp
+from ..data.testset import Pair, read_testset
 
 #: order of the paper's tables, then the metrics beyond the paper
 METRIC_ORDER = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime", "folding", "sdlogj", "epe")
 
 
 # ===================================================================== test set
-@dataclass
-class Pair:
-    """One loaded test pair. Arrays are ``(D, H, W)``; ``disp_true`` is ``(3, D, H, W)``."""
-
-    name: str
-    fixed: np.ndarray
-    moving: np.ndarray
-    affine: np.ndarray
-    spacing: np.ndarray
-    fixed_seg: np.ndarray | None = None
-    moving_seg: np.ndarray | None = None
-    disp_true: np.ndarray | None = None
-    #: volumes on their original grids (``{"fixed": (array, affine), ...}``) or None
-    original: dict | None = None
-
-
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """Images are compared in [0, 1], as the networks see them; a test set written by
-    ``build-testset`` already is, anything else is min-max scaled."""
-    lo, hi = float(image.min()), float(image.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return image.astype(np.float32)
-    return ((image - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-
-
-class TestSet:
-    """A test set folder as the evaluator reads it: :func:`ddmr_core.data.testset.read_testset`
-    (the format's owner), pairs loaded with their images in [0, 1] and constant images
-    refused, the original-grid volumes on request.
-
-    Raises:
-        DataError: the folder, ``manifest.csv``, ``testset.json`` or a required column is
-            missing. Files of single pairs are checked when the pair is loaded
-            (:meth:`load`), so one broken pair does not stop a run.
-    """
-
-    __test__ = False  # not a pytest test class, despite its name
-
-    def __init__(self, root: str | Path):
-        from ..data.testset import MANIFEST, read_testset
-
-        self.root = Path(root)
-        self._ts = read_testset(self.root)
-        if len(self._ts) == 0:
-            raise DataError(f"test set {str(self.root)!r}: {MANIFEST} lists no pairs")
-        self.info: dict = dict(self._ts.meta)
-        self.labels = self._ts.labels or None
-        self.has_original = self._ts.has_original
-
-    def __len__(self):
-        return len(self._ts)
-
-    def names(self) -> list[str]:
-        return [r.pair for r in self._ts.records]
-
-    def load(self, index: int, original: bool = False) -> Pair:
-        """Read pair ``index``; ``original`` also reads the original-grid volumes.
-
-        Raises:
-            DataError: naming the missing or unreadable file."""
-        from ..data.testset import load_original, load_pair
-
-        record = self._ts[index]
-        d = load_pair(record)
-        check_not_constant(d["fixed"], f"image {str(record.fixed)!r}")
-        check_not_constant(d["moving"], f"image {str(record.moving)!r}")
-        pair = Pair(d["pair"], _normalise(d["fixed"]), _normalise(d["moving"]), d["affine"],
-                    np.asarray(d["spacing"], np.float64), d["fixed_seg"], d["moving_seg"], d["disp_true"])
-        if original and self.has_original and {"fixed", "moving"} <= set(record.original):
-            pair.original = {key: (arr if key.endswith("seg") else _normalise(arr), aff)
-                             for key, (arr, aff) in load_original(record).items()}
-        return pair
-
-
 # ===================================================================== methods
 def warp_array(volume: np.ndarray, disp: np.ndarray, labels: bool = False) -> np.ndarray:
     """``volume`` ``(D, H, W)`` warped by the voxel field ``disp`` ``(3, D, H, W)`` on its own
@@ -444,7 +371,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                                **{f"--model {m}": m.split("=", 1)[-1] for m in models
                                   if isinstance(m, str) and Path(m.split("=", 1)[-1]).exists()}})
     device = resolve_device(device)
-    tset = TestSet(testset)
+    tset = read_testset(testset)
     if gin_files or gin_bindings:
         from ..config.parsing import parse_config
 
@@ -493,7 +420,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                         check_field(f"{m.name} on pair {pname!r}", disp)
                         check_finite(f"{m.name} on pair {pname!r}", warped=warped)
                         values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
-                                                                   tset.labels, original_resolution)
+                                                                   tset.labels or None, original_resolution)
                         row.update(values)
                         row["error"] = "; ".join(metric_errors)
                         failures += bool(metric_errors)

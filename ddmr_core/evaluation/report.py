@@ -107,7 +107,7 @@ def write_summary(path: Path, rows, methods, metric_names, directions, titles, u
     extra = [c for c in metric_names if c not in PAPER_METRICS]
     lines = ["# Evaluation summary", ""]
     if testset is not None:
-        info = testset.info
+        info = testset.meta
         desc = ", ".join(f"{k} {info[k]}" for k in ("dataset", "size", "seed") if k in info)
         lines += [f"Test set `{testset.root}`: {len(testset)} pairs" + (f" ({desc})" if desc else "") + ".", ""]
     if paper:

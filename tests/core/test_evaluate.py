@@ -13,7 +13,8 @@ from torch import nn
 from ddmr_core.model.checkpoint import save_checkpoint
 from ddmr_core.cli import main as cli_main
 from ddmr_core.errors import DataError
-from ddmr_core.evaluation.evaluate import TestSet, evaluate, to_original_grid
+from ddmr_core.data.testset import read_testset
+from ddmr_core.evaluation.evaluate import evaluate, to_original_grid
 from ddmr_core.plugins.hookspecs import hookimpl
 from ddmr_core.plugins.manager import get_plugin_manager
 from ddmr_core.plugins.registry import Registry
@@ -123,7 +124,7 @@ def test_evaluate_end_to_end(tmp_path, registry):
         for col in ("ssim", "ncc", "dsc", "dsc_1", "dsc_2", "hd", "hd95", "tre", "runtime", "sdlogj"):
             assert math.isfinite(float(model[col])), col
     # identity's scores agree with metrics computed directly on the unregistered pair
-    pair = TestSet(root).load(0)
+    pair = read_testset(root).load(0)
     from ddmr_plugins.metrics.segmentation import dice
     assert float(by[("identity", "pair_000")]["dsc_1"]) == pytest.approx(dice(pair.fixed_seg == 1, pair.moving_seg == 1))
     # progress: one line per method and pair
@@ -174,7 +175,7 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
     rc = cli_main(["evaluate", "--testset", str(root), "--baseline", "identity", "--out", str(tmp_path / "g"),
                    "--no-figures", "--metric", "ncc", "--gin", "ddmr.metrics.ncc.win = None"])
     assert rc == 0
-    pair = TestSet(root).load(0)
+    pair = read_testset(root).load(0)
     ncc = float(_read_csv(tmp_path / "g" / "per_pair.csv")[0]["ncc"])
     assert ncc == pytest.approx(np.corrcoef(pair.fixed.ravel(), pair.moving.ravel())[0, 1], abs=1e-5)
     # a binding naming a parameter that does not exist: one clear message
@@ -185,14 +186,14 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
 
 def test_testset_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        TestSet(tmp_path / "nope")
+        read_testset(tmp_path / "nope")
     (tmp_path / "manifest.csv").write_text("pair,fixed\nx,a.nii.gz\n")
     (tmp_path / "testset.json").write_text('{"labels": [1]}')
     with pytest.raises(DataError, match="moving"):
-        TestSet(tmp_path)
+        read_testset(tmp_path)
     (tmp_path / "manifest.csv").write_text("pair,fixed,moving\n")
     with pytest.raises(DataError, match="no pairs"):
-        TestSet(tmp_path)
+        read_testset(tmp_path)
 
 
 def test_original_resolution_field(tmp_path, registry):
