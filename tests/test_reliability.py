@@ -44,7 +44,7 @@ def _dead_pid() -> int:
 
 
 def _host() -> str:
-    from ddmr_core.data.io import _host
+    from ddmr_core.data.files import _host
 
     return _host()
 
@@ -120,7 +120,7 @@ def test_batch_output_is_replaced_whole(tiny_workspace, tmp_path, capsys):
 
 
 def test_without_an_atomic_exchange_the_swap_still_replaces_whole(tiny_workspace, tmp_path, monkeypatch, capsys):
-    import ddmr_core.data.io as io
+    import ddmr_core.data.files as io
 
     monkeypatch.setattr(io, "_exchange", lambda a, b: False)  # e.g. NFS, or not Linux
     out = tmp_path / "out"
@@ -137,7 +137,7 @@ def test_killed_between_the_two_renames_the_earlier_folder_comes_back(tiny_works
     # a process killed right after moving the old folder aside (the fallback swap)
     code = """
         import os, signal, sys
-        import ddmr_core.data.io as io
+        import ddmr_core.data.files as io
         io._exchange = lambda a, b: False
         real = os.rename
         def rename(src, dst):

@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..model.checkpoint import export_model
     from ..errors import DataError
     from ..data.guards import check_not_input
-    from ..data.io import check_output_file
+    from ..data.files import check_output_file
     from ..model.card import validate_card
     from ..model.zoo import SUMS, WEIGHT_FILE, add_release
 

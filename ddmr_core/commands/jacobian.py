@@ -32,7 +32,8 @@ def run(args) -> int:
 
     from ..data.field_io import load_field
     from ..data.guards import check_not_input, check_spacing
-    from ..data.io import check_field, check_finite, check_output_file, save_image
+    from ..data.io import check_field, check_finite, save_image
+    from ..data.files import check_output_file
     from ..spatial.fields import folding_percentage, jacobian_determinant
 
     out = check_output_file(args.out)  # before any work

@@ -182,7 +182,7 @@ def _suitability(reg, ref) -> str | None:
 def _run(args, out: Path, pairs) -> int:
     from ..data.guards import check_inputs_outside
     from ..registration.register import Registrar
-    from ..registration.output import atomic_dir, write_into
+    from ..registration.output import atomic_output, write_into
 
     inputs = {"--pairs CSV": args.pairs, "--model": args.model if Path(str(args.model)).exists() else None}
     for item in pairs or [vars(args)]:
@@ -203,7 +203,7 @@ def _run(args, out: Path, pairs) -> int:
             args.fixed, args.moving, args.fixed_seg, args.moving_seg,
             original_resolution=args.original_resolution,
         )
-        with atomic_dir(out) as tmp:
+        with atomic_output(out) as tmp:
             write_into(res, tmp)
         _print("pair", res)
         print(f"wrote {out}")
@@ -211,7 +211,7 @@ def _run(args, out: Path, pairs) -> int:
 
     rows = []
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_output(out) as tmp:
         for item in pairs:
             res = reg.register(
                 item["fixed"], item["moving"], item["fixed_seg"], item["moving_seg"],

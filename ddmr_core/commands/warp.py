@@ -35,7 +35,8 @@ def run(args) -> int:
 
     from ..data.field_io import load_field
     from ..data.guards import check_not_input, check_spacing
-    from ..data.io import check_field, check_finite, check_output_file, load_image, load_label_map, save_image, save_label_map
+    from ..data.io import check_field, check_finite, load_image, load_label_map, save_image, save_label_map
+    from ..data.files import check_output_file
     from ..spatial.fields import apply_field
 
     out = check_output_file(args.out)  # before any work

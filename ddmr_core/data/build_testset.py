@@ -4,7 +4,7 @@ Pair ``k`` takes subject ``k mod n`` of a split (``test`` by default), resized t
 test grid if its grid differs, and runs it through the augmentation pipeline (seeded,
 sample index ``k``): the augmented fixed image, the generated moving image, both label
 maps and the ground-truth pull field are written with the fixed image's affine, the
-folder as a whole (:func:`ddmr_core.data.io.atomic_dir`; layout: :mod:`ddmr_core.data.testset`).
+folder as a whole (:func:`ddmr_core.data.files.atomic_dir`; layout: :mod:`ddmr_core.data.testset`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
 
     ``original_grid`` also writes each pair on the subject's isotropic (1 mm) grid, as the
     optional ``*_original`` manifest columns that ``ddmr evaluate --original-resolution`` uses."""
-    from .io import atomic_dir
+    from .files import atomic_dir
     from .testset import is_testset_output
 
     if pairs < 1:
@@ -167,7 +167,7 @@ def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, spl
     from ..config.parsing import resolve_config
     from .datasets import build_augmentation, build_named_dataset
     from .guards import check_inputs_outside
-    from .io import check_output_folder
+    from .files import check_output_folder
     from .testset import MANIFEST, is_testset_output
 
     out = Path(out)

@@ -21,7 +21,7 @@ float32, with ``A`` as both sform and qform. ITK's NIfTI reader converts the *gr
 ``tests/core/test_field_io.py`` checks this empirically with SimpleITK and ANTs on an
 oblique, anisotropic grid.
 
-Writes are atomic (:func:`ddmr_core.data.io.atomic_path`: a temporary file in the target folder,
+Writes are atomic (:func:`ddmr_core.data.files.atomic_path`: a temporary file in the target folder,
 then ``os.replace``; the usual file mode, ``0o666 & ~umask``).
 """
 
@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from .io import atomic_path
+from .files import atomic_path
 
 #: NIfTI intent code for a vector-valued image (``NIFTI_INTENT_VECTOR``).
 INTENT_VECTOR = 1007

@@ -2,7 +2,7 @@
 
 Each sample is written as ``OUT/<split>/<index>.npz`` (uncompressed: image float32, seg
 uint8, affine, index) to a temporary file renamed into place
-(:func:`ddmr_core.data.io.atomic_path`), so an interrupted or failed run never leaves a
+(:func:`ddmr_core.data.files.atomic_path`), so an interrupted or failed run never leaves a
 half-written entry; a rerun with the same settings skips the entries already there.
 ``OUT/index.json`` (:data:`INDEX`: ``format``, ``dataset``, ``labels``, ``preprocess``,
 ``splits``) is written last; the ``prepared`` dataset plugin reads the cache
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError, DdmrError
-from .io import atomic_path, check_output_folder, write_text_atomic
+from .files import atomic_path, check_output_folder, write_text_atomic
 
 #: the cache format (read by ``ddmr_plugins.datasets.prepared``)
 FORMAT = "ddmr-prepared"

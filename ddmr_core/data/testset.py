@@ -9,7 +9,7 @@ Layout of a test set folder ``DIR``::
 
 Paths in the manifest are relative to ``DIR``; segmentation columns are empty when the
 dataset has none. ``ddmr build-testset`` writes the whole folder beside ``DIR`` and swaps it
-in at the end (:func:`ddmr_core.data.io.atomic_dir`), so ``DIR`` is complete or untouched. All volumes of a pair share the fixed image's grid and affine;
+in at the end (:func:`ddmr_core.data.files.atomic_dir`), so ``DIR`` is complete or untouched. All volumes of a pair share the fixed image's grid and affine;
 ``disp_true`` is the pull field from the fixed grid into the moving image
 (``warp(moving, disp_true) ~= fixed``), in voxels in the ``.npz`` and in LPS millimetres in
 the NIfTI (see :mod:`ddmr_core.data.field_io`). ``manifest.csv`` and ``testset.json`` are written
@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError
-from .io import (check_same_grid, load_image, load_label_map, read_csv, save_image, save_label_map, to_numpy,
-                 write_text_atomic)
+from .io import check_same_grid, load_image, load_label_map, read_csv, save_image, save_label_map, to_numpy
+from .files import write_text_atomic
 
 MANIFEST = "manifest.csv"
 META = "testset.json"

@@ -24,7 +24,7 @@ Flow (paper, Section 2.6). For each test pair (written in advance by
 Outputs in ``out``: ``per_pair.csv`` (one row per method and pair; a column per metric,
 per-label values as ``<metric>_<label>``; an ``error`` column), then ``summary.md``, box
 plots and a median-pair figure per method (:mod:`ddmr_core.evaluation.report`). The folder
-is written whole or not at all (:func:`ddmr_core.data.io.atomic_dir`): a crash, Ctrl-C or a
+is written whole or not at all (:func:`ddmr_core.data.files.atomic_dir`): a crash, Ctrl-C or a
 kill leaves an earlier report as it was, and a new report replaces an earlier one as a
 whole; an existing ``out`` holding other files is refused before anything runs.
 
@@ -59,8 +59,8 @@ import torch
 
 from ..devices import resolve_device, synchronize
 from ..errors import DataError, DdmrError
-from ..data.io import (atomic_dir, atomic_path, check_field, check_finite, check_output_folder,
-                 spacing_from_affine)
+from ..data.io import check_field, check_finite, spacing_from_affine
+from ..data.files import atomic_dir, atomic_path, check_output_folder
 from ..spatial.fields import apply_field, carry_field, warp
 from ..data.testset import Pair, read_testset
 

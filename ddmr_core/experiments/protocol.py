@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from ..devices import resolve_device
 from ..errors import DdmrError
-from ..data.io import write_text_atomic
+from ..data.files import write_text_atomic
 
 
 class StepFailed(DdmrError):

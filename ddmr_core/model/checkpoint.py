@@ -34,14 +34,14 @@ import torch
 from .. import __version__
 from .checkpoint_checks import check_card, check_metadata, verify_archive
 from ..errors import CheckpointError
-from ..data.io import atomic_path
+from ..data.files import atomic_path
 
 FORMAT = "ddmr-checkpoint"
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (:func:`ddmr_core.data.io.atomic_path`: a temporary file in
+    """Write ``state`` atomically (:func:`ddmr_core.data.files.atomic_path`: a temporary file in
     the same folder, flushed to disk, then renamed; mode ``0o666 & ~umask``).
 
     A crash mid-write leaves the previous checkpoint intact, and the next save of the

@@ -155,7 +155,7 @@ def read_sums(path: Path) -> dict[str, str]:
 
 def write_sums(path: Path, sums: dict[str, str]) -> Path:
     """Write ``{file name: sha256}`` as a ``SHA256SUMS`` file (sorted, atomically)."""
-    from ..data.io import write_text_atomic
+    from ..data.files import write_text_atomic
 
     return write_text_atomic(path, "".join(f"{sums[k]}  {k}\n" for k in sorted(sums)))
 
@@ -396,7 +396,7 @@ def add_release(weight_file: str | Path, card: dict) -> str:
     its zoo folder: check ``card`` against the schema and the file name
     (:func:`ddmr_core.model.card.validate_card`), write it as ``<name>@<version>.json``
     and record the weights' sha256 in ``SHA256SUMS``. Returns the digest."""
-    from ..data.io import write_text_atomic
+    from ..data.files import write_text_atomic
     from .card import validate_card
 
     weight_file = Path(weight_file)

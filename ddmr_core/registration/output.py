@@ -15,7 +15,7 @@ Files (``OUTPUT_FILES``):
 
 Everything is first written to a hidden temporary folder next to the destination, which
 replaces the destination as a whole only once all of it succeeded
-(:func:`ddmr_core.data.io.atomic_dir`): a failure or a kill leaves the destination as it was,
+(:func:`ddmr_core.data.files.atomic_dir`): a failure or a kill leaves the destination as it was,
 and files of an earlier run (say, ``warped_seg.nii.gz`` of a run with label maps) never
 survive. An existing destination must be empty or an earlier ``ddmr register`` output.
 """
@@ -31,8 +31,7 @@ import numpy as np
 
 from ..data.field_io import save_field_itk, save_field_npz
 from ..model.zoo import field_description
-from ..data.io import atomic_dir as _atomic_dir
-from ..data.io import check_output_folder
+from ..data.files import atomic_dir, check_output_folder
 from .figures import checkerboard, draw_deformation_grid
 
 OUTPUT_FILES = (
@@ -69,11 +68,11 @@ def is_register_output(folder: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(out_dir: str | Path, option: str = "--out") -> Iterator[Path]:
-    """:func:`ddmr_core.data.io.atomic_dir` for register outputs: an existing ``out_dir`` is
+def atomic_output(out_dir: str | Path, option: str = "--out") -> Iterator[Path]:
+    """:func:`ddmr_core.data.files.atomic_dir` for register outputs: an existing ``out_dir`` is
     replaced as a whole if it is empty or an earlier ``ddmr register`` output, refused
     otherwise (nothing in it is deleted)."""
-    with _atomic_dir(out_dir, option, replaceable=is_register_output, what="ddmr register") as tmp:
+    with atomic_dir(out_dir, option, replaceable=is_register_output, what="ddmr register") as tmp:
         yield tmp
 
 
@@ -110,8 +109,8 @@ def write_into(result, folder: str | Path) -> list[str]:
 
 
 def write_outputs(result, out_dir: str | Path) -> Path:
-    """Write ``result`` into ``out_dir`` atomically (see :func:`atomic_dir`)."""
-    with atomic_dir(out_dir) as tmp:
+    """Write ``result`` into ``out_dir`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(out_dir) as tmp:
         write_into(result, tmp)
     return Path(out_dir)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config.parsing import config_text
-from ..data.io import check_output_folder, write_text_atomic
+from ..data.files import check_output_folder, write_text_atomic
 from ..errors import DdmrError
 
 #: the run's copy of its operative config, and the first line that marks it as ddmr's

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from ddmr_core.errors import DataError
-from ddmr_core.data.io import (
-    atomic_path,
-    load_image,
-    load_image_and_seg,
-    load_label_map,
-    save_image,
-    save_label_map,
-    spacing_from_affine,
-)
+from ddmr_core.data.io import load_image, load_image_and_seg, load_label_map, save_image, save_label_map, spacing_from_affine
+from ddmr_core.data.files import atomic_path
 
 
 def oblique_affine(spacing=(0.8, 1.2, 2.5), angle=0.3):
