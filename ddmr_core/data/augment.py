@@ -35,7 +35,7 @@ Fields on a lattice
 coarser *lattice* whose ``d`` (``h``, ``w``) nodes span the image from its first to its last
 voxel along each axis (``tps`` evaluates its spline there). The field's shape says which;
 values are always voxels of the fixed grid, and the full-resolution field is the trilinear
-upsampling of the lattice one (:func:`ddmr_core.spatial.fields.upsample_lattice`,
+upsampling of the lattice one (:func:`ddmr_core.spatial.grids.upsample_lattice`,
 ``align_corners=True``). :func:`field_shape` gives the grid, :func:`lattice_nodes` the
 voxel coordinates of its nodes, and :func:`to_full_resolution` upsamples the state's
 fields in place -- what a step that needs voxel fields (``resize``) calls first. The
@@ -84,7 +84,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..spatial.fields import compose, identity_grid, sampling_grid, upsample_lattice, warp, warp_with_grid
+from ..spatial.fields import compose, sampling_grid, warp, warp_with_grid
+from ..spatial.grids import identity_grid, upsample_lattice
 
 __all__ = [
     "AugmentationPipeline",

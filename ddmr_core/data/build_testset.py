@@ -26,7 +26,8 @@ MAX_SIZE = 1024
 
 def _resize(sample: dict, size) -> dict:
     """Bring a sample to ``size`` (field of view kept) if its grid differs."""
-    from ..spatial.fields import resize_affine, resize_image
+    from ..spatial.fields import resize_image
+    from ..spatial.grids import resize_affine
 
     shape = tuple(sample["image"].shape[-3:])
     if shape == tuple(size):
@@ -48,7 +49,8 @@ def _original_volumes(dataset, position: int, W, out_affine: np.ndarray, out_sha
     rendering field ``W`` (``moving = warp(source, W)``) carries over with
     :func:`resize_field`: ``moving_original = warp(fixed_original, resize_field(W))``.
     Pointwise intensity augmentations of the moving image are not replayed there."""
-    from ..spatial.fields import resize_affine, resize_field, warp
+    from ..spatial.fields import resize_field, warp
+    from ..spatial.grids import resize_affine
 
     if not (hasattr(dataset, "load_raw") and hasattr(dataset, "preprocessing")):
         raise ConfigError(

@@ -10,7 +10,7 @@ The paper's recipe (section 2.2), each step optional and configurable from gin a
 2. **resample** to an isotropic spacing (1 mm);
 3. **resize** to the network size (128^3), keeping the field of view
    (``align_corners=False``, the convention of :func:`ddmr_core.spatial.fields.resize_image`
-   and :func:`ddmr_core.spatial.fields.resize_affine`);
+   and :func:`ddmr_core.spatial.grids.resize_affine`);
 4. **intensities**: a CT window ``(lo, hi)`` in HU, clipped and mapped to [0, 1], or
    (without a window) a robust min-max between two percentiles.
 
@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError, DataError
 from .io import spacing_from_affine
-from ..spatial.fields import resize_matrix
+from ..spatial.grids import resize_matrix
 
 #: ``crop_labels`` value meaning "every foreground label"
 ALL_LABELS = "all"

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .similarity import mutual_information
-from .fields import grid_sample, identity_grid, intensity_centroid, normalised_scale
+from .fields import grid_sample, intensity_centroid
+from .grids import from_normalised, identity_grid, normalised_scale
 
 METHODS = (None, "centroid", "affine", "affine_mi")
 #: foreground_mask: voxels further than this fraction of the robust intensity range
@@ -51,9 +52,7 @@ def affine_field(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Pull field ``(B, 3, D, H, W)`` in voxels of the normalised-coordinate map ``theta``
     ``(B, 3, 4)`` (``F.affine_grid`` convention, ``align_corners=True``)."""
     grid = F.affine_grid(theta, (theta.shape[0], 1, *shape), align_corners=True)  # xyz, [-1, 1]
-    scale = normalised_scale(shape, theta.device)
-    vox = (grid.flip(-1) + 1.0) / scale  # array-axis order, voxels
-    return vox.permute(0, 4, 1, 2, 3) - identity_grid(shape, theta.device, theta.dtype)
+    return from_normalised(grid.movedim(-1, 1), shape) - identity_grid(shape, theta.device, theta.dtype)
 
 
 def fit_affine(

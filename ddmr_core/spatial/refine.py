@@ -24,7 +24,8 @@ import math
 import torch
 
 from .similarity import box_mean, global_ncc
-from .fields import grid_sample, identity_grid, linear_weights, normalised_scale, resize_field
+from .fields import grid_sample, resize_field
+from .grids import identity_grid, linear_weights, normalised_scale, to_normalised
 
 
 def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
@@ -106,7 +107,7 @@ def refine_field(
             sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
             pos = identity_grid(shape, dev, dt)[sub] + disp[sub]
             lattices.append((
-                (pos * to_norm - 1.0).flip(1),
+                to_normalised(pos, shape),
                 f[sub].contiguous(),
                 [_axis_weights(n, k, o, stride, dev, dt) for n, k, o in zip(shape, coarse, offset)],
             ))

@@ -1,5 +1,5 @@
-"""Similarity and overlap measures, each implemented once: NCC (global and local), mutual
-information, Dice and centroid distances.
+"""Similarity and overlap measures, each implemented once: NCC (global and local), SSIM,
+mutual information, Dice and centroid distances.
 
 The metric plugins (``ddmr_plugins.metrics``), the losses (``ddmr_plugins.losses``), the
 core (prealignment, instance optimisation, the trainer's validation, ``ddmr register``'s
@@ -10,6 +10,7 @@ inputs' device and in their dtype unless stated.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -66,6 +67,43 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
 
 
 # ------------------------------------------------------- mutual information
+# -------------------------------------------------------------------- SSIM
+@lru_cache(maxsize=8)
+def _ssim_window(win: int, kernel: str, sigma: float) -> torch.Tensor:
+    """``(win,)`` float32 1-D window, summing to 1: Gaussian (``sigma`` voxels) or uniform."""
+    if kernel == "gaussian":
+        x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        return (g / g.sum()).float()
+    if kernel == "uniform":
+        return torch.full((win,), 1.0 / win, dtype=torch.float32)
+    raise ValueError(f"ssim: kernel must be 'gaussian' or 'uniform', got {kernel!r}")
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, win: int = 11, kernel: str = "gaussian", sigma: float = 1.5,
+             data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity of ``(B, C, D, H, W)`` images at every voxel whose ``win^3``
+    window fits in the volume: ``(B, C, D - win + 1, H - win + 1, W - win + 1)``; its mean
+    is the SSIM.
+
+    The statistics are MONAI's ``compute_ssim_and_cs`` (population covariances, ``C1 = (k1
+    L)^2``, ``C2 = (k2 L)^2``, ``L = data_range``), and with the Gaussian window (11, sigma
+    1.5) scikit-image's ``structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False)``; the window is applied as three 1-D passes (``3 win``
+    instead of ``win^3`` multiplications per voxel)."""
+    c = x.shape[1]
+    k = _ssim_window(int(win), kernel, float(sigma)).to(device=x.device, dtype=x.dtype)
+    maps = torch.cat([x, y, x * x, y * y, x * y], 1)
+    for axis in range(3):  # valid (unpadded) separable filtering, one filter per map
+        view = [1, 1, 1, 1, 1]
+        view[2 + axis] = int(win)
+        maps = F.conv3d(maps, k.view(view).expand(5 * c, *view[1:]), groups=5 * c)
+    mu_x, mu_y, xx, yy, xy = maps.split(c, 1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
 def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32, mask: torch.Tensor | None = None,
                        normalised: bool = False) -> torch.Tensor:
     """Mutual information (nats) of the intensities of ``a`` and ``b`` per sample of

@@ -57,9 +57,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw, nodes_per_voxel
+from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw, lattice_nodes, nodes_per_voxel
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.spatial.fields import upsample_lattice, warp
+from ddmr_core.spatial.fields import warp
+from ddmr_core.spatial.grids import upsample_lattice
 
 _CHUNK = 16384  # evaluation points per block: caps the (B, P, K) kernel matrix in memory
 
@@ -250,9 +251,9 @@ class TPS(nn.Module):
         return tuple(min(n, (g - 1) * self.subdivisions + 1) for n, g in zip(shape, self.grid))
 
     def lattice_points(self, shape, device) -> torch.Tensor:
-        """``(1, Q, 3)`` lattice nodes in voxel coordinates (first to last voxel per axis)."""
-        axes = [torch.linspace(0, n - 1, m, device=device) for n, m in zip(shape, self.lattice_shape(shape))]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
+        """``(1, Q, 3)`` lattice nodes in voxel coordinates (first to last voxel per axis):
+        :func:`ddmr_core.data.augment.lattice_nodes`, points last."""
+        return lattice_nodes(shape, self.lattice_shape(shape), device).flatten(2).transpose(1, 2)
 
     def spline(self, state):
         """Draw the control displacements and fit the spline.

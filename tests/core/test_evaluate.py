@@ -199,7 +199,7 @@ def test_testset_errors(tmp_path):
 def test_original_resolution_field(tmp_path, registry):
     """A test grid that is the original grid resized 2x: the field is carried back
     through the affines, a constant shift in mm stays the same shift in mm."""
-    from ddmr_core.spatial.fields import resize_affine
+    from ddmr_core.spatial.grids import resize_affine
     orig_shape = (32, 32, 32)
     a0 = np.diag([0.75, 0.5, 0.625, 1.0])
     a = resize_affine(a0, orig_shape, (16, 16, 16))
@@ -215,7 +215,8 @@ def test_original_resolution_field(tmp_path, registry):
 def test_evaluate_at_original_resolution(tmp_path, registry):
     """Originals on a 2x finer grid: with original_resolution the fields are carried
     there and every metric is computed on the original volumes."""
-    from ddmr_core.spatial.fields import resize_affine, resize_image
+    from ddmr_core.spatial.fields import resize_image
+    from ddmr_core.spatial.grids import resize_affine
     from ddmr_plugins.metrics.segmentation import dice
 
     root = tmp_path / "ts"

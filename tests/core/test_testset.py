@@ -70,7 +70,7 @@ def test_pairs_are_consistent(built):
     p = ts[0].load()
     assert p["fixed"].shape == (16, 16, 16) and p["fixed_seg"].dtype == np.uint8
     # every file of the pair carries the fixed image's affine (the input resized to 16^3)
-    from ddmr_core.spatial.fields import resize_affine
+    from ddmr_core.spatial.grids import resize_affine
 
     expected = resize_affine(ShiftedAffineSynthetic.AFFINE, (20, 20, 20), (16, 16, 16))
     for key in ("fixed", "moving", "fixed_seg", "moving_seg"):
@@ -140,7 +140,8 @@ def test_cli_builds_from_a_registered_dataset_and_refuses_to_overwrite(tmp_path,
 
 def test_original_grid_columns_hold_the_same_pair_on_the_isotropic_grid(tmp_path):
     from ddmr_core.data.io import load_image, load_label_map
-    from ddmr_core.spatial.fields import resize_affine, resize_image
+    from ddmr_core.spatial.fields import resize_image
+    from ddmr_core.spatial.grids import resize_affine
     from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
 
     reg = Registry()
