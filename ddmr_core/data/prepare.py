@@ -5,8 +5,9 @@ uint8, affine, index) to a temporary file renamed into place
 (:func:`ddmr_core.data.files.atomic_path`), so an interrupted or failed run never leaves a
 half-written entry; a rerun with the same settings skips the entries already there.
 ``OUT/index.json`` (:data:`INDEX`: ``format``, ``dataset``, ``labels``, ``preprocess``,
-``splits``) is written last; the ``prepared`` dataset plugin reads the cache
-(``docs/ARCHITECTURE.md``, "Files")::
+``splits``) is written last. This module owns the format: it writes the cache
+(:func:`prepare`) and reads it (:func:`read_index`, :func:`read_entry`), and the
+``prepared`` dataset plugin reads through it::
 
     ddmr.build_dataset.dataset = @ddmr.datasets.prepared()
     ddmr.datasets.prepared.path = 'cache/abdomen'
@@ -24,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, DdmrError
 from .files import atomic_path, check_output_folder, write_text_atomic
 
-#: the cache format (read by ``ddmr_plugins.datasets.prepared``)
+#: the cache format (written and read here; ``ddmr_plugins.datasets.prepared`` reads through it)
 FORMAT = "ddmr-prepared"
 FORMAT_VERSION = 1
 INDEX = "index.json"
@@ -42,6 +43,47 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)  # uncompressed: loading is a plain read
+
+
+def read_index(path: str | Path) -> dict:
+    """The index of a finished cache folder (:data:`INDEX`: ``format``, ``dataset``,
+    ``labels``, ``preprocess``, ``splits``).
+
+    Raises:
+        DataError: no folder, no index (an unfinished cache), or not a ddmr prepare index."""
+    root = Path(path)
+    index = root / INDEX
+    if not root.is_dir():
+        raise DataError(f"prepared: cache folder {str(root)!r} not found (run `ddmr prepare --out {root}`)")
+    if not index.is_file():
+        raise DataError(
+            f"prepared: {str(root)!r} has no {INDEX}: not a finished `ddmr prepare` cache "
+            "(an interrupted run? run `ddmr prepare` again)"
+        )
+    try:
+        meta = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"prepared: {str(index)!r} cannot be read: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"prepared: {str(index)!r} is not a ddmr prepare index")
+    return meta
+
+
+def read_entry(path: Path) -> dict:
+    """One cache entry: ``{"image": float32 (D, H, W), "seg": uint8 (D, H, W) or None,
+    "affine": (4, 4), "index": int}``.
+
+    Raises:
+        DataError: the entry cannot be read."""
+    try:
+        with np.load(path) as z:
+            image = z["image"]
+            seg = z["seg"] if "seg" in z.files else None
+            affine = z["affine"]
+            index = int(z["index"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"prepared: cache entry {str(path)!r} cannot be read: {exc}") from exc
+    return {"image": image, "seg": seg, "affine": affine, "index": index}
 
 
 class _Guarded:
