@@ -19,12 +19,5 @@ def ddmr_augmenters():
     from .rigid import Rigid
     from .tps import TPS
 
-    return {
-        "tps": TPS,
-        "rigid": Rigid,
-        "gamma": Gamma,
-        "brightness": Brightness,
-        "resize": Resize,
-        "normalize": Normalize,
-        "synth_contrast": SynthContrast,
-    }
+    return {"tps": TPS, "rigid": Rigid, "gamma": Gamma, "brightness": Brightness, "resize": Resize,
+            "normalize": Normalize, "synth_contrast": SynthContrast}

@@ -154,15 +154,6 @@ class VxmUNet(nn.Module):
         }
 
 
-def vxm_unet(
-    widths: Sequence[int] = PAPER_WIDTHS,
-    head: Sequence[int] = PAPER_HEAD,
-    size: Sequence[int] | None = None,
-    half_res: bool = False,
-    integration_steps: int = 0,
-    slope: float = 0.2,
-    output_stride: int = 1,
-    norm: str | None = None,
-) -> VxmUNet:
-    """Factory registered as ``ddmr.backbones.vxm_unet`` (see :class:`VxmUNet`)."""
-    return VxmUNet(widths, head, size, half_res, integration_steps, slope, output_stride=output_stride, norm=norm)
+#: the factory registered as ``ddmr.backbones.vxm_unet``: the class itself, so its parameters
+#: are configured in one place (``ddmr.backbones.vxm_unet.widths = ...``)
+vxm_unet = VxmUNet

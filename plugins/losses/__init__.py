@@ -11,14 +11,5 @@ def ddmr_losses():
     from .segmentation import dice, hausdorff
     from .supervised import epe
 
-    return {
-        "ncc": ncc,
-        "lncc": lncc,
-        "ssim": ssim,
-        "mi": mi,
-        "dice": dice,
-        "hausdorff": hausdorff,
-        "grad_l2": grad_l2,
-        "bending": bending,
-        "epe": epe,
-    }
+    return {"ncc": ncc, "lncc": lncc, "ssim": ssim, "mi": mi, "dice": dice, "hausdorff": hausdorff,
+            "grad_l2": grad_l2, "bending": bending, "epe": epe}

@@ -15,15 +15,5 @@ def ddmr_metrics():
     from .runtime import runtime
     from .segmentation import dsc, hd, hd95, tre
 
-    return {
-        "ssim": ssim,
-        "ncc": ncc,
-        "dsc": dsc,
-        "hd": hd,
-        "hd95": hd95,
-        "tre": tre,
-        "runtime": runtime,
-        "folding": folding,
-        "sdlogj": sdlogj,
-        "epe": epe,
-    }
+    return {"ssim": ssim, "ncc": ncc, "dsc": dsc, "hd": hd, "hd95": hd95, "tre": tre, "runtime": runtime,
+            "folding": folding, "sdlogj": sdlogj, "epe": epe}
