@@ -56,7 +56,7 @@ class RegistrationModel(nn.Module):
             ``(start, end)``, or ``end`` alone for ``(0, end)`` (0: full weight from the
             start). The design's losses alone move a network off its zero output within a few
             hundred steps; with the supervision from the start it stays there for thousands
-            (``docs/ARCHITECTURE.md``, "Why the recipe's networks wait"). Validation always
+            (``docs/research_notes.md``, "Why the recipe's networks wait"). Validation always
             uses the full weight, so its losses compare across the run.
         prealign_iterations: ``prealign="affine"``: Levenberg-Marquardt iterations of the
             fit at 1/4 and 1/2 resolution (:func:`~ddmr_core.spatial.prealign.fit_affine`);

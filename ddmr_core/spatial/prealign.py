@@ -21,7 +21,7 @@ do the same (``prealign=``):
   (:func:`ddmr_core.spatial.similarity.mutual_information`) from there.
 
 Both return a pull field in voxels of the fixed grid (``(B, 3, D, H, W)``, array-axis
-order, ``docs/ARCHITECTURE.md``), and are computed without gradient to the network: the
+order, ``docs/ARCHITECTURE.md``, "Tensor conventions"), and are computed without gradient to the network: the
 network sees ``warp(moving, prealignment)`` and predicts the residual.
 """
 

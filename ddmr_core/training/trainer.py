@@ -94,13 +94,13 @@ class Trainer:
             log-variances of ``uw``) when it should differ from ``lr`` (None: ``lr``, the
             paper). Adam moves each log-variance by about the rate per step, so at 3e-3 a
             weight takes ~2000 steps to travel the factor of ~100 to its plateau
-            (``docs/ARCHITECTURE.md``, "Training that learns"). Scaled by the warm-up,
+            (``docs/research_notes.md``, "Training that learns"). Scaled by the warm-up,
             the schedule and a finetuning phase change like ``lr``.
         warmup_steps: raise the learning rate linearly from ``lr / warmup_steps`` to ``lr``
             over the first optimiser steps (0: none, the paper). Adam's first steps move
             every weight by about ``lr`` whatever its gradient, which throws a deep, wide
             U-Net far off before its moment estimates mean anything
-            (``docs/ARCHITECTURE.md``, "Training that learns").
+            (``docs/research_notes.md``, "Training that learns").
         batch_size: samples per micro-batch (paper 1).
         accumulate: micro-batches per optimiser step (paper 8).
         max_epochs: epoch limit (paper 1e5, stopped by hand / early stopping).

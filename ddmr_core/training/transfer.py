@@ -14,7 +14,7 @@ Configs select it with::
     ddmr.finetune.strategy = 'two_step'
 
 The encoder/decoder split comes from the backbone's ``parameter_groups()`` (see the
-backbone contract in ``docs/ARCHITECTURE.md``).
+backbone contract in :mod:`ddmr_core.plugins.hookspecs`).
 """
 
 from __future__ import annotations

@@ -58,11 +58,11 @@ class VxmUNet(nn.Module):
             the output layer. The scale of every layer's output then no longer depends on
             its weights' norm, so an Adam step, which moves every weight by about the
             learning rate, cannot multiply the field by growing all layers at once
-            (``docs/ARCHITECTURE.md``, "Training that learns").
+            (``docs/research_notes.md``, "Training that learns").
         output_stride: predict the field on a grid ``output_stride`` times coarser per
             axis (a power of 2, at most ``2 ** (len(widths) - 1)``) and upsample it. Fewer
             outputs, each backed by more voxels: smooth fields are learnt in fewer steps
-            and cost less (``docs/ARCHITECTURE.md``, "Training that learns").
+            and cost less (``docs/research_notes.md``, "Training that learns").
         integration_steps: scaling-and-squaring steps (0: plain displacement).
         slope: LeakyReLU negative slope (0.2 as voxelmorph).
         in_channels: channels of fixed + moving together (2 for one-channel images).

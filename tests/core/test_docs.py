@@ -110,3 +110,11 @@ def test_the_loss_inputs_the_docs_name_are_hookspecs():
     block = contract.markdown_block()
     for name in LOSS_INPUTS:
         assert f"`{name}` losses" in block or f"`{name}`" in block
+
+
+@pytest.mark.parametrize("doc", [d.relative_to(ROOT).as_posix() for d in DOCS])
+def test_every_source_path_the_docs_give_exists(doc):
+    """`ddmr_core/spatial/refine.py`-style paths in the docs name files and folders there are."""
+    paths = set(re.findall(r"\b((?:ddmr_core|plugins|configs|benchmarks|tests)/[\w/.-]*\w)(?![@<\w./-])", (ROOT / doc).read_text()))
+    missing = sorted(p for p in paths if "<" not in p and not (ROOT / p).exists())
+    assert not missing, f"{doc} names paths that do not exist: {missing}"
