@@ -25,8 +25,8 @@ from ddmr_core.cli import main
 from ddmr_core.errors import DataError
 from ddmr_core.plugins.hookspecs import hookimpl
 from ddmr_core.model.card import CardError, input_mismatch, markdown_block, replace_block, validate_card
-from ddmr_core.model.zoo import (IntegrityError, Release, add_release, field_description, folder_models, read_sums,
-                           record_sha256)
+from ddmr_core.model.publish import add_release, record_sha256
+from ddmr_core.model.zoo import IntegrityError, Release, field_description, folder_models, read_sums
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTICE = "NOTICE-MNI-ICBM152.txt"

@@ -142,7 +142,7 @@ def test_the_scaffolding_runs_on_a_tiny_model(tiny_workspace, tmp_path, monkeypa
     import shutil
 
     import ddmr_plugins.models as builtin
-    from ddmr_core.model.zoo import record_sha256
+    from ddmr_core.model.publish import record_sha256
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     (tmp_path / "weights").mkdir()

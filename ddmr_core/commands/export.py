@@ -39,7 +39,8 @@ def run(args) -> int:
     from ..data.guards import check_not_input
     from ..data.files import check_output_file
     from ..model.card import validate_card
-    from ..model.zoo import SUMS, WEIGHT_FILE, add_release
+    from ..model.publish import add_release
+    from ..model.zoo import SUMS, WEIGHT_FILE
 
     out = check_output_file(args.out, suffixes=(".pt",))  # before any work
     check_not_input(out, {"checkpoint": args.checkpoint, "card": args.card})

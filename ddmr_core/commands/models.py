@@ -50,7 +50,7 @@ def run(args) -> int:
     from ..plugins.registry import Registry
 
     if args.action == "hash":
-        from ..model.zoo import record_sha256
+        from ..model.publish import record_sha256
 
         if not args.target:
             raise DdmrError("ddmr models hash needs the weight file(s): FOLDER/<name>@<version>.pt")

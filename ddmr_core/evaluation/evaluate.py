@@ -48,7 +48,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,223 +56,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..devices import resolve_device, synchronize
+from ..devices import resolve_device
 from ..errors import DataError, DdmrError
-from ..data.io import check_field, check_finite, spacing_from_affine
+from ..data.io import check_field, check_finite
 from ..data.files import atomic_dir, atomic_path, check_output_folder
-from ..spatial.fields import apply_field, carry_field, warp
-from ..data.testset import Pair, read_testset
+from ..data.testset import read_testset
+from .methods import build_methods
+from .scoring import figure_slices, score_pair
 
 #: order of the paper's tables, then the metrics beyond the paper
 METRIC_ORDER = ("ssim", "ncc", "dsc", "hd", "hd95", "tre", "runtime", "folding", "sdlogj", "epe")
 
 
 # ===================================================================== test set
-# ===================================================================== methods
-def warp_array(volume: np.ndarray, disp: np.ndarray, labels: bool = False) -> np.ndarray:
-    """``volume`` ``(D, H, W)`` warped by the voxel field ``disp`` ``(3, D, H, W)`` on its own
-    grid, as the evaluation does: images linearly with border padding (as the models warp
-    in training), label maps by nearest neighbour with zeros outside."""
-    mode, padding = ("nearest", "zeros") if labels else ("linear", "border")
-    return warp(torch.from_numpy(volume)[None, None], torch.from_numpy(disp)[None], mode, padding)[0, 0].numpy()
-
-
-class ModelMethod:
-    """A trained network from a checkpoint (or a registered model name), predicting through
-    :meth:`ddmr_core.registration.register.Registrar.predict`, the path ``ddmr register`` takes.
-    ``predict`` returns ``(disp, warped, seconds)``."""
-
-    kind = "model"
-
-    def __init__(self, name: str, checkpoint, device="cpu", registry=None, refine: bool = True):
-        self.name, self.checkpoint, self.device = name, str(checkpoint), torch.device(device)
-        self.registry = registry
-        self.refine = refine  # False: switch the model's instance optimisation off
-        self.registrar = None
-
-    @property
-    def model(self):
-        return None if self.registrar is None else self.registrar.model
-
-    @property
-    def input_size(self):
-        return None if self.registrar is None else self.registrar.input_size
-
-    def prepare(self) -> None:
-        from ..registration.register import Registrar
-
-        self.registrar = Registrar(self.checkpoint, device=self.device, registry=self.registry)
-        if not self.refine:
-            self.registrar.model.refine_iterations = 0
-
-    @torch.inference_mode()
-    def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
-        f = torch.from_numpy(fixed)[None, None].to(self.device)
-        m = torch.from_numpy(moving)[None, None].to(self.device)
-        synchronize(self.device)
-        start = time.perf_counter()
-        disp = self.registrar.predict(f, m)
-        warped = warp(m, disp, mode="linear", padding="border")  # on the device: part of the runtime
-        synchronize(self.device)
-        seconds = time.perf_counter() - start
-        return disp[0].float().cpu().numpy(), warped[0, 0].float().cpu().numpy(), seconds
-
-
-class BaselineMethod:
-    """A baseline plugin (``register(fixed, moving, spacing) -> disp`` on NumPy arrays)."""
-
-    kind = "baseline"
-
-    def __init__(self, name: str, method):
-        # built up front, while the user's gin bindings are in force (loading a model's
-        # checkpoint later replaces the gin config with the model's own)
-        self.name, self.method = name, method
-
-    def prepare(self) -> None:
-        method = self.method
-        available = getattr(method, "available", None)
-        if available is not None and not available():
-            hint = getattr(sys.modules.get(type(method).__module__), "INSTALL_HINT", None)
-            raise DdmrError(
-                f"baseline {self.name!r} cannot run: its library is not installed"
-                + (f" (install it with `{hint}`)" if hint else "")
-            )
-
-    def predict(self, fixed: np.ndarray, moving: np.ndarray, spacing) -> tuple:
-        start = time.perf_counter()
-        disp = np.asarray(self.method.register(fixed, moving, tuple(float(s) for s in spacing)), np.float32)
-        if disp.shape != (3,) + fixed.shape:
-            raise ValueError(f"baseline {self.name!r} returned a field of shape {disp.shape}, expected {(3,) + fixed.shape}")
-        warped = warp_array(moving, disp)
-        seconds = time.perf_counter() - start
-        return disp, warped, seconds
-
-
-def _model_name(spec: str) -> tuple[str, str]:
-    """``"NAME=MODEL"`` or ``"MODEL"`` (named after the file's stem, or the model's name),
-    ``MODEL`` a checkpoint path or a registered model name."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return name.strip(), path.strip()
-    stem = Path(spec).name
-    for suffix in (".pt", ".pth", ".ckpt"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    return stem, spec
-
-
-def build_methods(models: Sequence[str] = (), baselines: Sequence[str] = (), device="cpu", registry=None,
-                  make: Callable | None = None, unrefined: bool = False) -> list:
-    """Methods in the order given: models first, then baselines (built at once by
-    ``make(kind, name)``, default: the plain factory). Names are made unique; unknown
-    baseline names, and model names that are neither a file nor a registered model,
-    raise :class:`~ddmr_core.errors.UnknownNameError` at once (a checkpoint that does not
-    load is a failure of its rows instead).
-    ``unrefined``: each model also runs with its instance optimisation off, as
-    ``"NAME (no refinement)"`` (an ablation: what the network and prealignment give)."""
-    from ..model.checkpoint import resolve_model
-    from ..plugins.registry import Registry
-
-    methods: list = []
-    registry = registry or Registry(bind_gin=False)
-    make = make or (lambda kind, name: registry.get(kind, name)())
-    for spec in models:
-        name, path = _model_name(spec)
-        resolve_model(path, registry)  # an unknown model name stops here, before any work
-        methods.append(ModelMethod(name, path, device, registry))
-        if unrefined:
-            methods.append(ModelMethod(f"{name} (no refinement)", path, device, registry, refine=False))
-    for name in baselines:
-        methods.append(BaselineMethod(name, make("baselines", name)))
-    seen: dict[str, int] = {}
-    for m in methods:  # two checkpoints called best.pt: best, best_2
-        seen[m.name] = seen.get(m.name, 0) + 1
-        if seen[m.name] > 1:
-            m.name = f"{m.name}_{seen[m.name]}"
-    return methods
-
-
-# ===================================================================== geometry
-def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_affine) -> np.ndarray:
-    """Carry a test-grid field to the fixed image's original grid.
-
-    Fixed original voxel ``y`` is the world point ``A0 y``, i.e. test voxel
-    ``x = A^-1 A0 y``; it corresponds to moving test voxel ``x + u(x)`` (field interpolated
-    linearly, border padding), the world point ``q = A (x + u(x))`` (fixed and moving test
-    images share the affine ``A``). Returns the pull field on the original fixed grid in
-    its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)`` float64), which
-    :func:`ddmr_core.spatial.fields.apply_field` applies to the original moving image: the
-    geometry of ``ddmr register --original-resolution``
-    (:func:`ddmr_core.spatial.fields.carry_field`)."""
-    return carry_field(disp, affine, affine, fixed0_affine, fixed0_shape, dtype=torch.float64)
-
-
-# ===================================================================== scoring
-def score_pair(pair: Pair, disp: np.ndarray, warped: np.ndarray | None, runtime: float, metrics: dict,
-               labels=None, original_resolution: bool = False) -> tuple[dict, dict, list]:
-    """Apply ``disp`` to the pair and run every metric on the same pair dict.
-
-    Returns ``(values {column: float}, arrays for figures, metric errors)``."""
-    fixed, moving, fixed_seg, moving_seg = pair.fixed, pair.moving, pair.fixed_seg, pair.moving_seg
-    spacing, disp_true = pair.spacing, pair.disp_true
-    if original_resolution and pair.original is not None:
-        f0, f0_aff = pair.original["fixed"]
-        m0, m0_aff = pair.original["moving"]
-        disp0 = to_original_grid(disp, pair.affine, f0.shape, f0_aff)
-        warped = apply_field(disp0, f0_aff, m0, m0_aff, padding="border", dtype=torch.float64)
-        moving_seg = pair.original.get("moving_seg", (None,))[0]
-        fixed_seg = pair.original.get("fixed_seg", (None,))[0]
-        warped_seg = None
-        if moving_seg is not None:
-            warped_seg = apply_field(disp0, f0_aff, moving_seg, m0_aff, labels=True, dtype=torch.float64)
-        if disp_true is not None:
-            disp_true = to_original_grid(disp_true, pair.affine, f0.shape, f0_aff)
-        fixed, moving, disp, spacing = f0, m0, disp0.astype(np.float32), spacing_from_affine(f0_aff)
-    else:
-        if warped is None:
-            warped = warp_array(moving, disp)
-        warped_seg = None
-        if moving_seg is not None:
-            warped_seg = warp_array(moving_seg, disp, labels=True)
-    if fixed_seg is None:
-        warped_seg = None
-    record = {
-        "fixed": fixed, "moving": moving, "warped": warped,
-        "fixed_seg": fixed_seg, "moving_seg": moving_seg, "warped_seg": warped_seg,
-        "disp": disp, "disp_true": disp_true, "spacing": np.asarray(spacing, np.float64),
-        "labels": labels, "runtime": runtime,
-    }
-    values, errors = {}, []
-    for name, metric in metrics.items():
-        try:
-            out = metric(record)
-        except Exception as exc:  # one broken metric must not lose the others
-            errors.append(f"metric {name}: {type(exc).__name__}: {exc}")
-            out = float("nan")
-        items = out.items() if isinstance(out, dict) else [("", out)]
-        for suffix, v in items:
-            column = name if suffix == "" else f"{name}_{suffix}"
-            values[column] = float(v)
-            if math.isinf(values[column]):  # NaN means "not available"; inf is a failure
-                errors.append(f"metric {column} is infinite")
-                values[column] = float("nan")
-    return values, record, errors
-
-
-def figure_slices(record: dict) -> dict:
-    """The 2-D slices the median-pair figure needs (middle of the last array axis)."""
-    from ..spatial.fields import jacobian_determinant
-
-    k = record["fixed"].shape[2] // 2
-    disp = np.asarray(record["disp"], np.float32)
-    jac = jacobian_determinant(torch.from_numpy(disp)[None])[0].numpy()
-    return {
-        "fixed": record["fixed"][:, :, k], "moving": record["moving"][:, :, k], "warped": record["warped"][:, :, k],
-        "disp": disp[:2, :, :, k], "jacobian": jac[:, :, k],
-    }
-
-
-# ===================================================================== CSV
 class ResultsWriter:
     """Keeps the rows and rewrites ``per_pair.csv`` atomically after each one."""
 
@@ -360,7 +155,6 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     """
     from .report import write_report
     from ..data.guards import check_inputs_outside
-    from ..plugins.registry import Registry
 
     say = progress or (lambda line: print(line, flush=True))
     if not models and not baselines:
@@ -372,14 +166,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                                   if isinstance(m, str) and Path(m.split("=", 1)[-1]).exists()}})
     device = resolve_device(device)
     tset = read_testset(testset)
-    if gin_files or gin_bindings:
-        from ..config.parsing import parse_config
-
-        registry = parse_config(gin_files, gin_bindings, registry)
-        make = lambda kind, name: registry.gin_wrapper(kind, name)()  # noqa: E731
-    else:
-        registry = registry or Registry(bind_gin=False)
-        make = lambda kind, name: registry.get(kind, name)()  # noqa: E731
+    registry, make = _components(registry, gin_files, gin_bindings)
     names = list(metrics) if metrics else sorted(registry.names("metrics"),
                                                  key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
     metric_objs = {n: make("metrics", n) for n in names}
@@ -390,19 +177,11 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     # the report folder is written whole or not at all (replacing an earlier report)
     with atomic_dir(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate") as tmp:
         writer = ResultsWriter(tmp / "per_pair.csv", names)
-        pair_names = tset.names()
-        method_errors: dict[str, str] = {}
-        for m in methods:
-            try:
-                m.prepare()
-                say(f"{m.name}: ready ({m.kind})")
-            except Exception as exc:
-                method_errors[m.name] = _message(exc)
-                say(f"{m.name}: FAILED to load, recorded for every pair: {method_errors[m.name]}")
+        method_errors = _prepare_methods(methods, say)
         slices: dict = {}
         failures = 0
-        total = len(pair_names) * len(methods)
-        step = 0
+        pair_names = tset.names()
+        total, step = len(pair_names) * len(methods), 0
         for i, pname in enumerate(pair_names):
             pair, pair_error = None, None
             try:
@@ -416,11 +195,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                 error = method_errors.get(m.name) or pair_error
                 if error is None:
                     try:
-                        disp, warped, seconds = m.predict(pair.fixed, pair.moving, pair.spacing)
-                        check_field(f"{m.name} on pair {pname!r}", disp)
-                        check_finite(f"{m.name} on pair {pname!r}", warped=warped)
-                        values, record, metric_errors = score_pair(pair, disp, warped, seconds, metric_objs,
-                                                                   tset.labels or None, original_resolution)
+                        values, record, seconds, metric_errors = _score(m, pair, pname, metric_objs,
+                                                                        tset.labels or None, original_resolution)
                         row.update(values)
                         row["error"] = "; ".join(metric_errors)
                         failures += bool(metric_errors)
@@ -436,16 +212,60 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                     failures += 1
                     say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
                 writer.add(row)
-        directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
-        titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
-        units = {n: getattr(metric_objs[n], "unit", "") for n in names}
-        models_used = {m.name: m.registrar.model_info for m in methods
-                       if m.kind == "model" and m.registrar is not None}
-        write_report(tmp, writer.rows, [m.name for m in methods], names, directions, titles, units,
-                     slices if figures else None, tset, models=models_used)
+        write_report(tmp, writer.rows, [m.name for m in methods], names, *_metric_labels(metric_objs, names),
+                     slices if figures else None, tset, models=_models_used(methods))
     say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
         + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
     return EvaluationResult(writer.rows, out, failures, [m.name for m in methods])
+
+
+def _components(registry, gin_files, gin_bindings):
+    """``(registry, make)``: ``make(kind, name)`` builds a baseline or metric, configured by
+    ``gin_files``/``gin_bindings`` when given."""
+    from ..plugins.registry import Registry
+
+    if gin_files or gin_bindings:
+        from ..config.parsing import parse_config
+
+        registry = parse_config(gin_files, gin_bindings, registry)
+        return registry, lambda kind, name: registry.gin_wrapper(kind, name)()
+    registry = registry or Registry(bind_gin=False)
+    return registry, lambda kind, name: registry.get(kind, name)()
+
+
+def _prepare_methods(methods, say) -> dict[str, str]:
+    """Load every method; ``{name: error}`` of those that fail (recorded for every pair)."""
+    errors: dict[str, str] = {}
+    for m in methods:
+        try:
+            m.prepare()
+            say(f"{m.name}: ready ({m.kind})")
+        except Exception as exc:
+            errors[m.name] = _message(exc)
+            say(f"{m.name}: FAILED to load, recorded for every pair: {errors[m.name]}")
+    return errors
+
+
+def _score(method, pair, pname: str, metric_objs: dict, labels, original_resolution: bool):
+    """``method`` on ``pair``, checked and scored: ``(values, record, seconds, metric errors)``."""
+    disp, warped, seconds = method.predict(pair.fixed, pair.moving, pair.spacing)
+    check_field(f"{method.name} on pair {pname!r}", disp)
+    check_finite(f"{method.name} on pair {pname!r}", warped=warped)
+    values, record, errors = score_pair(pair, disp, warped, seconds, metric_objs, labels, original_resolution)
+    return values, record, seconds, errors
+
+
+def _metric_labels(metric_objs: dict, names) -> tuple[dict, dict, dict]:
+    """``(directions, titles, units)`` of the metrics, for the summary."""
+    directions = {n: getattr(metric_objs[n], "higher_is_better", None) for n in names}
+    titles = {n: getattr(metric_objs[n], "title", "") or n.upper() for n in names}
+    units = {n: getattr(metric_objs[n], "unit", "") for n in names}
+    return directions, titles, units
+
+
+def _models_used(methods) -> dict:
+    """What the report records of each model (its release, sha256, card)."""
+    return {m.name: m.registrar.model_info for m in methods if m.kind == "model" and m.registrar is not None}
 
 
 def _message(exc: BaseException) -> str:

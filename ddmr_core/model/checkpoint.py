@@ -5,7 +5,7 @@ A checkpoint is a dict saved with ``torch.save``:
 * ``format`` = ``"ddmr-checkpoint"``, ``format_version``, ``ddmr_version``;
 * ``model``: ``RegistrationModel.state_dict()`` (backbone, loss-weighting parameters);
 * ``gin_config``: the model's part of the operative gin config
-  (:func:`ddmr_core.config.parsing.model_config_text`: no data, augmentation or training
+  (:func:`ddmr_core.config.model_config.model_config_text`: no data, augmentation or training
   bindings, no imports or includes), enough to rebuild the model;
 * ``input_size``: the network grid ``[D, H, W]``; ``labels``: foreground label values;
 * ``preprocess``: the preprocessing applied to inputs (dict, see ``ddmr_core.data.preprocess``);
@@ -158,14 +158,14 @@ def load_model(path, device="cpu", registry=None):
     (:func:`resolve_model`).
 
     Refuses non-finite weights, then parses the checkpoint's gin config safely
-    (:func:`ddmr_core.config.parsing.parse_checkpoint_config`: bindings only, no ``import`` or
+    (:func:`ddmr_core.config.model_config.parse_checkpoint_config`: bindings only, no ``import`` or
     ``include``, only model components; it replaces the current config), builds
     ``ddmr.build_model()`` and loads the state dict strictly.
 
     Returns:
         ``(model, ckpt)`` with the model in eval mode on ``device``.
     """
-    from ..config.parsing import parse_checkpoint_config
+    from ..config.model_config import parse_checkpoint_config
     from ..errors import DdmrError
     from .build import build_model
 
@@ -236,7 +236,7 @@ def export_model(source, dest: str | Path, card: dict | None = None, registry=No
     if card is not None:
         check_card(card, "--card")
     _, ckpt = load_model(source, registry=registry)  # refuses anything that would not load
-    from ..config.parsing import model_config_text
+    from ..config.model_config import model_config_text
 
     state = {k: ckpt[k] for k in EXPORTED_KEYS if k in ckpt}
     state["gin_config"] = model_config_text(ckpt["gin_config"], registry)  # older checkpoints carry all
@@ -307,7 +307,8 @@ def training_state(model, optimizer, scheduler, counters: dict, history: list, i
                    preprocess=None) -> dict[str, Any]:
     """The checkpoint dict of a training run (keys: see the module docstring), with the
     current gin config and RNG states; :func:`save_checkpoint` adds the format keys."""
-    from ..config.parsing import config_text, model_config_text
+    from ..config.model_config import model_config_text
+    from ..config.parsing import config_text
 
     state = {
         "model": model.state_dict(),

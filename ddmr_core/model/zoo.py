@@ -20,8 +20,8 @@ numerically. ``NAME@1`` picks release ``1`` if it is shipped, else the newest ``
 
 Adding a release: ``ddmr export RUN/best.pt --out FOLDER/<name>@<version>.pt --card
 card.json`` validates the card, writes the weights, the card beside them and the
-weights' line in ``FOLDER/SHA256SUMS`` (:func:`add_release`); ``ddmr models hash FILE``
-recomputes a line for a weight file copied in by hand (:func:`record_sha256`).
+weights' line in ``FOLDER/SHA256SUMS`` (:func:`ddmr_core.model.publish.add_release`); ``ddmr models
+hash FILE`` recomputes a line for a weight file copied in by hand (:func:`ddmr_core.model.publish.record_sha256`).
 
 **Models from plugins that return only a checkpoint** (a path or an open file, the
 ``ddmr_models`` hook's original contract) are releases without a version, a recorded
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, DataError, PluginError, UnknownNameError
+from ..errors import CheckpointError, PluginError, UnknownNameError
 
 #: a model reference: ``NAME`` or ``NAME@VERSION``
 REF = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*)(?:@(?P<version>[0-9]+(?:\.[0-9]+)*))?\Z")
@@ -151,13 +151,6 @@ def read_sums(path: Path) -> dict[str, str]:
             raise PluginError(f"{str(path)!r} line {i}: expected '<sha256>  <file name>', got {line.strip()[:60]!r}")
         sums[m["file"]] = m["sha"].lower()
     return sums
-
-
-def write_sums(path: Path, sums: dict[str, str]) -> Path:
-    """Write ``{file name: sha256}`` as a ``SHA256SUMS`` file (sorted, atomically)."""
-    from ..data.files import write_text_atomic
-
-    return write_text_atomic(path, "".join(f"{sums[k]}  {k}\n" for k in sorted(sums)))
 
 
 def _read_card(path: Path) -> tuple[dict | None, str | None]:
@@ -369,43 +362,6 @@ def field_description(info: dict) -> str:
     if len(ref) > room:
         ref = ref[: room - 3] + "..."
     return head + ref + tail
-
-
-# ------------------------------------------------------------------ writing
-def record_sha256(weight_file: str | Path) -> str:
-    """Compute ``weight_file``'s sha256 and write (or replace) its line in the
-    ``SHA256SUMS`` of its folder; returns the digest. For maintainers adding a release by
-    hand: it trusts the file as it is now."""
-    weight_file = Path(weight_file)
-    if not WEIGHT_FILE.match(weight_file.name):
-        raise DataError(f"{str(weight_file)!r}: a zoo weight file is named <name>@<version>.pt (e.g. brain-mr@2.pt)")
-    if not weight_file.is_file():
-        raise DataError(f"weight file {str(weight_file)!r} not found")
-    sums_file = weight_file.parent / SUMS
-    try:
-        sums = read_sums(sums_file)
-    except PluginError as exc:
-        raise DataError(str(exc)) from exc
-    sums[weight_file.name] = file_sha256(weight_file)
-    write_sums(sums_file, sums)
-    return sums[weight_file.name]
-
-
-def add_release(weight_file: str | Path, card: dict) -> str:
-    """Make ``weight_file`` (``FOLDER/<name>@<version>.pt``, already written) a release of
-    its zoo folder: check ``card`` against the schema and the file name
-    (:func:`ddmr_core.model.card.validate_card`), write it as ``<name>@<version>.json``
-    and record the weights' sha256 in ``SHA256SUMS``. Returns the digest."""
-    from ..data.files import write_text_atomic
-    from .card import validate_card
-
-    weight_file = Path(weight_file)
-    m = WEIGHT_FILE.match(weight_file.name)
-    if not m:
-        raise DataError(f"{str(weight_file)!r}: a zoo weight file is named <name>@<version>.pt (e.g. brain-mr@2.pt)")
-    validate_card(card, f"for {weight_file.name}", name=m["name"], version=m["version"], folder=weight_file.parent)
-    write_text_atomic(weight_file.with_suffix(".json"), json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    return record_sha256(weight_file)
 
 
 def embedded_card(release: Release) -> dict | None:

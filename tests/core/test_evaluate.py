@@ -14,7 +14,8 @@ from ddmr_core.model.checkpoint import save_checkpoint
 from ddmr_core.cli import main as cli_main
 from ddmr_core.errors import DataError
 from ddmr_core.data.testset import read_testset
-from ddmr_core.evaluation.evaluate import evaluate, to_original_grid
+from ddmr_core.evaluation.evaluate import evaluate
+from ddmr_core.evaluation.scoring import to_original_grid
 from ddmr_core.plugins.hookspecs import hookimpl
 from ddmr_core.plugins.manager import get_plugin_manager
 from ddmr_core.plugins.registry import Registry

@@ -113,7 +113,8 @@ def test_ddmr_plugins_lists_models(tiny_workspace, install_models, capsys):
 
 def test_builtin_plugin_registers_only_weight_files_that_exist(tiny_workspace, tmp_path, monkeypatch):
     import ddmr_plugins.models as builtin
-    from ddmr_core.model.zoo import IntegrityError, record_sha256
+    from ddmr_core.model.publish import record_sha256
+    from ddmr_core.model.zoo import IntegrityError
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     assert Registry(bind_gin=False).names("models") == []  # no folder: nothing listed
