@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import pkgutil
 import re
 import signal
 import sys
@@ -27,18 +26,19 @@ from .errors import DdmrError
 from .errors import DdmrWarning
 
 
-def _command_modules():
-    from . import commands
-
-    mods = []
-    for info in pkgutil.iter_modules(commands.__path__):
-        if info.name.startswith("_"):
-            continue
-        mods.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
-    return sorted(mods, key=lambda m: getattr(m, "ORDER", 50))
+def _selected(argv) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (``ddmr``'s own
+    options, ``--debug`` and ``--version``, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ddmr`` parser. Every command is listed (:data:`ddmr_core.commands.COMMANDS`),
+    but only the command that ``argv`` selects gets its module imported and its arguments
+    added (``None``: every command's, for documentation and tests): ``ddmr --help`` and
+    ``ddmr register`` do not pay for the imports of ``train`` or ``serve``."""
+    from .commands import COMMANDS
+
     parser = argparse.ArgumentParser(
         prog="ddmr",
         description="Deep deformable medical image registration (DDMR re-implementation).",
@@ -46,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ddmr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+    chosen = None if argv is None else _selected(argv)
+    for name, module, text in COMMANDS:
+        p = sub.add_parser(name, help=text, description=text)
+        if argv is None or name == chosen:
+            mod = importlib.import_module(f"{__package__}.commands.{module}")
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         with _sigterm_as_interrupt(), _warnings_as_lines():
-            parser = build_parser()
+            parser = build_parser(argv)
             args = parser.parse_args(argv)
             if not getattr(args, "_run", None):
                 parser.print_help()

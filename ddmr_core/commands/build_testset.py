@@ -16,9 +16,6 @@ from __future__ import annotations
 from . import add_trust_config_argument
 from ..data.build_testset import DEFAULT_AUGMENT, build_testset_named
 
-NAME = "build-testset"
-HELP = "write fixed evaluation pairs (images, label maps, ground-truth fields) to a folder"
-ORDER = 25
 
 
 def add_arguments(parser):

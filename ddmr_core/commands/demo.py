@@ -15,9 +15,6 @@ from . import duration
 from ..experiments.catalogue import design_files
 from ..experiments.demo import Demo
 
-NAME = "demo"
-HELP = "the main job: train UW-NSD on the embedded brain template, evaluate against ANTs"
-ORDER = 5
 
 def add_arguments(parser):
     designs = design_files()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from . import add_trust_config_argument
 
-NAME = "evaluate"
-HELP = "evaluate models and baselines on a test set (per-pair CSV, summary table, figures)"
-ORDER = 40
 
 
 def add_arguments(parser):

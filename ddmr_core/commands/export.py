@@ -20,9 +20,6 @@ from __future__ import annotations
 #: largest model card read (``--card``)
 MAX_CARD_BYTES = 2 ** 20
 
-NAME = "export"
-HELP = "strip a training checkpoint to a model for inference (weights, config, card) to ship or share"
-ORDER = 45
 
 
 def add_arguments(parser):

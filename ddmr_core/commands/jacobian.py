@@ -16,9 +16,6 @@ from __future__ import annotations
 
 from . import add_field_argument
 
-NAME = "jacobian"
-HELP = "write the Jacobian determinant map of a saved field and print its folding percentage"
-ORDER = 43
 
 
 def add_arguments(parser):

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 
-NAME = "models"
-HELP = "list the shipped models (name, version, task, modalities, size, licence) or show a model card"
-ORDER = 85
 
 
 def add_arguments(parser):

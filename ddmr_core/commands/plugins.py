@@ -10,9 +10,6 @@ import json
 from ..plugins.hookspecs import KINDS
 from ..plugins.registry import Registry
 
-NAME = "plugins"
-HELP = "list registered plugins (name, kind, distribution)"
-ORDER = 90
 
 
 def add_arguments(parser):

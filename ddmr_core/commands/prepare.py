@@ -17,9 +17,6 @@ from __future__ import annotations
 from . import add_trust_config_argument
 from ..data.prepare import SPLITS, prepare_named
 
-NAME = "prepare"
-HELP = "preprocess a dataset once and cache it on disk (for fast training epochs)"
-ORDER = 20
 
 
 def add_arguments(parser):

@@ -30,9 +30,6 @@ from pathlib import Path
 
 from ..errors import DataError, DdmrError
 
-NAME = "register"
-HELP = "register images with a trained model (warped image, ITK/ANTs field, overview, Dice/TRE)"
-ORDER = 40
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
 #: what ``--pairs`` writes beside the pair folders (so no pair may be named so)

@@ -25,9 +25,6 @@ from . import duration
 from ..experiments.catalogue import EXPERIMENTS, design_files
 from ..experiments.paper import Reproduction
 
-NAME = "reproduce"
-HELP = "run one of the paper's experiments (six designs, finetuning, ANTs baselines) and write its table"
-ORDER = 60
 
 
 def add_arguments(parser):

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from . import duration
 
-NAME = "serve"
-HELP = "a local web application: register a pair in the browser, see slices, overlay, field, Jacobian; download"
-ORDER = 44
 
 
 def add_arguments(parser):

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from . import add_trust_config_argument, duration
 
-NAME = "train"
-HELP = "train a registration model from a gin config (resume, finetune, multi-device)"
-ORDER = 20
 
 
 def add_arguments(parser):

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 from . import add_field_argument
 
-NAME = "warp"
-HELP = "apply a saved field (field.nii.gz or field.npz) to another image or label map"
-ORDER = 42
 
 
 def add_arguments(parser):

@@ -10,6 +10,7 @@ inputs' device and in their dtype unless stated.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Sequence
 
@@ -70,13 +71,14 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
 # -------------------------------------------------------------------- SSIM
 @lru_cache(maxsize=8)
 def _ssim_window(win: int, kernel: str, sigma: float) -> torch.Tensor:
-    """``(win,)`` float32 1-D window, summing to 1: Gaussian (``sigma`` voxels) or uniform."""
+    """``(win,)`` float32 1-D window on the CPU, summing to 1: Gaussian (``sigma`` voxels) or
+    uniform. Built in Python floats: no tensor maths, so a model probed on the ``meta`` device
+    pulls in none of torch's reference kernels."""
     if kernel == "gaussian":
-        x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
-        g = torch.exp(-(x**2) / (2 * sigma**2))
-        return (g / g.sum()).float()
+        g = [math.exp(-((i - (win - 1) / 2) ** 2) / (2 * sigma**2)) for i in range(win)]
+        return torch.tensor([v / sum(g) for v in g], dtype=torch.float32, device="cpu")
     if kernel == "uniform":
-        return torch.full((win,), 1.0 / win, dtype=torch.float32)
+        return torch.tensor([1.0 / win] * win, dtype=torch.float32, device="cpu")
     raise ValueError(f"ssim: kernel must be 'gaussian' or 'uniform', got {kernel!r}")
 
 

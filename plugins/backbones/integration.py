@@ -61,6 +61,11 @@ def flow_conv(in_channels: int, std: float = 1e-5) -> Conv3d:
     """The 3-filter output convolution, initialised small (``N(0, std)``, zero bias) so
     training starts from a near-identity transform, as voxelmorph does."""
     conv = Conv3d(in_channels, 3, kernel_size=3, padding=1)
+    if conv.weight.is_meta:
+        # a shape probe (ddmr_core.checkpoint builds models on the meta device before
+        # loading weights): no values to draw, and torch routes random fills of meta
+        # tensors through its reference kernels, whose import (torch._dynamo) takes a second
+        return conv
     nn.init.normal_(conv.weight, mean=0.0, std=std)
     nn.init.zeros_(conv.bias)
     return conv

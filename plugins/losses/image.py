@@ -18,7 +18,7 @@ from torch import nn
 
 from ddmr_core.spatial.similarity import global_ncc, mutual_information, ssim_map
 
-from .common import check_pair
+from .common import MonaiBacked, check_pair
 
 
 class NCCLoss(nn.Module):
@@ -42,7 +42,7 @@ class NCCLoss(nn.Module):
         return 1.0 - global_ncc(warped.flatten(0, 1), fixed.flatten(0, 1), self.eps).mean()
 
 
-class LNCCLoss(nn.Module):
+class LNCCLoss(MonaiBacked):
     """``1 - LNCC``: MONAI's local squared NCC in a cubic window of ``win`` voxels.
 
     Args:
@@ -53,10 +53,12 @@ class LNCCLoss(nn.Module):
     inputs = "image"
 
     def __init__(self, win: int = 9, kernel: str = "rectangular"):
-        super().__init__()
-        from monai.losses import LocalNormalizedCrossCorrelationLoss
+        def make():
+            from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-        self.inner = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=win, kernel_type=kernel)
+            return LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=win, kernel_type=kernel)
+
+        super().__init__(make)
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_pair(warped, fixed, "lncc")

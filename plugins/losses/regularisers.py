@@ -14,35 +14,39 @@ import warnings
 import torch
 from torch import nn
 
-from .common import check_field
+from .common import MonaiBacked, check_field
 
 # MONAI's finite differences index with lists of slices, which torch >= 2.9 warns about
 # on every call; the result is correct (checked in tests/plugins/test_losses.py).
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="monai.losses.deform")
 
 
-class GradL2(nn.Module):
+class GradL2(MonaiBacked):
     inputs = "field"
 
     def __init__(self):
-        super().__init__()
-        from monai.losses import DiffusionLoss
+        def make():
+            from monai.losses import DiffusionLoss
 
-        self.inner = DiffusionLoss()
+            return DiffusionLoss()
+
+        super().__init__(make)
 
     def forward(self, disp: torch.Tensor) -> torch.Tensor:
         check_field(disp, "grad_l2")
         return self.inner(disp)
 
 
-class Bending(nn.Module):
+class Bending(MonaiBacked):
     inputs = "field"
 
     def __init__(self):
-        super().__init__()
-        from monai.losses import BendingEnergyLoss
+        def make():
+            from monai.losses import BendingEnergyLoss
 
-        self.inner = BendingEnergyLoss()
+            return BendingEnergyLoss()
+
+        super().__init__(make)
 
     def forward(self, disp: torch.Tensor) -> torch.Tensor:
         check_field(disp, "bending")

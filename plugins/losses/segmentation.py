@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import check_pair
+from .common import MonaiBacked, check_pair
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(MonaiBacked):
     """``1 - DSC`` averaged over labels and samples. Soft: ``DSC = 2 sum(p t) / (sum p + sum t)``.
 
     Args:
@@ -30,11 +30,13 @@ class DiceLoss(nn.Module):
     inputs = "segmentation"
 
     def __init__(self, smooth: float = 1e-5):
-        super().__init__()
-        from monai.losses import DiceLoss as _MonaiDice
+        def make():
+            from monai.losses import DiceLoss as _MonaiDice
 
-        # include_background=True: every channel here is a foreground label.
-        self.inner = _MonaiDice(include_background=True, smooth_nr=smooth, smooth_dr=smooth)
+            # include_background=True: every channel here is a foreground label.
+            return _MonaiDice(include_background=True, smooth_nr=smooth, smooth_dr=smooth)
+
+        super().__init__(make)
 
     def forward(self, warped_segs: torch.Tensor, fixed_segs: torch.Tensor) -> torch.Tensor:
         check_pair(warped_segs, fixed_segs, "dice")

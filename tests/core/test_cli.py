@@ -1,6 +1,10 @@
 """The ddmr command line: help, version, plugins listing, clean errors."""
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from ddmr_core import __version__
 
@@ -55,3 +59,47 @@ def test_broken_plugin_gives_one_line_error_without_traceback(tmp_path):
     assert out.stderr.startswith("ddmr: error: plugin 'broken'") and "Traceback" not in out.stderr
     out = run_cli("--debug", "plugins", env_extra={"PYTHONPATH": str(tmp_path)})
     assert "Traceback" in out.stderr
+
+
+def test_command_table_lists_every_command_module():
+    """COMMANDS is the one list of commands: every module of the package is in it once,
+    and each module has what the parser calls."""
+    import importlib
+    import pkgutil
+
+    from ddmr_core import commands
+
+    modules = {m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")}
+    listed = [module for _, module, _ in commands.COMMANDS]
+    assert sorted(listed) == sorted(modules)
+    assert len({name for name, _, _ in commands.COMMANDS}) == len(listed)
+    for module in listed:
+        mod = importlib.import_module(f"ddmr_core.commands.{module}")
+        assert callable(mod.add_arguments) and callable(mod.run)
+
+
+@pytest.mark.parametrize("argv, heavy", [
+    (["--help"], ("torch", "monai", "ants", "flask", "matplotlib")),
+    (["register", "--help"], ("torch", "monai", "ants", "flask", "matplotlib")),
+    (["warp", "--help"], ("monai", "ants", "flask")),
+])
+def test_help_imports_only_what_the_command_needs(argv, heavy):
+    """`ddmr --help` and one command's help import that command's module alone: none of
+    torch's stack, MONAI, ANTs, Flask (the start-up a user pays on every call)."""
+    code = ("import sys; from ddmr_core.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print('LOADED:', *[m for m in {heavy!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: ddmr" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED:"
+
+
+def test_loading_a_model_for_inference_imports_no_monai_or_dynamo():
+    """A model built to register (``Registrar``) computes no loss, so MONAI (behind the
+    loss plugins) is not imported; nor is torch._dynamo, which random or arange fills
+    of the checkpoint's meta-device shape probe would import. Each costs a second or more
+    of every `ddmr register`."""
+    code = ("import sys; from ddmr_core.registration.register import Registrar; Registrar('brain-mr')\n"
+            "print('LOADED:', *[m for m in ('monai', 'torch._dynamo') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED:"
