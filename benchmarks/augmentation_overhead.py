@@ -40,9 +40,10 @@ BACKBONES = {"paper": "mixins/backbone/vxm_paper.gin", "small": "mixins/backbone
 
 
 def build(args):
-    from ddmr_core import experiment
-    from ddmr_core.config import parse_config
-    from ddmr_core.spatial import one_hot
+    from ddmr_core.data import datasets as experiment
+    from ddmr_core.model.build import build_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.spatial.fields import one_hot
     from ddmr_plugins.datasets.synthetic import make_phantom
 
     size = (args.size,) * 3
@@ -51,7 +52,7 @@ def build(args):
         bindings=[f"SIZE = {size}"],
     )
     dev = torch.device(args.device)
-    model = experiment.build_model().to(dev)
+    model = build_model().to(dev)
     pipeline = experiment.build_augmentation().to(dev)
     imgs, segs = zip(*[make_phantom(size, 3, seed=i) for i in range(args.batch)])
     image = torch.as_tensor(np.stack(imgs))[:, None].to(dev)
@@ -96,9 +97,10 @@ def _peak_rss_bytes() -> int:
 def run_pipeline_only(args) -> dict:
     """Peak memory the pipeline itself adds over what was resident before it ran
     (a subprocess without the model; CPU only)."""
-    from ddmr_core import experiment
-    from ddmr_core.config import parse_config
-    from ddmr_core.spatial import one_hot
+    from ddmr_core.data import datasets as experiment
+    from ddmr_core.model.build import build_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.spatial.fields import one_hot
     from ddmr_plugins.datasets.synthetic import make_phantom
 
     size = (args.size,) * 3

@@ -15,8 +15,8 @@ import numpy as np
 
 def template(spacing: float):
     """``(t1, (p_csf, p_gm, p_wm), labels, affine)`` on a ``spacing`` mm grid."""
-    from ddmr_core.io import load_image
-    from ddmr_core.preprocess import Preprocess
+    from ddmr_core.data.io import load_image
+    from ddmr_core.data.preprocess import Preprocess
     from ddmr_plugins.datasets.mni_brain import load_template, template_files
 
     t1, labels, affine = load_template()
@@ -67,7 +67,7 @@ def write_pair(folder, spacing: float, rng, template_data=None) -> dict:
     ``moving``, ``fixed_seg``, ``moving_seg`` ``.nii.gz``); returns their paths."""
     from pathlib import Path
 
-    from ddmr_core.io import save_image, save_label_map
+    from ddmr_core.data.io import save_image, save_label_map
 
     t1, _, labels, affine = template_data if template_data is not None else template(spacing)
     moving, moving_labels = warp_pair(t1.shape, affine, [t1, labels], rng, [False, True])

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     if args.max_time is None and args.steps is None:
         args.max_time = 3600.0
 
-    from ddmr_core.config import parse_config
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.training.trainer import Trainer
 
     s = args.size
     work = Path(args.work)
@@ -116,9 +116,9 @@ def main(argv=None) -> int:
 
 def compare(args, run_dir: Path, work: Path, s: int, pairs: int) -> None:
     """The best checkpoint, network alone, against ants_syn and identity on fixed pairs."""
-    from ddmr_core.evaluate import evaluate
-    from ddmr_core.build_testset import build_testset_named
-    from ddmr_core.protocol import best_checkpoint
+    from ddmr_core.evaluation.evaluate import evaluate
+    from ddmr_core.data.build_testset import build_testset_named
+    from ddmr_core.experiments.protocol import best_checkpoint
 
     testset = work / f"testset_{args.data}_{s}_{pairs}"
     if not (testset / "testset.json").exists():

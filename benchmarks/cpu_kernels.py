@@ -2,12 +2,12 @@
 
     python benchmarks/cpu_kernels.py [--repeats 10]
 
-* 3-D convolution: ``torch.nn.Conv3d`` against ``ddmr_core.layers.Conv3d`` (oneDNN always)
+* 3-D convolution: ``torch.nn.Conv3d`` against ``ddmr_core.spatial.layers.Conv3d`` (oneDNN always)
   for every distinct layer shape of the light default U-Net at 64^3
   (``mixins/backbone/default.gin``, read from the built network), forward only (inference)
   and forward + backward (training), and the whole light and paper-size networks' forward
   pass and forward + backward (timed in alternation);
-* volume sampling: ``F.grid_sample`` against ``ddmr_core.spatial.grid_sample`` (a batch of one
+* volume sampling: ``F.grid_sample`` against ``ddmr_core.spatial.fields.grid_sample`` (a batch of one
   cut into slabs), 64^3 points in a 128^3 volume as one refinement step samples them, forward
   and forward + backward.
 
@@ -41,8 +41,8 @@ def report(name: str, ref_ms: float, ddmr_ms: float) -> None:
 
 def backbone_at_64(gin: str) -> torch.nn.Module:
     """The backbone of a ``mixins/backbone/*.gin`` file, built for 64^3."""
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.model.build import build_model
 
     parse_config([gin], ["SIZE = (64, 64, 64)"])
     return build_model().backbone
@@ -52,7 +52,7 @@ def whole_network(name: str, net: torch.nn.Module, repeats: int) -> None:
     """One pair through a whole backbone at 64^3, forward (inference) and forward +
     backward, with its convolutions as ddmr's Conv3d and swapped back to nn.Conv3d;
     the two are timed in alternation, so drifts of a noisy machine hit both alike."""
-    from ddmr_core.layers import Conv3d
+    from ddmr_core.spatial.layers import Conv3d
 
     convs = [m for m in net.modules() if isinstance(m, Conv3d)]
     pair = torch.rand(1, 1, 64, 64, 64), torch.rand(1, 1, 64, 64, 64)
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
 
-    from ddmr_core.layers import Conv3d
-    from ddmr_core.spatial import grid_sample
+    from ddmr_core.spatial.layers import Conv3d
+    from ddmr_core.spatial.fields import grid_sample
 
     torch.manual_seed(0)
     print(f"# CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, median of {args.repeats}")

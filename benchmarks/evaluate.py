@@ -24,8 +24,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from ddmr_core.registry import Registry
-    from ddmr_core.spatial import warp
+    from ddmr_core.plugins.registry import Registry
+    from ddmr_core.spatial.fields import warp
     from ddmr_plugins.datasets.synthetic import make_phantom
 
     shape = (args.size,) * 3

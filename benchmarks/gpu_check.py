@@ -35,8 +35,9 @@ import tarfile
 import time
 from pathlib import Path
 
-DESIGNS = {"BL-N": "bl_n", "BL-NS": "bl_ns", "SG-ND": "sg_nd", "SG-NSD": "sg_nsd", "UW-NSD": "uw_nsd",
-           "UW-NSDH": "uw_nsdh"}
+from ddmr_core.experiments.catalogue import design_config, design_files
+
+DESIGNS = design_files()  # {"BL-N": "bl_n", ...}: the design catalogue, from configs/designs/
 EPOCH = re.compile(r"^epoch (\d+): validation loss (\S+)(.*)$")
 
 
@@ -45,8 +46,8 @@ def profile(args, say) -> None:
     import torch
     from torch.utils.data import default_collate
 
-    from ddmr_core.config import parse_config
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.training.trainer import Trainer
 
     s = args.size
     parse_config(["experiments/brain/uw_nsd.gin"], [f"SIZE = ({s}, {s}, {s})", "ddmr.Trainer.progress = False",
@@ -171,9 +172,9 @@ def main(argv=None) -> int:
             profile(args, say)
         except Exception as exc:  # the curves matter more than the profile
             say(f"profile failed: {type(exc).__name__}: {exc}")
-    plan = [(d, f"experiments/brain/{DESIGNS[d]}.gin", []) for d in args.designs]
+    plan = [(d, design_config("brain", d), []) for d in args.designs]
     if args.bf16_design:
-        plan.append((f"{args.bf16_design}-bf16", f"experiments/brain/{DESIGNS[args.bf16_design]}.gin",
+        plan.append((f"{args.bf16_design}-bf16", design_config("brain", args.bf16_design),
                      ["ddmr.Trainer.bf16 = True"]))
     for spec in args.run:
         name, _, rest = spec.partition("=")

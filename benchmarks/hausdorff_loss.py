@@ -59,7 +59,7 @@ def main() -> None:
 
     from monai.losses import HausdorffDTLoss
 
-    from ddmr_core.registry import Registry
+    from ddmr_core.plugins.registry import Registry
 
     reg = Registry()
     path = "torch" if args.device.startswith("cuda") else "edt"

@@ -36,7 +36,7 @@ MODELS = {
 def worker(args) -> None:
     import torch
 
-    from ddmr_core.spatial import warp
+    from ddmr_core.spatial.fields import warp
     from ddmr_plugins.backbones.vxm_unet import vxm_unet
     from ddmr_plugins.datasets.synthetic import make_phantom
 

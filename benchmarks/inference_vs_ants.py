@@ -54,11 +54,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/inference_vs_ants", help="folder for the test set and scores")
     args = ap.parse_args(argv)
 
-    from ddmr_core.checkpoint import load_model
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_augmentation, build_model
-    from ddmr_core.registry import Registry
-    from ddmr_core.spatial import warp
+    from ddmr_core.model.checkpoint import load_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.data.datasets import build_augmentation
+    from ddmr_core.model.build import build_model
+    from ddmr_core.plugins.registry import Registry
+    from ddmr_core.spatial.fields import warp
 
     device = torch.device(args.device)
     s = args.size
@@ -128,8 +129,8 @@ def dice_comparison(args, s: int) -> None:
     import csv
     from pathlib import Path
 
-    from ddmr_core.build_testset import build_testset_named
-    from ddmr_core.evaluate import evaluate
+    from ddmr_core.data.build_testset import build_testset_named
+    from ddmr_core.evaluation.evaluate import evaluate
 
     work = Path(args.work)
     testset = work / f"testset_{s}"

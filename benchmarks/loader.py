@@ -20,9 +20,10 @@ import time
 def main(argv=None) -> int:
     from torch.utils.data import DataLoader
 
-    from ddmr_core.prepare import prepare
+    from ddmr_core.data.prepare import prepare
     from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
-    from ddmr_plugins.datasets.prepared import PreparedDataset, default_workers
+    from ddmr_core.data.prepare import default_workers
+    from ddmr_plugins.datasets.prepared import PreparedDataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", default=None, help="a `ddmr prepare` folder (default: build one)")

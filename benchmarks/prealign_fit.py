@@ -1,4 +1,4 @@
-"""The affine start (``ddmr_core.prealign.fit_affine``): accuracy and time per pair.
+"""The affine start (``ddmr_core.spatial.prealign.fit_affine``): accuracy and time per pair.
 
     python benchmarks/prealign_fit.py [--size 64] [--pairs 8] [--iterations 8,3 4,1 20,10]
 
@@ -29,11 +29,11 @@ def main() -> None:
                     metavar="COARSE,FINE")
     args = ap.parse_args()
 
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_augmentation
-    from ddmr_core.prealign import affine_field, fit_affine
-    from ddmr_core.similarity import global_ncc
-    from ddmr_core.spatial import warp
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.data.datasets import build_augmentation
+    from ddmr_core.spatial.prealign import affine_field, fit_affine
+    from ddmr_core.spatial.similarity import global_ncc
+    from ddmr_core.spatial.fields import warp
 
     s = args.size
     reg = parse_config(["mixins/augment/paper.gin", "mixins/data/mni_brain.gin"], [f"SIZE = ({s}, {s}, {s})"])

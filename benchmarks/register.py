@@ -30,11 +30,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from ddmr_core.checkpoint import save_checkpoint
-    from ddmr_core.config import config_text, parse_config
-    from ddmr_core.experiment import build_model
-    from ddmr_core.preprocess import Preprocess
-    from ddmr_core.register import Registrar
+    from ddmr_core.model.checkpoint import save_checkpoint
+    from ddmr_core.config.parsing import config_text, parse_config
+    from ddmr_core.model.build import build_model
+    from ddmr_core.data.preprocess import Preprocess
+    from ddmr_core.registration.register import Registrar
 
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as d:

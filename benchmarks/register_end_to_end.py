@@ -75,8 +75,8 @@ def ddmr_command() -> list[str]:
 
 
 def score(fixed_seg: str, warped_seg: str) -> dict:
-    from ddmr_core.io import load_label_map
-    from ddmr_core.register import dice_tre
+    from ddmr_core.data.io import load_label_map
+    from ddmr_core.registration.register import dice_tre
 
     f, aff = load_label_map(fixed_seg)
     w, _ = load_label_map(warped_seg)
@@ -87,8 +87,8 @@ def score(fixed_seg: str, warped_seg: str) -> dict:
 def folding(field_path: str) -> float:
     import torch
 
-    from ddmr_core.field_io import load_field
-    from ddmr_core.spatial import folding_percentage, jacobian_determinant
+    from ddmr_core.data.field_io import load_field
+    from ddmr_core.spatial.fields import folding_percentage, jacobian_determinant
 
     disp = load_field(field_path)[0]
     return float(folding_percentage(jacobian_determinant(torch.from_numpy(np.ascontiguousarray(disp))[None])))

@@ -65,10 +65,10 @@ def crop_or_pad(volume: np.ndarray, starts, shape) -> np.ndarray:
 
 def make_pair(work: Path, spacing: float, seed: int) -> dict:
     """The fixed/moving pair and label maps as NIfTI files in ``work`` (see the docstring)."""
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_augmentation
-    from ddmr_core.io import save_image, save_label_map, spacing_from_affine
-    from ddmr_core.preprocess import Preprocess
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.data.datasets import build_augmentation
+    from ddmr_core.data.io import save_image, save_label_map, spacing_from_affine
+    from ddmr_core.data.preprocess import Preprocess
     from ddmr_plugins.datasets.mni_brain import load_template
 
     t1, labels, affine = load_template()
@@ -108,10 +108,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/register_original", help="folder for the pair and results.json")
     args = ap.parse_args(argv)
 
-    from ddmr_core.io import load_image, load_label_map
-    from ddmr_core.register import Registrar, dice_tre
-    from ddmr_core.spatial import apply_field
-    from ddmr_core.registry import Registry
+    from ddmr_core.data.io import load_image, load_label_map
+    from ddmr_core.registration.register import Registrar, dice_tre
+    from ddmr_core.spatial.fields import apply_field
+    from ddmr_core.plugins.registry import Registry
     from ddmr_plugins.datasets.mni_brain import CSF, GREY_MATTER, WHITE_MATTER, LABEL_NAMES
 
     labels = (CSF, GREY_MATTER, WHITE_MATTER)

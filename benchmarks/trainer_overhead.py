@@ -69,8 +69,9 @@ def run_bare(args, device) -> tuple[list, list]:
     import torch
     from torch.utils.data import DataLoader
 
-    from ddmr_core.experiment import build_augmentation, build_dataset, build_model
-    from ddmr_core.spatial import one_hot
+    from ddmr_core.data.datasets import build_augmentation, build_dataset
+    from ddmr_core.model.build import build_model
+    from ddmr_core.spatial.fields import one_hot
 
     torch.manual_seed(0)
     model = build_model().to(device).train()
@@ -109,7 +110,7 @@ def run_bare(args, device) -> tuple[list, list]:
 def run_trainer(args, device) -> tuple[list, list]:
     import torch
 
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.training.trainer import Trainer
 
     ends, mems = [], []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -134,7 +135,7 @@ def run_trainer(args, device) -> tuple[list, list]:
 def child(args) -> None:
     import torch
 
-    from ddmr_core.config import parse_config
+    from ddmr_core.config.parsing import parse_config
 
     torch.set_num_threads(args.threads) if args.threads else None
     parse_config([], config(args))

@@ -21,7 +21,7 @@ import traceback
 import warnings
 
 from . import __version__
-from .config_trust import trusted_configs
+from .config.trust import trusted_configs
 from .errors import DdmrError
 from .errors import DdmrWarning
 

@@ -1,8 +1,8 @@
 """The one device policy of every command (``--device``) and library entry point.
 
 ``ddmr train``, ``register``, ``evaluate``, ``demo`` and ``reproduce`` (and
-:class:`~ddmr_core.trainer.Trainer`, :class:`~ddmr_core.register.Registrar`,
-:func:`~ddmr_core.evaluate.evaluate`) all resolve their device here, so the same names
+:class:`~ddmr_core.training.trainer.Trainer`, :class:`~ddmr_core.registration.register.Registrar`,
+:func:`~ddmr_core.evaluation.evaluate.evaluate`) all resolve their device here, so the same names
 are accepted and refused everywhere, with the same one-line errors.
 """
 

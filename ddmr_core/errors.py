@@ -41,9 +41,9 @@ class DdmrWarning(UserWarning):
 
 class ModelInputWarning(DdmrWarning):
     """An input that does not look like what the model expects (its card's modality and
-    intensity units, :func:`ddmr_core.model_card.input_mismatch`)."""
+    intensity units, :func:`ddmr_core.model.card.input_mismatch`)."""
 
 
 class RegistrationQualityWarning(DdmrWarning):
-    """A registration result that looks wrong (``ddmr_core.register.assess``): shown as one
+    """A registration result that looks wrong (``ddmr_core.registration.register.assess``): shown as one
     ``ddmr: warning:`` line and recorded in results.json, never reported as a plain success."""

@@ -25,15 +25,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ddmr_core import experiment  # noqa: E402
-from ddmr_core.config import parse_config  # noqa: E402
-from ddmr_core.figures import draw_deformation_grid  # noqa: E402
-from ddmr_core.spatial import warp  # noqa: E402
+from ddmr_core.data import datasets as experiment  # noqa: E402
+from ddmr_core.config.parsing import parse_config  # noqa: E402
+from ddmr_core.registration.figures import draw_deformation_grid  # noqa: E402
+from ddmr_core.spatial.fields import warp  # noqa: E402
 
 
 def load_images(dataset: str, size, n: int):
     """``(image (n, 1, ...), spacing (n, 3), label)`` of ``n`` samples of a dataset plugin."""
-    from ddmr_core.registry import Registry
+    from ddmr_core.plugins.registry import Registry
 
     reg = Registry()
     if dataset == "synthetic":

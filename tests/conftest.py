@@ -67,10 +67,10 @@ def tiny_workspace(tmp_path_factory):
 
 
 def make_trainer(tmp_path, config_text, *bindings, run="run", **kw):
-    """A CPU :class:`~ddmr_core.trainer.Trainer` of ``config_text`` (written to
+    """A CPU :class:`~ddmr_core.training.trainer.Trainer` of ``config_text`` (written to
     ``tmp_path/exp.gin``) plus ``bindings``, run folder ``tmp_path/run``."""
-    from ddmr_core.config import parse_config
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.training.trainer import Trainer
 
     cfg = tmp_path / "exp.gin"
     cfg.write_text(config_text)

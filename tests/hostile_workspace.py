@@ -68,7 +68,7 @@ def _flip_member_byte(src: Path, dst: Path) -> None:
 
 def build_hostile(hws: Path, ws: dict) -> dict:
     """Every input of the hostile table, by name; ``ws`` is ``tiny_workspace``'s dict."""
-    from ddmr_core.checkpoint import save_checkpoint
+    from ddmr_core.model.checkpoint import save_checkpoint
 
     hws.mkdir(parents=True, exist_ok=True)
     p = {"hws": str(hws)}
@@ -180,7 +180,7 @@ def build_hostile(hws: Path, ws: dict) -> dict:
     p["m_30mm"] = _nii(hws / "m_30mm.nii.gz", _volume(seed=1), np.diag([30.0, 30.0, 30.0, 1.0]))
     p["f_100mm_z"] = _nii(hws / "f_100mm_z.nii.gz", _volume(), np.diag([1.0, 1.0, 100.0, 1.0]))
     p["seg_metres"] = _nii(hws / "seg_metres.nii.gz", _box(), np.diag([0.0015, 0.0015, 0.0015, 1.0]))
-    from ddmr_core.field_io import save_field_itk, save_field_npz
+    from ddmr_core.data.field_io import save_field_itk, save_field_npz
 
     zero = np.zeros((3,) + GRID, np.float32)
     save_field_npz(hws / "field_huge.npz", np.full((3,) + GRID, 1e14, np.float32), [1.5] * 3, aff)

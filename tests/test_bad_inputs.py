@@ -251,7 +251,7 @@ def test_hostile_checkpoints_import_nothing(tiny_workspace, capsys):
 
 def test_library_parse_config_token_error_is_a_config_error():
     """Point 3's library case: a malformed text is a ConfigError, not tokenize.TokenError."""
-    from ddmr_core.config import parse_config
+    from ddmr_core.config.parsing import parse_config
     from ddmr_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="invalid gin config.*unclosed"):

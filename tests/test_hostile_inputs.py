@@ -327,7 +327,7 @@ def loops(hostile_workspace):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input(case, tiny_workspace, hostile_workspace, loops, capsys, monkeypatch):
-    from ddmr_core.locks import output_lock
+    from ddmr_core.data.locks import output_lock
 
     names = {**tiny_workspace, **hostile_workspace}
     argv = [a.format(**names) for a in shlex.split(case.argv)]
@@ -379,15 +379,15 @@ def test_trust_config_lets_a_config_include_and_import(tmp_path, capsys):
 
 def test_shipped_and_plugin_modules_may_be_imported(tmp_path):
     """ddmr's own modules are not refused: configs are data, not crippled."""
-    from ddmr_core.config import parse_config
+    from ddmr_core.config.parsing import parse_config
 
-    parse_config(text="import ddmr_core.spatial\nimport ddmr_plugins.losses\n")
+    parse_config(text="import ddmr_core.spatial.fields\nimport ddmr_plugins.losses\n")
     parse_config(["experiments/brain/uw_nsd.gin"], ["include 'mixins/backbone/default.gin'"])
 
 
 def test_library_parse_config_refuses_by_default_and_trusts_on_request(tmp_path):
-    from ddmr_core.config import parse_config
-    from ddmr_core.config_trust import trusted_configs
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.config.trust import trusted_configs
     from ddmr_core.errors import ConfigError
 
     inc = tmp_path / "other" / "x.gin"
@@ -404,7 +404,7 @@ def test_library_parse_config_refuses_by_default_and_trusts_on_request(tmp_path)
 
 
 def test_a_gin_syntax_error_names_file_and_line_but_not_the_content(tmp_path):
-    from ddmr_core.config import parse_config
+    from ddmr_core.config.parsing import parse_config
     from ddmr_core.errors import ConfigError
 
     cfg = tmp_path / "x.gin"
@@ -415,7 +415,7 @@ def test_a_gin_syntax_error_names_file_and_line_but_not_the_content(tmp_path):
 
 
 def test_a_corrupted_checkpoint_is_refused_and_the_intact_one_loads(tiny_workspace, hostile_workspace):
-    from ddmr_core.checkpoint import load_checkpoint
+    from ddmr_core.model.checkpoint import load_checkpoint
     from ddmr_core.errors import CheckpointError
 
     load_checkpoint(tiny_workspace["good"])
@@ -427,8 +427,8 @@ def test_a_corrupted_checkpoint_is_refused_and_the_intact_one_loads(tiny_workspa
 
 
 def test_metadata_at_the_bounds_is_accepted(tiny_workspace):
-    from ddmr_core.checkpoint import load_checkpoint
-    from ddmr_core.checkpoint_checks import check_metadata
+    from ddmr_core.model.checkpoint import load_checkpoint
+    from ddmr_core.model.checkpoint_checks import check_metadata
 
     ckpt = load_checkpoint(tiny_workspace["good"])
     ok = dict(ckpt, input_size=[2, 1024, 2], labels=list(range(1, 256)),
@@ -455,7 +455,7 @@ def test_no_memory_check_lets_a_registration_run(tiny_workspace, tmp_path, monke
 
 
 def test_memory_estimate_grows_with_the_grids():
-    from ddmr_core.guards import registration_bytes, training_bytes
+    from ddmr_core.data.guards import registration_bytes, training_bytes
 
     small = registration_bytes((64,) * 3, (64,) * 3, (64,) * 3)
     assert registration_bytes((128,) * 3, (64,) * 3, (64,) * 3) == pytest.approx(
@@ -465,7 +465,7 @@ def test_memory_estimate_grows_with_the_grids():
 
 def test_spacing_bounds(tmp_path):
     from ddmr_core.errors import DataError
-    from ddmr_core.guards import check_spacing
+    from ddmr_core.data.guards import check_spacing
 
     check_spacing(np.diag([0.05, 20.0, 1.0, 1.0]), "ok")
     with pytest.raises(DataError, match="metres"):
@@ -477,8 +477,8 @@ def test_spacing_bounds(tmp_path):
 def test_jacobian_of_a_large_affine_field_is_exact(tmp_path, capsys):
     """A large but finite field (here an affine one scaling by 8: displacements up to 7
     grid extents) gives its exact determinant, computed in float64, not an overflow."""
-    from ddmr_core.field_io import save_field_npz
-    from ddmr_core.io import load_image
+    from ddmr_core.data.field_io import save_field_npz
+    from ddmr_core.data.io import load_image
 
     n = 8
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64)] * 3, indexing="ij"))
@@ -491,7 +491,7 @@ def test_jacobian_of_a_large_affine_field_is_exact(tmp_path, capsys):
 
 def test_train_writes_its_config_copy_under_its_own_header_and_resumes(tmp_path, capsys):
     from conftest import TINY_TRAINING
-    from ddmr_core.trainer import CONFIG_HEADER
+    from ddmr_core.training.run_folder import CONFIG_HEADER
 
     cfg = tmp_path / "exp.gin"
     cfg.write_text(TINY_TRAINING + TRAIN_BASE)
@@ -503,10 +503,10 @@ def test_train_writes_its_config_copy_under_its_own_header_and_resumes(tmp_path,
 
 
 def test_a_lock_names_its_holder_and_a_dead_holder_blocks_nobody(tmp_path):
-    from ddmr_core.locks import LockedError, lock_path, output_lock
+    from ddmr_core.data.locks import LockedError, lock_path, output_lock
 
     out = tmp_path / "out"
-    code = ("import sys, time\nfrom ddmr_core.locks import output_lock\n"
+    code = ("import sys, time\nfrom ddmr_core.data.locks import output_lock\n"
             "with output_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -523,7 +523,7 @@ def test_a_lock_names_its_holder_and_a_dead_holder_blocks_nobody(tmp_path):
     assert not lock_path(out).exists()
 
 
-def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_run(tmp_path):
+def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
     """A signal that arrives while an optimiser step updates the weights and counters is
     held until the step is complete; last.pt is then that step's, and resuming from it
     gives the weights of an uninterrupted run (CPU, within 1e-6)."""
@@ -533,17 +533,19 @@ def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_
     straight = make_trainer(tmp_path, config, run="straight", max_steps=6)
     straight.fit()
 
+    from ddmr_core.training.loop import TrainingLoop
+
     t = make_trainer(tmp_path, config, run="cut", max_steps=6)
     t.setup()
-    step = t._optimizer_step
+    step = TrainingLoop._optimizer_step
 
-    def step_then_signal(*a, **k):
-        loss = step(*a, **k)
-        if t.counters["optimizer_steps"] == 3:
+    def step_then_signal(loop, *a, **k):
+        loss = step(loop, *a, **k)
+        if loop.run is t and t.counters["optimizer_steps"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step's critical section
         return loss
 
-    t._optimizer_step = step_then_signal
+    monkeypatch.setattr(TrainingLoop, "_optimizer_step", step_then_signal)
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
@@ -597,7 +599,7 @@ def test_checkpoints_and_exported_models_carry_only_the_models_bindings(tmp_path
     everything is pruned on export; both still load and register."""
     from conftest import TINY_TRAINING
 
-    from ddmr_core.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from ddmr_core.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 
     cfg = tmp_path / "exp.gin"
     cfg.write_text(TINY_TRAINING + TRAIN_BASE + f"NOTE = '{SECRET}'\n")  # a macro nothing of the model uses

@@ -44,7 +44,7 @@ def _dead_pid() -> int:
 
 
 def _host() -> str:
-    from ddmr_core.io import _host
+    from ddmr_core.data.files import _host
 
     return _host()
 
@@ -73,7 +73,7 @@ def test_register_rerun_replaces_the_folder_whole(tiny_workspace, tmp_path, caps
 
 
 def test_a_failure_while_writing_keeps_the_earlier_output(tiny_workspace, tmp_path, monkeypatch, capsys):
-    import ddmr_core.register_output as ro
+    import ddmr_core.registration.output as ro
 
     out = tmp_path / "out"
     assert _register(tiny_workspace, out) == 0
@@ -120,7 +120,7 @@ def test_batch_output_is_replaced_whole(tiny_workspace, tmp_path, capsys):
 
 
 def test_without_an_atomic_exchange_the_swap_still_replaces_whole(tiny_workspace, tmp_path, monkeypatch, capsys):
-    import ddmr_core.io as io
+    import ddmr_core.data.files as io
 
     monkeypatch.setattr(io, "_exchange", lambda a, b: False)  # e.g. NFS, or not Linux
     out = tmp_path / "out"
@@ -137,7 +137,7 @@ def test_killed_between_the_two_renames_the_earlier_folder_comes_back(tiny_works
     # a process killed right after moving the old folder aside (the fallback swap)
     code = """
         import os, signal, sys
-        import ddmr_core.io as io
+        import ddmr_core.data.files as io
         io._exchange = lambda a, b: False
         real = os.rename
         def rename(src, dst):
@@ -164,7 +164,7 @@ def test_temporaries_of_a_killed_register_are_removed_by_the_next_run(tiny_works
     out = tmp_path / "out"
     code = """
         import os, signal, sys
-        import ddmr_core.register_output as ro
+        import ddmr_core.registration.output as ro
         real = ro.write_into
         def write_then_die(result, folder, *rest):
             real(result, folder, *rest)
@@ -193,13 +193,13 @@ def test_temporaries_of_a_killed_register_are_removed_by_the_next_run(tiny_works
 
 
 def test_checkpoint_temporaries_of_a_killed_run_are_removed_on_the_next_save(tmp_path):
-    from ddmr_core.checkpoint import load_checkpoint, save_checkpoint
+    from ddmr_core.model.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "gin_config": "a = 1"})
     code = """
         import os, signal, sys, torch
-        from ddmr_core.checkpoint import save_checkpoint
+        from ddmr_core.model.checkpoint import save_checkpoint
         real = torch.save
         def half_then_die(obj, fh, *a, **k):
             fh.write(b"half a checkpoint")
@@ -230,7 +230,7 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_workspace, tmp_path, sig, rc, word)
     before = _files(out)
     code = f"""
         import os, sys
-        import ddmr_core.register_output as ro
+        import ddmr_core.registration.output as ro
         real = ro.write_into
         def write_then_signal(result, folder, *rest):
             real(result, folder, *rest)  # everything written into the temporary folder
@@ -258,8 +258,8 @@ def test_main_restores_the_previous_sigterm_handler(tiny_workspace, tmp_path, ca
 
 # ------------------------------------------------------------ file modes
 def test_file_modes_follow_the_umask(tiny_workspace, tmp_path, capsys):
-    from ddmr_core.checkpoint import save_checkpoint
-    from ddmr_core.testset import finish_testset, write_pair
+    from ddmr_core.model.checkpoint import save_checkpoint
+    from ddmr_core.data.testset import finish_testset, write_pair
 
     old = os.umask(0o027)
     try:
@@ -281,7 +281,7 @@ def test_file_modes_follow_the_umask(tiny_workspace, tmp_path, capsys):
 
 # --------------------------------------------------------- non-finite results
 def test_register_refuses_a_non_finite_field(tiny_workspace, tmp_path):
-    from ddmr_core.register import Registrar
+    from ddmr_core.registration.register import Registrar
 
     reg = Registrar(tiny_workspace["good"])
     reg.model.backbone.forward = lambda fixed, moving: torch.full((1, 3) + tuple(fixed.shape[2:]), float("nan"))
@@ -323,7 +323,7 @@ def test_evaluate_rerun_replaces_the_report_whole(tiny_workspace, tmp_path, caps
 
 
 def test_evaluate_records_a_constant_test_image(tiny_workspace, tmp_path, capsys):
-    from ddmr_core.testset import finish_testset, write_pair
+    from ddmr_core.data.testset import finish_testset, write_pair
 
     grid = (8, 8, 8)
     row = write_pair(tmp_path / "ts", "flat", np.linspace(0, 1, 512).reshape(grid), np.zeros(grid),
@@ -338,7 +338,7 @@ def test_evaluate_records_a_constant_test_image(tiny_workspace, tmp_path, capsys
 
 # ------------------------------------------------------------ build-testset
 def test_build_testset_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
-    import ddmr_core.testset as testset
+    import ddmr_core.data.testset as testset
 
     out = tmp_path / "ts"
     args = ["build-testset", "--dataset", "synthetic", "--size", "16", "--seed", "0", "--out", str(out),

@@ -11,7 +11,7 @@ For every model the built-in plugin registers (``ddmr_plugins.models``: one per 
   windows Hounsfield units) gets the pair back in HU (the window's inverse);
 * scores Dice of the moving label map warped with the exported field (as
   ``ddmr warp --labels``), and asserts it beats the identity and the affine start
-  (:func:`ddmr_core.prealign.prealign_field` ``"affine"``, ddmr's own initialisation) by
+  (:func:`ddmr_core.spatial.prealign.prealign_field` ``"affine"``, ddmr's own initialisation) by
   the margin :data:`MARGINS` records for the model, with the source of that figure.
 
 No model ships until its weights are added, so today the test is skipped. To fill
@@ -63,19 +63,19 @@ MAX_BYTES = 2 * 1024 * 1024
 
 def builtin_models() -> list[str]:
     """Names of the models the built-in plugin registers (distribution ``ddmr``)."""
-    from ddmr_core.registry import Registry
+    from ddmr_core.plugins.registry import Registry
 
     return [e.name for e in Registry(bind_gin=False).entries("models") if e.distribution == "ddmr"]
 
 
 def measure(name: str, work: Path, pair=None) -> dict:
     """Dice of the identity, the affine start and the model ``name`` on its CI pair."""
-    from ddmr_core.checkpoint import load_checkpoint, resolve_model
+    from ddmr_core.model.checkpoint import load_checkpoint, resolve_model
     from ddmr_core.cli import main
-    from ddmr_core.io import load_image, load_label_map
-    from ddmr_core.prealign import prealign_field
-    from ddmr_core.register import Registrar, dice_tre
-    from ddmr_core.spatial import apply_field, warp
+    from ddmr_core.data.io import load_image, load_label_map
+    from ddmr_core.spatial.prealign import prealign_field
+    from ddmr_core.registration.register import Registrar, dice_tre
+    from ddmr_core.spatial.fields import apply_field, warp
 
     path = resolve_model(name)
     size = Path(path).stat().st_size
@@ -142,7 +142,7 @@ def test_the_scaffolding_runs_on_a_tiny_model(tiny_workspace, tmp_path, monkeypa
     import shutil
 
     import ddmr_plugins.models as builtin
-    from ddmr_core.zoo import record_sha256
+    from ddmr_core.model.publish import record_sha256
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     (tmp_path / "weights").mkdir()

@@ -42,11 +42,11 @@ class _Pwn:
 
 def build_workspace(ws: Path) -> dict:
     """Every input the table refers to, by name; returns ``{name: path string}``."""
-    from ddmr_core.checkpoint import save_checkpoint
-    from ddmr_core.config import config_text, parse_config
-    from ddmr_core.experiment import build_model
-    from ddmr_core.preprocess import Preprocess
-    from ddmr_core.testset import finish_testset, write_pair
+    from ddmr_core.model.checkpoint import save_checkpoint
+    from ddmr_core.config.parsing import config_text, parse_config
+    from ddmr_core.model.build import build_model
+    from ddmr_core.data.preprocess import Preprocess
+    from ddmr_core.data.testset import finish_testset, write_pair
 
     ws.mkdir(parents=True, exist_ok=True)
     aff = np.diag([1.5, 1.5, 1.5, 1.0])

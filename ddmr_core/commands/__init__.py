@@ -51,14 +51,14 @@ def duration(text: str) -> float:
 
 
 def add_field_argument(parser) -> None:
-    """``--field F``: a saved displacement field (:func:`ddmr_core.field_io.load_field`)."""
+    """``--field F``: a saved displacement field (:func:`ddmr_core.data.field_io.load_field`)."""
     parser.add_argument("--field", required=True, metavar="F",
                         help="displacement field: ITK/ANTs NIfTI (field.nii.gz) or ddmr's field.npz")
 
 
 def add_trust_config_argument(parser) -> None:
     """``--trust-config``: let this command's configs import any module and include any
-    file (:mod:`ddmr_core.config_trust`; by default configs are data)."""
+    file (:mod:`ddmr_core.config.trust`; by default configs are data)."""
     parser.add_argument("--trust-config", action="store_true",
                         help="let the gin configs and bindings import any Python module and include any file "
                              "(by default they may import only ddmr's modules and plugins, and include only "

@@ -7,14 +7,14 @@ Pair ``k`` takes subject ``k mod n`` of the split (``test`` by default), resized
 ``--augment``, default the shipped ``mixins/augment/paper.gin``, with ``seed = K`` and
 sample index ``k``): the augmented fixed image, the generated moving image, both label
 maps and the ground-truth pull field are written with the fixed image's affine (see
-:mod:`ddmr_core.testset` for the layout), by
-:func:`ddmr_core.build_testset.build_testset_named`.
+:mod:`ddmr_core.data.testset` for the layout), by
+:func:`ddmr_core.data.build_testset.build_testset_named`.
 """
 
 from __future__ import annotations
 
 from . import add_trust_config_argument
-from ..build_testset import DEFAULT_AUGMENT, build_testset, build_testset_named  # noqa: F401
+from ..data.build_testset import DEFAULT_AUGMENT, build_testset_named
 
 
 
@@ -38,7 +38,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..locks import output_lock
+    from ..data.locks import output_lock
 
     # held before the --overwrite check: a second run at once stops instead of passing it too
     with output_lock(args.out, "build-testset"):

@@ -2,93 +2,44 @@
 
     ddmr demo --out demo_out [--size 64] [--max-time 60m | --steps N] [--pairs 8] [--designs UW-NSD ...]
 
-Steps (each resumable: a rerun skips finished steps and resumes training):
-
-1. ``prepare`` -- cache the MNI ICBM152 2009a template (shipped inside nilearn) at ``SIZE^3``;
-2. ``train-UW-NSD`` -- the paper's uncertainty-weighted, segmentation-guided design (light
-   U-Net) trained from scratch for a wall-clock budget (``--designs`` adds others, e.g.
-   the baseline ``BL-N``), with pairs made on the fly by the augmentation layer (TPS,
-   rigid, gamma, brightness), by ddmr's training recipe (``mixins/recipe/learnt.gin``:
-   affine start, coarse diffeomorphic field, supervision by the pairs' ground-truth
-   fields, warm-up). The default budget, 60 minutes, is what the recipe needs on a 2-core
-   CPU to match ANTs SyN at 64^3 (docs/ARCHITECTURE.md, "Training that learns"); after 10
-   minutes the network was still well short of it (Dice 0.70 against 0.80), after 45 it
-   tied (0.798 against 0.798);
-3. ``testset`` -- fixed evaluation pairs written once (the same for every method);
-4. ``evaluate`` -- the trained networks, the shipped pretrained ``brain-mr`` (the same
-   recipe, trained for an hour; see docs/models.md) when it is installed, ``ants_syn``
-   and ``identity``: per-pair CSV, summary table in the paper's format, box plots,
-   median-pair figures;
-then the table is printed with the location of everything.
-
-Every network row is the network alone: no instance optimisation at inference.
+The demo is library code (:class:`ddmr_core.experiments.demo.Demo`: its steps and defaults);
+this module turns arguments into one, runs it and prints the table with the location of
+everything.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DdmrError
 from . import duration
-from ..protocol import (DESIGN_FILES, data_bindings, evaluate_step, prepare_step, run_protocol,
-                        testset_step, train_step)
-
-
-DESIGNS = ("UW-NSD",)
+from ..experiments.catalogue import design_files
+from ..experiments.demo import Demo
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default="demo_out", metavar="DIR", help="report folder (default: demo_out)")
-    parser.add_argument("--size", type=int, default=64, metavar="S",
-                        help="grid S^3 of the data and networks (multiple of 16; default 64)")
-    parser.add_argument("--max-time", type=duration, default=3600.0, metavar="DURATION",
-                        help="training time per model, e.g. 10m (default 60m; counted over the whole run, "
-                             "so a rerun continues)")
+    designs = design_files()
+    parser.add_argument("--out", default=Demo.out, metavar="DIR", help=f"report folder (default: {Demo.out})")
+    parser.add_argument("--size", type=int, default=Demo.size, metavar="S",
+                        help=f"grid S^3 of the data and networks (multiple of 16; default {Demo.size})")
+    parser.add_argument("--max-time", type=duration, default=Demo.max_time, metavar="DURATION",
+                        help=f"training time per model, e.g. 10m (default {Demo.max_time / 60:g}m; counted over "
+                             "the whole run, so a rerun continues)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="optimiser steps per model instead of a time budget")
-    parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGN_FILES),
-                        metavar="DESIGN", help=f"designs to train (default: {' '.join(DESIGNS)}; any of "
-                                               f"{', '.join(DESIGN_FILES)})")
-    parser.add_argument("--pairs", type=int, default=8, metavar="N", help="test pairs (default 8)")
-    parser.add_argument("--baselines", nargs="*", default=["ants_syn", "identity"], metavar="NAME",
-                        help="baselines to compare with (default: ants_syn identity)")
+    parser.add_argument("--designs", nargs="+", default=list(Demo.designs), choices=list(designs),
+                        metavar="DESIGN", help=f"designs to train (default: {' '.join(Demo.designs)}; any of "
+                                               f"{', '.join(designs)})")
+    parser.add_argument("--pairs", type=int, default=Demo.pairs, metavar="N", help=f"test pairs (default {Demo.pairs})")
+    parser.add_argument("--baselines", nargs="*", default=list(Demo.baselines), metavar="NAME",
+                        help=f"baselines to compare with (default: {' '.join(Demo.baselines)})")
     parser.add_argument("--device", default=None, help="training/inference device (default: cuda if available)")
 
 
-def build_steps(args) -> list:
-    from ..registry import Registry
-
-    registry = Registry(bind_gin=False)
-    for name in args.baselines:  # before any training: an unknown name lists the known ones
-        registry.entry("baselines", name)
-    out = Path(args.out)
-    size = int(args.size)
-    if size % 16 or size < 16:
-        raise DdmrError(f"--size must be a positive multiple of 16 (the light U-Net has 4 levels), got {size}")
-    if (args.steps is not None and args.steps < 1) or args.pairs < 1:
-        raise DdmrError("--steps and --pairs must be positive")
-    max_time = None if args.steps is not None else args.max_time
-    # ddmr's training recipe (docs/ARCHITECTURE.md, "Training that learns"): the paper's
-    # protocol does not learn the rigid part of the augmentation in a CPU budget
-    bindings = data_bindings(out / "data", size, light=True) + ["include 'mixins/recipe/learnt.gin'"]
-    steps = [prepare_step("mni_brain", size, out / "data")]
-    runs = {}
-    for design in dict.fromkeys(args.designs):
-        runs[design] = out / "runs" / design
-        steps.append(train_step(design, f"experiments/brain/{DESIGN_FILES[design]}.gin", runs[design],
-                                args.steps, bindings, args.device, max_time=max_time))
-    shipped = {}
-    if "brain-mr" in registry.names("models"):  # the shipped model, trained by the same recipe
-        shipped["brain-mr (pretrained)"] = "brain-mr"
-    steps.append(testset_step("mni_brain", args.pairs, size, 2023, out / "testset"))
-    steps.append(evaluate_step(out / "testset", runs, args.baselines, out / "report", args.device,
-                               checkpoints=shipped))
-    return steps
-
-
 def run(args) -> int:
-    out = Path(args.out)
-    timings = run_protocol(out, build_steps(args), title="demo")
+    spec = Demo(out=args.out, size=args.size, max_time=args.max_time, steps=args.steps, designs=args.designs,
+                pairs=args.pairs, baselines=args.baselines, device=args.device)
+    timings = spec.run()
+    out = Path(spec.out)
     summary = out / "report" / "summary.md"
     print()
     print(summary.read_text() if summary.exists() else "(no summary table was written)")

@@ -34,8 +34,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate
-    from ..locks import output_lock
+    from ..evaluation.evaluate import evaluate
+    from ..data.locks import output_lock
 
     with output_lock(args.out, "evaluate"):
         return _run(args, evaluate)

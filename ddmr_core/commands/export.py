@@ -5,13 +5,13 @@
 
 Keeps what inference needs (weights, config, grid, labels, preprocessing) and the
 validation history, drops the optimiser, scheduler and RNG states
-(:func:`ddmr_core.checkpoint.export_model`), and stores an optional model card (a JSON
+(:func:`ddmr_core.model.checkpoint.export_model`), and stores an optional model card (a JSON
 object: data, training command, budget, measured figures). A plugin ships models by
 returning such files from its ``ddmr_models`` hook (``docs/plugin_hooks.md``).
 
 An ``--out`` named ``<name>@<version>.pt`` is a release of a zoo folder
-(:mod:`ddmr_core.zoo`): the card is then required and checked against the schema
-(:mod:`ddmr_core.model_card`) first, and written beside the weights as
+(:mod:`ddmr_core.model.zoo`): the card is then required and checked against the schema
+(:mod:`ddmr_core.model.card`) first, and written beside the weights as
 ``<name>@<version>.json``, with the weights' sha256 in the folder's ``SHA256SUMS``.
 """
 
@@ -31,12 +31,13 @@ def add_arguments(parser):
 def run(args) -> int:
     import json
 
-    from ..checkpoint import export_model
+    from ..model.checkpoint import export_model
     from ..errors import DataError
-    from ..guards import check_not_input
-    from ..io import check_output_file
-    from ..model_card import validate_card
-    from ..zoo import SUMS, WEIGHT_FILE, add_release
+    from ..data.guards import check_not_input
+    from ..data.files import check_output_file
+    from ..model.card import validate_card
+    from ..model.publish import add_release
+    from ..model.zoo import SUMS, WEIGHT_FILE
 
     out = check_output_file(args.out, suffixes=(".pt",))  # before any work
     check_not_input(out, {"checkpoint": args.checkpoint, "card": args.card})

@@ -3,9 +3,9 @@
     ddmr jacobian --field DIR/field.nii.gz --out DIR/jacobian.nii.gz
 
 Writes the determinant of the Jacobian of ``x -> x + u(x)``
-(:func:`ddmr_core.spatial.jacobian_determinant`: central differences inside, one-sided at
+(:func:`ddmr_core.spatial.fields.jacobian_determinant`: central differences inside, one-sided at
 the borders) on the field's grid, float32, and prints the folding percentage: voxels
-whose determinant is <= 0 (:func:`ddmr_core.spatial.folding_percentage`, the ``folding``
+whose determinant is <= 0 (:func:`ddmr_core.spatial.fields.folding_percentage`, the ``folding``
 metric). The determinant has no unit: it is the same in voxel and in millimetre
 coordinates (1 keeps volumes, < 1 shrinks, > 1 expands). The field is ``field.nii.gz``
 (ITK/ANTs) or ``field.npz`` (ddmr). The output is written atomically, and never when it
@@ -27,10 +27,11 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from ..field_io import load_field
-    from ..guards import check_not_input, check_spacing
-    from ..io import check_field, check_finite, check_output_file, save_image
-    from ..spatial import folding_percentage, jacobian_determinant
+    from ..data.field_io import load_field
+    from ..data.guards import check_not_input, check_spacing
+    from ..data.io import check_field, check_finite, save_image
+    from ..data.files import check_output_file
+    from ..spatial.fields import folding_percentage, jacobian_determinant
 
     out = check_output_file(args.out)  # before any work
     check_not_input(out, {"field": args.field})

@@ -4,7 +4,7 @@
     ddmr models show NAME[@VERSION] [--json]  # the model card, with the notices it names
     ddmr models hash FOLDER/NAME@VERSION.pt   # (maintainers) record a weight file's sha256
 
-Every release of every registered model is listed (:mod:`ddmr_core.zoo`); a third-party
+Every release of every registered model is listed (:mod:`ddmr_core.model.zoo`); a third-party
 model whose plugin returns only a checkpoint path is listed with "unknown" fields and no
 recorded sha256. ``--markdown`` prints the block that ``docs/models.md`` holds (the tests
 check it against the shipped cards).
@@ -27,13 +27,13 @@ def add_arguments(parser):
 
 
 def _all_releases(registry):
-    from ..zoo import entry_releases
+    from ..model.zoo import entry_releases
 
     return [r for e in registry.entries("models") for r in entry_releases(e)]
 
 
 def _card(release):
-    from ..zoo import embedded_card
+    from ..model.zoo import embedded_card
 
     return release.card if release.card is not None else embedded_card(release)
 
@@ -44,10 +44,10 @@ def _notices(release) -> dict:
 
 def run(args) -> int:
     from ..errors import DdmrError
-    from ..registry import Registry
+    from ..plugins.registry import Registry
 
     if args.action == "hash":
-        from ..zoo import record_sha256
+        from ..model.publish import record_sha256
 
         if not args.target:
             raise DdmrError("ddmr models hash needs the weight file(s): FOLDER/<name>@<version>.pt")
@@ -64,7 +64,7 @@ def run(args) -> int:
 
 
 def _list(args, registry) -> int:
-    from ..model_card import CardError, markdown_block, summary_row, validate_card
+    from ..model.card import CardError, markdown_block, summary_row, validate_card
 
     releases = _all_releases(registry)
     if args.markdown:
@@ -100,8 +100,8 @@ def _list(args, registry) -> int:
 
 def _show(args, registry) -> int:
     from ..errors import DdmrError
-    from ..model_card import render_text, validate_card
-    from ..zoo import lookup
+    from ..model.card import render_text, validate_card
+    from ..model.zoo import lookup
 
     if len(args.target) != 1:
         raise DdmrError("ddmr models show needs one model: NAME or NAME@VERSION")

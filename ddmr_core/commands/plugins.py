@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from ..hookspecs import KINDS
-from ..registry import Registry
+from ..plugins.hookspecs import KINDS
+from ..plugins.registry import Registry
 
 
 

@@ -5,7 +5,7 @@
 The dataset is built from the registry with the shipped data mix-in
 ``mixins/data/<NAME>.gin`` (when there is one), then ``--config`` files, then ``--gin``
 bindings; ``SIZE`` defaults to ``--size`` (128). The samples are cached by
-:func:`ddmr_core.prepare.prepare_named` (resumable, entries written atomically,
+:func:`ddmr_core.data.prepare.prepare_named` (resumable, entries written atomically,
 ``OUT/index.json`` last); the ``prepared`` dataset plugin reads the cache::
 
     ddmr.build_dataset.dataset = @ddmr.datasets.prepared()
@@ -15,7 +15,7 @@ bindings; ``SIZE`` defaults to ``--size`` (128). The samples are cached by
 from __future__ import annotations
 
 from . import add_trust_config_argument
-from ..prepare import SPLITS, prepare, prepare_named  # noqa: F401  (prepare: benchmarks import it from here)
+from ..data.prepare import SPLITS, prepare_named
 
 
 
@@ -35,7 +35,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..locks import output_lock
+    from ..data.locks import output_lock
 
     with output_lock(args.out, "prepare"):
         prepare_named(args.dataset, args.out, args.size, args.config, args.gin, args.splits, args.workers)

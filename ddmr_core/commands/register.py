@@ -15,7 +15,7 @@ optionally ``fixed_seg,moving_seg`` and ``pair`` (an output sub-folder name; def
 ``pair_000``, ...). Relative paths are read relative to the CSV's folder. Each pair goes
 to ``DIR/<pair>/``; ``DIR/summary.json`` and ``DIR/summary.csv`` gather metrics and timings.
 
-Output files: see :mod:`ddmr_core.register_output`. Everything is written to a temporary
+Output files: see :mod:`ddmr_core.registration.output`. Everything is written to a temporary
 folder beside ``DIR`` first, which replaces ``DIR`` as a whole only when all pairs
 succeeded (an existing ``DIR`` must be empty or an earlier ``ddmr register`` output).
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from ..errors import DataError, DdmrError
 
 
-#: as ddmr_core.register_output and ddmr_core.register say (kept here: ``ddmr --help``
+#: as ddmr_core.registration.output and ddmr_core.registration.register say (kept here: ``ddmr --help``
 #: must not import the library's torch stack)
 DEFAULT_OUTPUTS = ("field", "warped", "results")
 AUTO_REFINE_ITERATIONS = 40
@@ -91,7 +91,7 @@ def read_pairs(csv_path: str | Path) -> list[dict]:
     """Rows of a pairs CSV as dicts ``{pair, fixed, moving, fixed_seg, moving_seg}``
     (absent or empty segmentation cells are ``None``; paths resolved against the CSV's
     folder). Checks that every named file exists before anything runs."""
-    from ..io import read_csv
+    from ..data.io import read_csv
 
     csv_path = Path(csv_path)
     header, rows = read_csv(csv_path, "pairs CSV")
@@ -164,8 +164,8 @@ def _print(pair, res):
 
 
 def run(args) -> int:
-    from ..locks import output_lock
-    from ..register_output import check_out
+    from ..data.locks import output_lock
+    from ..registration.output import check_out
 
     single = args.fixed is not None or args.moving is not None
     if args.pairs and (single or args.fixed_seg or args.moving_seg):
@@ -182,10 +182,10 @@ def run(args) -> int:
 
 
 def _suitability(reg, ref) -> str | None:
-    """The one line of :func:`ddmr_core.model_card.suitability` for the loaded model."""
-    from .. import zoo
-    from ..model_card import suitability
-    from ..registry import Registry
+    """The one line of :func:`ddmr_core.model.card.suitability` for the loaded model."""
+    from ..model import zoo
+    from ..model.card import suitability
+    from ..plugins.registry import Registry
 
     registry = Registry(bind_gin=False)
     others = []
@@ -203,9 +203,9 @@ def _suitability(reg, ref) -> str | None:
 
 
 def _run(args, out: Path, pairs) -> int:
-    from ..guards import check_inputs_outside, release_large_blocks
-    from ..register import Registrar
-    from ..register_output import atomic_dir, parse_outputs, write_into
+    from ..data.guards import check_inputs_outside, release_large_blocks
+    from ..registration.register import Registrar
+    from ..registration.output import atomic_output, parse_outputs, write_into
 
     inputs = {"--pairs CSV": args.pairs, "--model": args.model if Path(str(args.model)).exists() else None}
     for item in pairs or [vars(args)]:
@@ -228,7 +228,7 @@ def _run(args, out: Path, pairs) -> int:
             args.fixed, args.moving, args.fixed_seg, args.moving_seg,
             original_resolution=args.original_resolution,
         )
-        with atomic_dir(out) as tmp:
+        with atomic_output(out) as tmp:
             write_into(res, tmp, outputs, not args.uncompressed)
         _print("pair", res)
         print(f"wrote {out}")
@@ -236,7 +236,7 @@ def _run(args, out: Path, pairs) -> int:
 
     rows = []
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_output(out) as tmp:
         for item in pairs:
             res = reg.register(
                 item["fixed"], item["moving"], item["fixed_seg"], item["moving_seg"],
@@ -255,7 +255,7 @@ def _run(args, out: Path, pairs) -> int:
             "total_s": time.perf_counter() - t0,
             "pairs": rows,
         }
-        from ..register import _jsonable
+        from ..registration.register import _jsonable
 
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
         fields = list(dict.fromkeys(k for r in rows for k in r))

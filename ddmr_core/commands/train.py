@@ -36,9 +36,9 @@ def add_arguments(parser):
 def run(args) -> int:
     import contextlib
 
-    from .. import distributed
-    from ..locks import output_lock
-    from ..trainer import train
+    from ..training import distributed
+    from ..data.locks import output_lock
+    from ..training.trainer import train
 
     # one run per folder; under torchrun only rank 0 holds the lock (it alone writes)
     lock = output_lock(args.out, "train") if distributed.ranks()[1] == 0 else contextlib.nullcontext()

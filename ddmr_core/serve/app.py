@@ -59,6 +59,8 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
     Raises:
         DdmrError: a model that does not load.
     """
+    # One function over ~80 lines by design: Flask's routes are closures over this app's
+    # server and result store, declared together so the page's whole API reads in one place.
     import flask
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 

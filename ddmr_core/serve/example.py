@@ -1,7 +1,7 @@
 """The built-in example pair of ``ddmr serve``: the MNI template and a deformed copy.
 
 The pair is pair 0 of the test set ``ddmr build-testset --dataset mni_brain --pairs 1
---size 64 --seed 2023`` would write (:func:`ddmr_core.build_testset.build_testset_named`):
+--size 64 --seed 2023`` would write (:func:`ddmr_core.data.build_testset.build_testset_named`):
 the MNI ICBM152 2009a template that ships inside ``nilearn`` (no download), cropped to
 the brain and resized to 64³, as the fixed image, and the same template through the
 paper's augmentation (thin-plate-spline warp, rotation, translation, gamma, brightness)
@@ -47,7 +47,7 @@ _cache: dict = {}
 
 def label_names(dataset: str) -> dict:
     """``{label: name}`` of a dataset plugin whose module has ``LABEL_NAMES`` (else ``{}``)."""
-    from ..registry import Registry
+    from ..plugins.registry import Registry
 
     factory = Registry(bind_gin=False).get("datasets", dataset)
     return dict(getattr(sys.modules.get(getattr(factory, "__module__", ""), None), "LABEL_NAMES", {}) or {})
@@ -58,8 +58,8 @@ def example_pair(size: int = SIZE, seed: int = SEED) -> ExamplePair:
 
     Building it parses gin configs (the dataset's and the augmentation's); callers that
     also load models keep the two apart (:class:`ddmr_core.serve.server.Server` holds a lock)."""
-    from ..build_testset import build_testset_named
-    from ..register import read_volume
+    from ..data.build_testset import build_testset_named
+    from ..registration.register import read_volume
 
     key = (int(size), int(seed))
     with _lock:

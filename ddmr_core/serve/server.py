@@ -1,6 +1,6 @@
 """What ``ddmr serve`` does, without the web framework: models, uploads, registrations.
 
-:class:`Server` loads every model once (:class:`ddmr_core.register.Registrar`), registers
+:class:`Server` loads every model once (:class:`ddmr_core.registration.register.Registrar`), registers
 the example pair (:mod:`ddmr_core.serve.example`) or two uploaded NIfTI files with one of
 them, and keeps each result (:class:`~ddmr_core.serve.view.ResultView`) in its
 :class:`~ddmr_core.serve.store.ResultStore` under a random id. The Flask application
@@ -81,7 +81,7 @@ class Server:
 
     def __init__(self, models=("brain-mr",), device="cpu", store: ResultStore | None = None,
                  max_voxels: int = MAX_VOXELS):
-        from ..register import Registrar
+        from ..registration.register import Registrar
 
         if not models:
             raise DdmrError("ddmr serve needs at least one model")

@@ -5,7 +5,7 @@
 works on 2-D arrays ``(Na, Nb)`` indexed like the volume (``a`` and ``b`` the two array
 axes of the slice, ``a < b``); :func:`display` turns the finished picture into screen
 order at the very end: axis ``a`` left to right, axis ``b`` bottom to top (the figures'
-convention, :mod:`ddmr_core.figures`), so on a grid brought to RAS an axial slice shows
+convention, :mod:`ddmr_core.registration.figures`), so on a grid brought to RAS an axial slice shows
 anterior up, coronal and sagittal slices superior up.
 
 Pictures are ``uint8`` arrays ``(Na, Nb, 3)`` until :func:`display`; PNG encoding uses
@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..figures import checkerboard
+from ..registration.figures import checkerboard
 
 #: colour of folded voxels (Jacobian determinant <= 0) in :func:`jacobian_rgb`
 FOLD_COLOUR = (255, 230, 0)
@@ -57,7 +57,7 @@ def rgb(grey8: np.ndarray) -> np.ndarray:
 
 
 def checkerboard_rgb(a8: np.ndarray, b8: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Alternating tiles of two grey slices (:func:`ddmr_core.figures.checkerboard`)."""
+    """Alternating tiles of two grey slices (:func:`ddmr_core.registration.figures.checkerboard`)."""
     return rgb(checkerboard(a8, b8, tiles))
 
 

@@ -1,6 +1,6 @@
 """A registration result prepared for viewing: slices on request, metrics, downloads.
 
-:class:`ResultView` wraps one :class:`~ddmr_core.register.RegistrationResult` (arrays on
+:class:`ResultView` wraps one :class:`~ddmr_core.registration.register.RegistrationResult` (arrays on
 its output grid) and keeps in memory what the page shows of it, computed once:
 
 * the volumes brought to the closest RAS orientation of the output grid (an exact
@@ -8,9 +8,9 @@ its output grid) and keeps in memory what the page shows of it, computed once:
   (sagittal slices), 1 posterior-anterior (coronal), 2 inferior-superior (axial), whatever
   the file's orientation; the pull field's components follow the same permutation and
   signs, in voxels of the display axes;
-* the Jacobian determinant of the field (:func:`ddmr_core.spatial.jacobian_determinant`,
+* the Jacobian determinant of the field (:func:`ddmr_core.spatial.fields.jacobian_determinant`,
   the ``ddmr jacobian`` map) and its folding percentage
-  (:func:`~ddmr_core.spatial.folding_percentage`);
+  (:func:`~ddmr_core.spatial.fields.folding_percentage`);
 * the displacement length in millimetres (``|A[:3, :3] u|``, ``A`` the output grid's
   affine);
 * grey-level windows: the fixed image's own, and the moving image's for both the moving
@@ -19,8 +19,8 @@ its output grid) and keeps in memory what the page shows of it, computed once:
 A slice (:meth:`ResultView.slice_png`) is cut from these arrays and encoded when it is
 asked for (:mod:`ddmr_core.serve.slices`): a slider move costs one small PNG per panel,
 never a volume. The files to download are written on the first download, by the writers
-``ddmr register`` and ``ddmr jacobian`` use (:func:`ddmr_core.register_output.write_into`,
-:func:`ddmr_core.io.save_image`), into the result's own folder, and served from there by
+``ddmr register`` and ``ddmr jacobian`` use (:func:`ddmr_core.registration.output.write_into`,
+:func:`ddmr_core.data.io.save_image`), into the result's own folder, and served from there by
 their fixed names (:data:`DOWNLOADS`) only.
 """
 
@@ -58,7 +58,7 @@ class ResultView:
     """One registration result as the web page shows it (see the module docstring).
 
     Args:
-        result: the :class:`~ddmr_core.register.RegistrationResult`.
+        result: the :class:`~ddmr_core.registration.register.RegistrationResult`.
         folder: the result's own folder (the downloads are written there on demand).
         label_names: ``{label: name}`` for the metrics table (default ``"label k"``).
         info: JSON-ready facts about the run for :meth:`summary` (model, source, ...).
@@ -68,7 +68,7 @@ class ResultView:
         import nibabel.orientations as nio
         import torch
 
-        from ..spatial import folding_percentage, jacobian_determinant
+        from ..spatial.fields import folding_percentage, jacobian_determinant
 
         self.result = result
         self.folder = Path(folder)
@@ -173,8 +173,8 @@ class ResultView:
         """The file ``name`` (one of :data:`DOWNLOADS`) in the result's folder, written on
         the first call; ``None`` for any other name. ``name`` only selects among the fixed
         names: it is never joined to a path itself."""
-        from ..io import save_image
-        from ..register_output import write_into
+        from ..data.io import save_image
+        from ..registration.output import write_into
 
         fixed_name = next((n for n in self.available_downloads() if n == name), None)
         if fixed_name is None:
@@ -205,7 +205,7 @@ class ResultView:
 
     def summary(self) -> dict:
         """What the page needs, JSON-ready: grid, axes, views, metrics, timings, downloads."""
-        from ..register import _jsonable
+        from ..registration.register import _jsonable
 
         t = self.result.timings
         axes = []

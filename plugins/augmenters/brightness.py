@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddmr_core.augment import check_non_negative, check_target, draw
+from ddmr_core.data.augment import check_non_negative, check_target, draw
 
 
 class Brightness(nn.Module):

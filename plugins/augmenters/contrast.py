@@ -29,7 +29,7 @@ With probability ``1 - probability`` an image keeps its contrast, so same-contra
 stay in the training mix. Intensities only: label maps, the ground-truth field and the
 geometry are untouched. Place the step after ``normalize`` (it expects [0, 1]) and before
 the geometric steps (it acts on the moving source, which they sample once at the end;
-``ddmr_core.augment``).
+``ddmr_core.data.augment``).
 
 Randomness: every number is drawn from generators of its own, seeded from the sample's
 generator's seed (not its stream), so adding this step to a pipeline changes no other
@@ -44,7 +44,7 @@ from torch import nn
 
 import numpy as np
 
-from ddmr_core.augment import check_non_negative, check_target
+from ddmr_core.data.augment import check_non_negative, check_target
 from ddmr_core.errors import ConfigError
 
 from .normalize import min_max

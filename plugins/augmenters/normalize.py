@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ddmr_core.augment import check_target
+from ddmr_core.data.augment import check_target
 
 
 def min_max(img, eps: float = 1e-8):

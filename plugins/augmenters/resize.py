@@ -2,10 +2,10 @@
 
 Images are resized trilinearly, one-hot segmentations trilinearly, label maps by nearest
 neighbour, and the ground-truth and rendering fields with
-:func:`ddmr_core.spatial.resize_field` (vectors rescaled by ``N_new / N_old`` per axis;
+:func:`ddmr_core.spatial.fields.resize_field` (vectors rescaled by ``N_new / N_old`` per axis;
 fields held on a lattice are upsampled to the old grid first).
 Spacing becomes ``spacing * N_old / N_new``; the affine is updated as
-:func:`ddmr_core.spatial.resize_affine` says. Placed first in a pipeline, the geometric
+:func:`ddmr_core.spatial.grids.resize_affine` says. Placed first in a pipeline, the geometric
 steps then run at the (usually smaller) network size -- physically the same
 augmentation, since bounds are in millimetres, and cheaper.
 """
@@ -17,9 +17,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddmr_core.augment import to_full_resolution
+from ddmr_core.data.augment import to_full_resolution
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import resize_affine, resize_field, resize_image
+from ddmr_core.spatial.fields import resize_field, resize_image
+from ddmr_core.spatial.grids import resize_affine
 
 
 def _resize_segs(segs, size):

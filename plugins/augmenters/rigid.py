@@ -10,11 +10,11 @@ The map from the fixed image to the moving one is
 
 whose pull field is ``disp_true``; its exact inverse ``R^T (q - c - t) + c`` renders the
 moving image. Both are affine, ``u(x) = A x + b`` in voxels, and the pipeline evaluates
-them in closed form (:func:`ddmr_core.augment.add_geometric_step` with ``u_at``/``w_at``):
+them in closed form (:func:`ddmr_core.data.augment.add_geometric_step` with ``u_at``/``w_at``):
 at every voxel when this is the first geometric step; after ``tps`` at the nodes of the
 lattice its fields are held on -- exact for ``disp_true`` (trilinear upsampling reproduces
 affine maps), an interpolation-level approximation for the rendering field (module
-docstring of :mod:`ddmr_core.augment`). ``|t| <= max_translation``; the displacement at
+docstring of :mod:`ddmr_core.data.augment`). ``|t| <= max_translation``; the displacement at
 the centre is ``t``, elsewhere rotation adds ``|(R - I)(p - c)|``.
 """
 
@@ -25,9 +25,9 @@ import math
 import torch
 from torch import nn
 
-from ddmr_core.augment import add_geometric_step, check_non_negative, draw
+from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import identity_grid
+from ddmr_core.spatial.grids import affine_displacement, voxel_affine
 
 
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
@@ -41,33 +41,6 @@ def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
         return m
 
     return rot(1, 2, 0) @ rot(2, 0, 1) @ rot(0, 1, 2)
-
-
-def voxel_affine(matrix: torch.Tensor, offset: torch.Tensor, spacing: torch.Tensor):
-    """``(A (B, 3, 3), b (B, 3))`` float64 with ``u(x) = A x + b`` the pull field in voxels
-    of the map ``p -> matrix @ p + offset`` (mm; voxel ``x`` sits at ``p = S x``,
-    ``S = diag(spacing)``): ``A = S^-1 matrix S - I``, ``b = S^-1 offset``."""
-    sp = spacing.double()
-    m = matrix.double()
-    A = m * sp[:, None, :] / sp[:, :, None] - torch.eye(3, dtype=torch.float64, device=m.device)
-    return A, offset.double() / sp
-
-
-def affine_displacement(A: torch.Tensor, b: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``A x + b`` at voxel coordinates ``points (B or 1, 3, ...)`` -> ``(B, 3, ...)`` in
-    ``points``' dtype: one batched matmul."""
-    B, shape = A.shape[0], points.shape[2:]
-    p = points.reshape(points.shape[0], 3, -1).expand(B, -1, -1)
-    A, b = A.to(points.dtype), b.to(points.dtype)
-    return torch.baddbmm(b.unsqueeze(-1), A, p).view(B, 3, *shape)
-
-
-def affine_field(matrix: torch.Tensor, offset: torch.Tensor, shape, spacing: torch.Tensor) -> torch.Tensor:
-    """Pull field ``(B, 3, D, H, W)`` in voxels of the map ``p -> matrix @ p + offset`` (mm),
-    at every voxel of the grid ``shape``."""
-    points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
-    A, b = voxel_affine(matrix, offset, spacing.to(matrix.device))
-    return affine_displacement(A, b, points)
 
 
 class Rigid(nn.Module):

@@ -27,7 +27,7 @@ one batched ``(K + 4)``-square float64 solve plus an exact lattice evaluation.
 The inverse is iterated on the lattice (cheap) too. The step hands both fields to the
 pipeline on the lattice (:meth:`TPS.lattice_fields`); the pipeline keeps them there
 through closed-form steps such as ``rigid`` and upsamples them once, when it renders the
-pair (:mod:`ddmr_core.augment`); :meth:`TPS.fields` gives them at every voxel.
+pair (:mod:`ddmr_core.data.augment`); :meth:`TPS.fields` gives them at every voxel.
 
 Accuracy: the lattice upsampling against the exact spline at every voxel and the
 inverse's residual ``|u(x) + w(x + u(x))|`` stay within the sub-voxel bounds that
@@ -57,9 +57,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddmr_core.augment import add_geometric_step, check_non_negative, draw, nodes_per_voxel
+from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw, lattice_nodes, nodes_per_voxel
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.spatial import upsample_lattice, warp
+from ddmr_core.spatial.fields import warp
+from ddmr_core.spatial.grids import upsample_lattice
 
 _CHUNK = 16384  # evaluation points per block: caps the (B, P, K) kernel matrix in memory
 
@@ -250,9 +251,9 @@ class TPS(nn.Module):
         return tuple(min(n, (g - 1) * self.subdivisions + 1) for n, g in zip(shape, self.grid))
 
     def lattice_points(self, shape, device) -> torch.Tensor:
-        """``(1, Q, 3)`` lattice nodes in voxel coordinates (first to last voxel per axis)."""
-        axes = [torch.linspace(0, n - 1, m, device=device) for n, m in zip(shape, self.lattice_shape(shape))]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
+        """``(1, Q, 3)`` lattice nodes in voxel coordinates (first to last voxel per axis):
+        :func:`ddmr_core.data.augment.lattice_nodes`, points last."""
+        return lattice_nodes(shape, self.lattice_shape(shape), device).flatten(2).transpose(1, 2)
 
     def spline(self, state):
         """Draw the control displacements and fit the spline.
@@ -346,7 +347,7 @@ class TPS(nn.Module):
     def lattice_fields(self, state):
         """``(u, w)`` on the evaluation lattice, ``(B, 3, *lattice_shape)``: the step's pull
         field (the spline at the lattice nodes) and its inverse, in voxels of the image
-        grid. The pipeline keeps them there (see :mod:`ddmr_core.augment`); trilinear
+        grid. The pipeline keeps them there (see :mod:`ddmr_core.data.augment`); trilinear
         upsampling (``align_corners=True``) gives the fields at every voxel."""
         fixed = state["fixed"]
         B, shape = fixed.shape[0], tuple(fixed.shape[2:])

@@ -1,7 +1,7 @@
 """Built-in backbones: ``vxm_unet`` (the paper's U-Net), ``monai_localnet`` (MONAI) and
 ``affine_cascade`` (a learnt affine stage in front of another backbone)."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

@@ -13,7 +13,7 @@ instead, so one forward pass registers the pair:
    the moving image's, by least squares in closed form;
 2. the moving image is warped by that map and the deformable backbone predicts the
    residual on the pre-aligned pair;
-3. the two compose exactly, with no interpolation (:func:`ddmr_core.spatial.compose_affine`).
+3. the two compose exactly, with no interpolation (:func:`ddmr_core.spatial.fields.compose_affine`).
 
 Everything is trained end to end by the model's losses. Fields follow
 ``docs/ARCHITECTURE.md``: ``(B, 3, D, H, W)`` voxel pull displacements.
@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.layers import Conv3d
-from ddmr_core.prealign import affine_field, voxel_matrix
-from ddmr_core.spatial import compose_affine, identity_grid, warp
+from ddmr_core.spatial.layers import Conv3d
+from ddmr_core.spatial.prealign import affine_field, voxel_matrix
+from ddmr_core.spatial.fields import compose_affine, warp
+from ddmr_core.spatial.grids import identity_grid, to_normalised
 
 from .integration import check_pair
 
@@ -97,10 +98,8 @@ class KeypointAffine(nn.Module):
         weights = weights / weights.sum(-1, keepdim=True)
         # feature voxel j sits over image voxel stride * j (kernel 3, padding 1, stride 2)
         grid = identity_grid(maps.shape[2:], maps.device, maps.dtype) * self.stride
-        norm = torch.tensor([2.0 / max(n - 1, 1) for n in image.shape[2:]], device=maps.device,
-                            dtype=maps.dtype).view(1, 3, 1, 1, 1)
-        coords = (grid * norm - 1.0).flatten(2)[0]                # (3, N), array order
-        return torch.einsum("bkn,cn->bkc", weights, coords).flip(-1)  # xyz
+        coords = to_normalised(grid, image.shape[2:]).flatten(2)[0]  # (3, N), xyz
+        return torch.einsum("bkn,cn->bkc", weights, coords)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         both = self.keypoints(torch.cat([fixed, moving], dim=0))

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.layers import Conv3d
-from ddmr_core.spatial import compose, resize_field
+from ddmr_core.spatial.layers import Conv3d
+from ddmr_core.spatial.fields import compose, resize_field
 
 
 def check_size(size: Sequence[int] | None, divisor: int, what: str) -> tuple | None:
@@ -75,7 +75,7 @@ def scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     """Integrate a stationary velocity field into a diffeomorphic displacement.
 
     ``u = exp(v)`` computed as ``u_0 = v / 2^steps`` then ``steps`` times
-    ``u <- u o u`` (:func:`ddmr_core.spatial.compose`). Both in voxels, ``(B, 3, D, H, W)``.
+    ``u <- u o u`` (:func:`ddmr_core.spatial.fields.compose`). Both in voxels, ``(B, 3, D, H, W)``.
     """
     if steps <= 0:
         return velocity

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.layers import Conv3d
+from ddmr_core.spatial.layers import Conv3d
 
 from .integration import FieldOutput, check_pair, check_size, flow_conv
 
@@ -58,11 +58,11 @@ class VxmUNet(nn.Module):
             the output layer. The scale of every layer's output then no longer depends on
             its weights' norm, so an Adam step, which moves every weight by about the
             learning rate, cannot multiply the field by growing all layers at once
-            (``docs/ARCHITECTURE.md``, "Training that learns").
+            (``docs/research_notes.md``, "Training that learns").
         output_stride: predict the field on a grid ``output_stride`` times coarser per
             axis (a power of 2, at most ``2 ** (len(widths) - 1)``) and upsample it. Fewer
             outputs, each backed by more voxels: smooth fields are learnt in fewer steps
-            and cost less (``docs/ARCHITECTURE.md``, "Training that learns").
+            and cost less (``docs/research_notes.md``, "Training that learns").
         integration_steps: scaling-and-squaring steps (0: plain displacement).
         slope: LeakyReLU negative slope (0.2 as voxelmorph).
         in_channels: channels of fixed + moving together (2 for one-channel images).
@@ -154,15 +154,6 @@ class VxmUNet(nn.Module):
         }
 
 
-def vxm_unet(
-    widths: Sequence[int] = PAPER_WIDTHS,
-    head: Sequence[int] = PAPER_HEAD,
-    size: Sequence[int] | None = None,
-    half_res: bool = False,
-    integration_steps: int = 0,
-    slope: float = 0.2,
-    output_stride: int = 1,
-    norm: str | None = None,
-) -> VxmUNet:
-    """Factory registered as ``ddmr.backbones.vxm_unet`` (see :class:`VxmUNet`)."""
-    return VxmUNet(widths, head, size, half_res, integration_steps, slope, output_stride=output_stride, norm=norm)
+#: the factory registered as ``ddmr.backbones.vxm_unet``: the class itself, so its parameters
+#: are configured in one place (``ddmr.backbones.vxm_unet.widths = ...``)
+vxm_unet = VxmUNet

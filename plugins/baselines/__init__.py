@@ -5,7 +5,7 @@ Each factory builds an object with ``register(fixed, moving, spacing) -> disp`` 
 convention), and ``available()`` telling whether its library is installed.
 """
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

@@ -1,6 +1,6 @@
 """Built-in datasets."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
@@ -11,11 +11,6 @@ def ddmr_datasets():
     from .prepared import PreparedDataset
     from .synthetic import SyntheticDataset
 
-    return {
-        "synthetic": SyntheticDataset,
-        "nifti_folder": NiftiFolderDataset,
-        "manifest": ManifestDataset,
-        "mni_brain": MniBrainDataset,
-        "abdomen_phantom": AbdomenPhantomDataset,
-        "prepared": PreparedDataset,
-    }
+    return {"synthetic": SyntheticDataset, "nifti_folder": NiftiFolderDataset, "manifest": ManifestDataset,
+            "mni_brain": MniBrainDataset, "abdomen_phantom": AbdomenPhantomDataset,
+            "prepared": PreparedDataset}

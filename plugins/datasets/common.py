@@ -1,7 +1,7 @@
 """Shared machinery of the built-in dataset plugins: subjects, seeded splits, samples.
 
 A dataset is a list of subjects, each a loader returning ``(image, seg or None, affine)``
-on its original grid, plus a :class:`ddmr_core.preprocess.Preprocess` that brings it to
+on its original grid, plus a :class:`ddmr_core.data.preprocess.Preprocess` that brings it to
 the network grid. ``split(name)`` gives a ``torch.utils.data.Dataset`` of samples::
 
     {"image": float32 (1, D, H, W) in [0, 1], "seg": uint8 (1, D, H, W) (when the
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.io import spacing_from_affine
-from ddmr_core.preprocess import Preprocess, as_preprocess
+from ddmr_core.data.io import spacing_from_affine
+from ddmr_core.data.preprocess import Preprocess, as_preprocess
 
 SPLITS = ("train", "validation", "test")
 

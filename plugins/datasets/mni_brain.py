@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from ddmr_core.errors import DataError
-from ddmr_core.io import load_image
-from ddmr_core.preprocess import Preprocess, as_preprocess
+from ddmr_core.data.io import load_image
+from ddmr_core.data.preprocess import Preprocess, as_preprocess
 
 from .common import Subject, SubjectDataset, make_sample, seeded_splits
 

@@ -1,7 +1,7 @@
 """Users' own NIfTI data: ``nifti_folder`` (a folder of files) and ``manifest`` (a CSV).
 
 Any orientation and spacing: files are read with nibabel, array axes and affine kept,
-and the :class:`ddmr_core.preprocess.Preprocess` brings every subject to the network
+and the :class:`ddmr_core.data.preprocess.Preprocess` brings every subject to the network
 grid (by default 1 mm isotropic, resized to ``size``, intensities mapped to [0, 1]
 between the 0.5th and 99.5th percentiles; set ``window`` for CT, ``crop_labels`` to crop
 around an organ).
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ddmr_core.errors import DataError
-from ddmr_core.guards import check_spacing
-from ddmr_core.io import list_nifti, load_image_and_seg, load_label_map, nifti_stem, read_csv
-from ddmr_core.preprocess import Preprocess, as_preprocess
+from ddmr_core.data.guards import check_spacing
+from ddmr_core.data.io import list_nifti, load_image_and_seg, load_label_map, nifti_stem, read_csv
+from ddmr_core.data.preprocess import Preprocess, as_preprocess
 
 from .common import SPLITS, Subject, SubjectDataset, scan_labels, seeded_splits
 

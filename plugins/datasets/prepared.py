@@ -1,6 +1,6 @@
 """``prepared``: samples cached on disk by ``ddmr prepare`` (no preprocessing at load time).
 
-Layout of a cache folder ``DIR`` (written by :mod:`ddmr_core.prepare`, which owns the format)::
+Layout of a cache folder ``DIR`` (written and read by :mod:`ddmr_core.data.prepare`, which owns the format)::
 
     DIR/index.json                 # format, dataset, labels, preprocess, splits
     DIR/<split>/<index>.npz        # image float32 (D, H, W), seg uint8 (D, H, W) (optional), affine (4, 4)
@@ -11,46 +11,19 @@ refused. Entries are plain (uncompressed) ``.npz`` files: loading one is a file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import Dataset
 
-from ddmr_core.errors import DataError
-from ddmr_core.prepare import FORMAT, FORMAT_VERSION, INDEX, default_workers  # noqa: F401  (the format's owner)
+from ddmr_core.data.prepare import read_entry, read_index
 
 from .common import SPLITS, make_sample
 
-def read_index(path: str | Path) -> dict:
-    root = Path(path)
-    index = root / INDEX
-    if not root.is_dir():
-        raise DataError(f"prepared: cache folder {str(root)!r} not found (run `ddmr prepare --out {root}`)")
-    if not index.is_file():
-        raise DataError(
-            f"prepared: {str(root)!r} has no {INDEX}: not a finished `ddmr prepare` cache "
-            "(an interrupted run? run `ddmr prepare` again)"
-        )
-    try:
-        meta = json.loads(index.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"prepared: {str(index)!r} cannot be read: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"prepared: {str(index)!r} is not a ddmr prepare index")
-    return meta
-
 
 def load_entry(path: Path) -> dict:
-    try:
-        with np.load(path) as z:
-            image = z["image"]
-            seg = z["seg"] if "seg" in z.files else None
-            affine = z["affine"]
-            index = int(z["index"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"prepared: cache entry {str(path)!r} cannot be read: {exc}") from exc
-    return make_sample(image, seg, affine, index)
+    """A cache entry (:func:`ddmr_core.data.prepare.read_entry`) as a dataset sample."""
+    e = read_entry(path)
+    return make_sample(e["image"], e["seg"], e["affine"], e["index"])
 
 
 class _PreparedSplit(Dataset):

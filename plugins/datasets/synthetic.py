@@ -85,7 +85,7 @@ class SyntheticDataset:
         self.shape, self.spacing, self.seed = tuple(shape), tuple(spacing), seed
         # generated directly on the network grid: the only "preprocessing" to record is
         # that grid and a min-max to [0, 1] (what a user image needs to look alike)
-        from ddmr_core.preprocess import Preprocess
+        from ddmr_core.data.preprocess import Preprocess
 
         self.preprocess = Preprocess(spacing=None, size=self.shape, percentiles=(0.0, 100.0)).to_dict()
         self.labels = tuple(range(1, n_labels + 1))

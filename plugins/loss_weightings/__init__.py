@@ -1,7 +1,7 @@
 """Built-in loss weightings: ``fixed`` (eq. 1), ``uw`` (uncertainty weighting), ``dtp``
 (dynamic task prioritisation), ``dwa`` (dynamic weight average)."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

@@ -7,24 +7,22 @@ All are "lower is better": ``1 - similarity``.
 * ``ssim``: 3-D SSIM with a Gaussian window, computed separably (the statistics of MONAI's
   ``SSIMLoss`` and scikit-image's ``structural_similarity(gaussian_weights=True,
   use_sample_covariance=False)``);
-* ``mi``: mutual information (:func:`ddmr_core.similarity.mutual_information`), which,
+* ``mi``: mutual information (:func:`ddmr_core.spatial.similarity.mutual_information`), which,
   unlike the three above, does not assume that the two images share a contrast.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from ddmr_core.similarity import global_ncc, mutual_information
+from ddmr_core.spatial.similarity import global_ncc, mutual_information, ssim_map
 
 from .common import MonaiBacked, check_pair
 
 
 class NCCLoss(nn.Module):
-    """``1 - NCC``, NCC (:func:`ddmr_core.similarity.global_ncc`) computed over the whole
+    """``1 - NCC``, NCC (:func:`ddmr_core.spatial.similarity.global_ncc`) computed over the whole
     volume of each sample and channel, then averaged. Range [0, 2]; 0 when the images
     agree up to a positive affine intensity map.
 
@@ -68,13 +66,8 @@ class LNCCLoss(MonaiBacked):
 
 
 class SSIMLoss(nn.Module):
-    """``1 - SSIM`` in 3-D with a Gaussian window, averaged over the valid region.
-
-    The statistics are those of MONAI's ``SSIMLoss`` and of scikit-image's
-    ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``, but the
-    Gaussian window is applied as three 1-D passes (``3 * win`` instead of ``win ** 3``
-    multiplications per voxel): on a CPU, MONAI's dense 11^3 kernel dominated a training
-    step.
+    """``1 - SSIM`` in 3-D with a Gaussian window, averaged over the valid region
+    (:func:`ddmr_core.spatial.similarity.ssim_map`: MONAI's statistics, a separable window).
 
     Args:
         win: window size (odd), voxels; 11 with sigma 1.5 is scikit-image's Gaussian window.
@@ -92,42 +85,18 @@ class SSIMLoss(nn.Module):
             raise ValueError(f"ssim: win must be a positive odd number of voxels, got {win}")
         if sigma <= 0 or data_range <= 0:
             raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma}, {data_range}")
-        # in Python floats: tensor maths here would, when a checkpoint's model is probed on
-        # the meta device, pull in torch's reference kernels (a second of imports)
-        g = [math.exp(-((i - (win - 1) / 2) ** 2) / (2 * sigma**2)) for i in range(win)]
-        self.register_buffer("kernel", torch.tensor([v / sum(g) for v in g], dtype=torch.float32), persistent=False)
-        self.win = win
-        self.c1, self.c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-
-    def _blur(self, maps: torch.Tensor) -> torch.Tensor:
-        """Valid (unpadded) separable Gaussian filtering of every channel."""
-        c = maps.shape[1]
-        k = self.kernel.to(maps.dtype)
-        for axis in range(3):
-            view = [1, 1, 1, 1, 1]
-            view[2 + axis] = self.win
-            weight = k.view(view).expand(c, *view[1:])
-            # groups = channels: one filter per map (also the fast oneDNN path on CPU)
-            maps = torch.nn.functional.conv3d(maps, weight, groups=c)
-        return maps
+        self.win, self.sigma, self.data_range, self.k1, self.k2 = int(win), float(sigma), float(data_range), k1, k2
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_pair(warped, fixed, "ssim")
         if min(warped.shape[2:]) < self.win:
             raise ValueError(f"ssim: images {tuple(warped.shape[2:])} are smaller than the {self.win}-voxel window")
-        c = warped.shape[1]
-        x, y = warped, fixed
-        mu_x, mu_y, xx, yy, xy = self._blur(torch.cat([x, y, x * x, y * y, x * y], 1)).split(c, 1)
-        var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-        ssim = ((2 * mu_x * mu_y + self.c1) * (2 * cov + self.c2)) / (
-            (mu_x**2 + mu_y**2 + self.c1) * (var_x + var_y + self.c2)
-        )
-        return 1.0 - ssim.mean()
+        return 1.0 - ssim_map(warped, fixed, self.win, "gaussian", self.sigma, self.data_range, self.k1, self.k2).mean()
 
 
 class MILoss(nn.Module):
     """``1 - NMI``: normalised mutual information
-    (:func:`ddmr_core.similarity.mutual_information` with ``normalised=True``), per sample
+    (:func:`ddmr_core.spatial.similarity.mutual_information` with ``normalised=True``), per sample
     and channel, averaged. About [0, 1]; 0 when either image's intensities determine the
     other's by a one-to-one map (an inversion, a T1 against a T2-like remap): a similarity
     for pairs of different contrasts.

@@ -5,7 +5,7 @@ beyond it: ``folding``, ``sdlogj``, ``epe``. Each metric object says whether hig
 better (``higher_is_better``), which the summary table uses to mark the best method.
 """
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
@@ -15,15 +15,5 @@ def ddmr_metrics():
     from .runtime import runtime
     from .segmentation import dsc, hd, hd95, tre
 
-    return {
-        "ssim": ssim,
-        "ncc": ncc,
-        "dsc": dsc,
-        "hd": hd,
-        "hd95": hd95,
-        "tre": tre,
-        "runtime": runtime,
-        "folding": folding,
-        "sdlogj": sdlogj,
-        "epe": epe,
-    }
+    return {"ssim": ssim, "ncc": ncc, "dsc": dsc, "hd": hd, "hd95": hd95, "tre": tre, "runtime": runtime,
+            "folding": folding, "sdlogj": sdlogj, "epe": epe}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddmr_core.spatial import folding_percentage, jacobian_determinant
+from ddmr_core.spatial.fields import folding_percentage, jacobian_determinant
 
 from .base import Metric, spacing_of
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ddmr_core.similarity import centroid_distance
-from ddmr_core.similarity import dice as overlap
+from ddmr_core.spatial.similarity import centroid_distance
+from ddmr_core.spatial.similarity import dice as overlap
 
 from .base import Metric, foreground_labels, spacing_of
 
@@ -35,7 +35,7 @@ def _segs(pair: dict):
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (:func:`ddmr_core.similarity.dice`); NaN when both are empty."""
+    """Dice of two boolean masks (:func:`ddmr_core.spatial.similarity.dice`); NaN when both are empty."""
     return float(overlap(a, b))
 
 
@@ -123,7 +123,7 @@ class HD(Metric):
 class TRE(Metric):
     """Target registration error (mm): distance between the centroids of each label in the
     fixed and in the warped label map (the paper's definition,
-    :func:`ddmr_core.similarity.centroid_distance`), mean over labels.
+    :func:`ddmr_core.spatial.similarity.centroid_distance`), mean over labels.
 
     The distance uses the voxel spacing only: an orthonormal orientation does not change it.
     """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ddmr_core.config import config_root, parse_config, shipped_configs
+from ddmr_core.config.parsing import config_root, parse_config, shipped_configs
 
 CONFIGS = shipped_configs()
 

@@ -6,10 +6,10 @@ Widths are overridden through gin bindings, as a user would, to keep the test fa
 import pytest
 import torch
 
-from ddmr_core.config import config_root, parse_config
+from ddmr_core.config.parsing import config_root, parse_config
 from ddmr_core.errors import ConfigError
-from ddmr_core.experiment import build_model
-from ddmr_core.spatial import one_hot
+from ddmr_core.model.build import build_model
+from ddmr_core.spatial.fields import one_hot
 from ddmr_plugins.datasets.synthetic import make_phantom
 
 # Table 1: design -> (loss terms besides the regulariser, weighting class name)

@@ -1,5 +1,5 @@
 """Worker for test_trainer_ddp.py, started by ``torchrun``: trains exactly as ``ddmr train``
-does (``ddmr_core.trainer.train``), then saves this rank's weights and the sample indices
+does (``ddmr_core.training.trainer.train``), then saves this rank's weights and the sample indices
 it trained on to ``DUMP_DIR/rank<R>.pt``."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ddmr_core.trainer import train
+from ddmr_core.training.trainer import train
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddmr_core.checkpoint import load_checkpoint, save_checkpoint
+from ddmr_core.model.checkpoint import load_checkpoint, save_checkpoint
 from ddmr_core.errors import CheckpointError
 
 

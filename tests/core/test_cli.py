@@ -99,7 +99,7 @@ def test_loading_a_model_for_inference_imports_no_monai_or_dynamo():
     loss plugins) is not imported; nor is torch._dynamo, which random or arange fills
     of the checkpoint's meta-device shape probe would import. Each costs a second or more
     of every `ddmr register`."""
-    code = ("import sys; from ddmr_core.register import Registrar; Registrar('brain-mr')\n"
+    code = ("import sys; from ddmr_core.registration.register import Registrar; Registrar('brain-mr')\n"
             "print('LOADED:', *[m for m in ('monai', 'torch._dynamo') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "LOADED:"

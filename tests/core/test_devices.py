@@ -41,9 +41,9 @@ def test_mps_where_absent():
 
 def test_every_entry_point_uses_the_policy(tmp_path):
     """Trainer, Registrar and evaluate refuse the same name with the same words."""
-    from ddmr_core.evaluate import evaluate
-    from ddmr_core.register import Registrar
-    from ddmr_core.trainer import Trainer
+    from ddmr_core.evaluation.evaluate import evaluate
+    from ddmr_core.registration.register import Registrar
+    from ddmr_core.training.trainer import Trainer
 
     for call in (lambda: Trainer(tmp_path / "run", device="meta"),
                  lambda: Registrar(tmp_path / "none.pt", device="meta"),

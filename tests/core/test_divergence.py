@@ -1,7 +1,7 @@
 """The paper-size U-Net under the paper's optimiser: it diverges with the published blocks
 and stays stable with the GroupNorm that ``mixins/backbone/vxm_paper.gin`` turns on.
 
-The mechanism (docs/ARCHITECTURE.md, "Training that learns"): Adam moves every weight by
+The mechanism (docs/research_notes.md, "Training that learns"): Adam moves every weight by
 about the learning rate, so the deep layers, whose initial weights are tiny, change their
 scale by tens of per cent per step, and the field -- the product of ~13 layers' scales --
 by orders of magnitude. Normalised layers make the output scale independent of the
@@ -15,9 +15,9 @@ GroupNorm it grows by at most 3.3x per step towards the shift.
 import pytest
 import torch
 
-from ddmr_core.config import parse_config
-from ddmr_core.experiment import build_model
-from ddmr_core.spatial import warp
+from ddmr_core.config.parsing import parse_config
+from ddmr_core.model.build import build_model
+from ddmr_core.spatial.fields import warp
 from ddmr_plugins.losses.image import NCCLoss
 
 SIZE = 64  # the smallest grid the 6-level paper U-Net accepts

@@ -10,14 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from ddmr_core.checkpoint import save_checkpoint
+from ddmr_core.model.checkpoint import save_checkpoint
 from ddmr_core.cli import main as cli_main
 from ddmr_core.errors import DataError
-from ddmr_core.evaluate import TestSet, evaluate, to_original_grid
-from ddmr_core.hookspecs import hookimpl
-from ddmr_core.plugins import get_plugin_manager
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import warp
+from ddmr_core.data.testset import read_testset
+from ddmr_core.evaluation.evaluate import evaluate
+from ddmr_core.evaluation.scoring import to_original_grid
+from ddmr_core.plugins.hookspecs import hookimpl
+from ddmr_core.plugins.manager import get_plugin_manager
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import warp
 from ddmr_plugins.datasets.synthetic import make_phantom
 
 SHAPE = (24, 24, 24)
@@ -123,7 +125,7 @@ def test_evaluate_end_to_end(tmp_path, registry):
         for col in ("ssim", "ncc", "dsc", "dsc_1", "dsc_2", "hd", "hd95", "tre", "runtime", "sdlogj"):
             assert math.isfinite(float(model[col])), col
     # identity's scores agree with metrics computed directly on the unregistered pair
-    pair = TestSet(root).load(0)
+    pair = read_testset(root).load(0)
     from ddmr_plugins.metrics.segmentation import dice
     assert float(by[("identity", "pair_000")]["dsc_1"]) == pytest.approx(dice(pair.fixed_seg == 1, pair.moving_seg == 1))
     # progress: one line per method and pair
@@ -174,7 +176,7 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
     rc = cli_main(["evaluate", "--testset", str(root), "--baseline", "identity", "--out", str(tmp_path / "g"),
                    "--no-figures", "--metric", "ncc", "--gin", "ddmr.metrics.ncc.win = None"])
     assert rc == 0
-    pair = TestSet(root).load(0)
+    pair = read_testset(root).load(0)
     ncc = float(_read_csv(tmp_path / "g" / "per_pair.csv")[0]["ncc"])
     assert ncc == pytest.approx(np.corrcoef(pair.fixed.ravel(), pair.moving.ravel())[0, 1], abs=1e-5)
     # a binding naming a parameter that does not exist: one clear message
@@ -185,20 +187,20 @@ def test_cli_bad_input_and_unavailable_baseline(tmp_path, monkeypatch, capsys):
 
 def test_testset_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        TestSet(tmp_path / "nope")
+        read_testset(tmp_path / "nope")
     (tmp_path / "manifest.csv").write_text("pair,fixed\nx,a.nii.gz\n")
     (tmp_path / "testset.json").write_text('{"labels": [1]}')
     with pytest.raises(DataError, match="moving"):
-        TestSet(tmp_path)
+        read_testset(tmp_path)
     (tmp_path / "manifest.csv").write_text("pair,fixed,moving\n")
     with pytest.raises(DataError, match="no pairs"):
-        TestSet(tmp_path)
+        read_testset(tmp_path)
 
 
 def test_original_resolution_field(tmp_path, registry):
     """A test grid that is the original grid resized 2x: the field is carried back
     through the affines, a constant shift in mm stays the same shift in mm."""
-    from ddmr_core.spatial import resize_affine
+    from ddmr_core.spatial.grids import resize_affine
     orig_shape = (32, 32, 32)
     a0 = np.diag([0.75, 0.5, 0.625, 1.0])
     a = resize_affine(a0, orig_shape, (16, 16, 16))
@@ -206,7 +208,7 @@ def test_original_resolution_field(tmp_path, registry):
     v = to_original_grid(disp, a, orig_shape, a0)
     np.testing.assert_allclose(v[:, 4:-4, 4:-4, 4:-4].reshape(3, -1).mean(1), [2.0, -1.0, 0.5], atol=1e-5)
     # the same as resize_field, the toolkit's own resampling of a field
-    from ddmr_core.spatial import resize_field
+    from ddmr_core.spatial.fields import resize_field
     ref = resize_field(torch.from_numpy(disp)[None], orig_shape)[0].numpy()
     np.testing.assert_allclose(v, ref, atol=1e-4)
 
@@ -214,7 +216,8 @@ def test_original_resolution_field(tmp_path, registry):
 def test_evaluate_at_original_resolution(tmp_path, registry):
     """Originals on a 2x finer grid: with original_resolution the fields are carried
     there and every metric is computed on the original volumes."""
-    from ddmr_core.spatial import resize_affine, resize_image
+    from ddmr_core.spatial.fields import resize_image
+    from ddmr_core.spatial.grids import resize_affine
     from ddmr_plugins.metrics.segmentation import dice
 
     root = tmp_path / "ts"
@@ -311,7 +314,7 @@ def test_a_crash_leaves_the_earlier_report_as_it_was(tmp_path):
 
 
 def test_reads_what_the_testset_writer_writes(tmp_path):
-    from ddmr_core.testset import finish_testset, write_pair
+    from ddmr_core.data.testset import finish_testset, write_pair
 
     fixed, seg = make_phantom(SHAPE, 2, seed=5)
     affine = np.diag(list(SPACING) + [1.0])

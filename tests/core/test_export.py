@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ddmr_core.checkpoint import export_model, load_model
+from ddmr_core.model.checkpoint import export_model, load_model
 from ddmr_core.errors import CheckpointError
 from conftest import TINY_TRAINING, make_trainer, run_cli
 

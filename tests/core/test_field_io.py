@@ -1,5 +1,5 @@
 """Field files: the ITK/ANTs NIfTI must mean the same warp to SimpleITK and ANTs as
-``ddmr_core.spatial.warp`` means to us, on an oblique, anisotropic grid."""
+``ddmr_core.spatial.fields.warp`` means to us, on an oblique, anisotropic grid."""
 
 import nibabel as nib
 import numpy as np
@@ -9,14 +9,14 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from ddmr_core.errors import DataError
-from ddmr_core.field_io import (
+from ddmr_core.data.field_io import (
     INTENT_VECTOR,
     load_field_itk,
     load_field_npz,
     save_field_itk,
     save_field_npz,
 )
-from ddmr_core.spatial import warp
+from ddmr_core.spatial.fields import warp
 
 SHAPE = (20, 24, 16)
 

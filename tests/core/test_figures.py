@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ddmr_core.figures import checkerboard, draw_deformation_grid  # noqa: E402
+from ddmr_core.registration.figures import checkerboard, draw_deformation_grid  # noqa: E402
 
 
 def test_checkerboard_alternates_tiles():

@@ -8,10 +8,10 @@ import gin
 import pytest
 import torch
 
-from ddmr_core import hookspecs
-from ddmr_core.hookspecs import KINDS, hookimpl
-from ddmr_core.plugins import get_plugin_manager
-from ddmr_core.registry import Registry
+from ddmr_core.plugins import hookspecs
+from ddmr_core.plugins.hookspecs import KINDS, hookimpl
+from ddmr_core.plugins.manager import get_plugin_manager
+from ddmr_core.plugins.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("ddmr_")]

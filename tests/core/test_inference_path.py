@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-import ddmr_core.evaluate as evaluate_module
-from ddmr_core.checkpoint import save_checkpoint
+import ddmr_core.evaluation.evaluate as evaluate_module
+from ddmr_core.model.checkpoint import save_checkpoint
 from ddmr_core.cli import main
-from ddmr_core.config import config_text, parse_config
-from ddmr_core.experiment import build_model
-from ddmr_core.preprocess import Preprocess
-from ddmr_core.register import Registrar, dice_tre, image_ncc
+from ddmr_core.config.parsing import config_text, parse_config
+from ddmr_core.model.build import build_model
+from ddmr_core.data.preprocess import Preprocess
+from ddmr_core.registration.register import Registrar, dice_tre, image_ncc
 
 ROOT = Path(__file__).resolve().parents[2]
 NET = (16, 16, 16)
@@ -69,7 +69,7 @@ def test_register_and_evaluate_give_the_same_field(tmp_path, monkeypatch):
     """One NIfTI pair, through ``Registrar.register`` and through ``ddmr evaluate``: the
     same field on the same grid. The model refines (instance optimisation) and works on
     16^3 while the images are 24^3, so where each step runs matters."""
-    from ddmr_core.testset import finish_testset, write_pair
+    from ddmr_core.data.testset import finish_testset, write_pair
 
     ck = tiny_checkpoint(tmp_path / "m.pt", {"spacing": None, "size": list(NET), "percentiles": [0, 100]},
                          refine_iterations=3, prealign="affine")
@@ -111,7 +111,7 @@ def test_register_and_evaluate_give_the_same_field(tmp_path, monkeypatch):
 def shipped_recipes() -> dict:
     """Every distinct preprocessing recipe a shipped config trains a model with (the
     experiments and the data mix-ins), network size 16^3."""
-    from ddmr_core.experiment import build_dataset
+    from ddmr_core.data.datasets import build_dataset
 
     recipes = {}
     configs = sorted((ROOT / "configs" / "experiments").glob("*/*.gin")) + sorted(

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from ddmr_core.errors import DataError
-from ddmr_core.io import (
-    atomic_path,
-    load_image,
-    load_image_and_seg,
-    load_label_map,
-    save_image,
-    save_label_map,
-    spacing_from_affine,
-)
+from ddmr_core.data.io import load_image, load_image_and_seg, load_label_map, save_image, save_label_map, spacing_from_affine
+from ddmr_core.data.files import atomic_path
 
 
 def oblique_affine(spacing=(0.8, 1.2, 2.5), angle=0.3):
@@ -139,8 +132,8 @@ def test_arrays_get_the_checks_and_messages_of_files(tmp_path, bad, words):
     """register.read_volume (arrays, tensors, nibabel images) checks as io reads files."""
     import torch
 
-    from ddmr_core.io import as_image
-    from ddmr_core.register import read_volume
+    from ddmr_core.data.io import as_image
+    from ddmr_core.registration.register import read_volume
 
     save_image(tmp_path / "bad.nii.gz", bad.astype(np.float32), np.eye(4)) if bad.ndim == 3 else None
     with pytest.raises(DataError, match=words):
@@ -155,7 +148,7 @@ def test_arrays_get_the_checks_and_messages_of_files(tmp_path, bad, words):
 def test_read_volume_of_arrays_tensors_and_nibabel_images():
     import torch
 
-    from ddmr_core.register import read_volume
+    from ddmr_core.registration.register import read_volume
 
     labels = np.random.default_rng(1).integers(0, 5, size=(4, 5, 6))
     aff = oblique_affine()

@@ -1,10 +1,10 @@
-"""ddmr_core.layers: the oneDNN Conv3d must compute exactly what nn.Conv3d computes."""
+"""ddmr_core.spatial.layers: the oneDNN Conv3d must compute exactly what nn.Conv3d computes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ddmr_core.layers import Conv3d
+from ddmr_core.spatial.layers import Conv3d
 
 
 @pytest.mark.parametrize("batch,cin,cout,size,kernel,padding", [
@@ -45,7 +45,7 @@ def test_conv3d_falls_back_where_onednn_does_not_apply():
 
 def test_onednn_backward_sums_the_weight_gradient_over_the_batch():
     # Conv3d uses this path for batch 1 only; the autograd function itself is general
-    from ddmr_core.layers import _OneDNNConv3d
+    from ddmr_core.spatial.layers import _OneDNNConv3d
 
     torch.manual_seed(1)
     x = torch.randn(3, 4, 6, 7, 8, requires_grad=True)

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-from ddmr_core.model import RegistrationModel
-from ddmr_core.spatial import one_hot, warp
+from ddmr_core.model.registration_model import RegistrationModel
+from ddmr_core.spatial.fields import one_hot, warp
 from ddmr_plugins.backbones.vxm_unet import vxm_unet
 from ddmr_plugins.datasets.synthetic import make_phantom
 from ddmr_plugins.loss_weightings.fixed import fixed

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.model import RegistrationModel
+from ddmr_core.model.registration_model import RegistrationModel
 from ddmr_plugins.backbones.vxm_unet import VxmUNet
 from ddmr_plugins.loss_weightings.fixed import fixed
 from ddmr_plugins.losses.image import NCCLoss
@@ -44,19 +44,19 @@ def test_supervision_ramps_in_over_training_steps_and_validates_at_full_weight()
     ramped = model(supervision=EndPointError(), supervision_weight=0.5, supervision_ramp_steps=8)
     total0, _, _ = plain.compute_loss(batch())
     for step, factor in ((0, 0.0), (2, 0.25), (8, 1.0), (20, 1.0)):
-        ramped.step = step
+        ramped.schedule.step = step
         total, terms, _ = ramped.compute_loss(batch())
         assert total.item() == pytest.approx(total0.item() + factor * 0.5 * terms["supervision"].item(), rel=1e-6)
-    ramped.step = 2
+    ramped.schedule.step = 2
     ramped.eval()  # validation: the full weight, whatever the step
     total, terms, _ = ramped.compute_loss(batch())
     assert total.item() == pytest.approx(total0.item() + 0.5 * terms["supervision"].item(), rel=1e-6)
     delayed = model(supervision=EndPointError(), supervision_ramp_steps=(4, 8))
     for step, factor in ((0, 0.0), (4, 0.0), (6, 0.5), (8, 1.0)):
-        delayed.step = step
+        delayed.schedule.step = step
         assert delayed.supervision_scale() == factor
     switched = model(supervision=EndPointError(), supervision_ramp_steps=(5, 5))  # off, then on
-    assert [(setattr(switched, "step", k), switched.supervision_scale())[1] for k in (4, 5)] == [0.0, 1.0]
+    assert [(setattr(switched.schedule, "step", k), switched.supervision_scale())[1] for k in (4, 5)] == [0.0, 1.0]
 
 
 def test_supervision_needs_pairs_with_a_ground_truth():

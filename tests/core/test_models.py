@@ -3,7 +3,7 @@
 A tiny checkpoint (``tests/tiny_workspace.py``'s light U-Net) is registered through a
 test plugin, or dropped into the built-in plugin's weights folder, and used by name in
 ``ddmr register`` and ``ddmr evaluate``; names and paths resolve through one function,
-:func:`ddmr_core.checkpoint.resolve_model`."""
+:func:`ddmr_core.model.checkpoint.resolve_model`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from ddmr_core.checkpoint import load_model, resolve_model
+from ddmr_core.model.checkpoint import load_model, resolve_model
 from ddmr_core.cli import main
 from ddmr_core.errors import PluginError, UnknownNameError
-from ddmr_core.hookspecs import hookimpl
-from ddmr_core.plugins import get_plugin_manager
-from ddmr_core.registry import Registry
+from ddmr_core.plugins.hookspecs import hookimpl
+from ddmr_core.plugins.manager import get_plugin_manager
+from ddmr_core.plugins.registry import Registry
 
 
 class ModelPlugin:
@@ -34,7 +34,7 @@ class ModelPlugin:
 @pytest.fixture
 def install_models(monkeypatch):
     """``install_models({name: factory})``: every plugin manager (the CLI's too) gets them."""
-    import ddmr_core.registry as registry
+    import ddmr_core.plugins.registry as registry
 
     real = registry.get_plugin_manager
 
@@ -113,7 +113,8 @@ def test_ddmr_plugins_lists_models(tiny_workspace, install_models, capsys):
 
 def test_builtin_plugin_registers_only_weight_files_that_exist(tiny_workspace, tmp_path, monkeypatch):
     import ddmr_plugins.models as builtin
-    from ddmr_core.zoo import IntegrityError, record_sha256
+    from ddmr_core.model.publish import record_sha256
+    from ddmr_core.model.zoo import IntegrityError
 
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path / "weights")
     assert Registry(bind_gin=False).names("models") == []  # no folder: nothing listed
@@ -173,7 +174,7 @@ def test_finetuning_starts_from_a_registered_model_by_name(tiny_workspace, insta
 
     import torch
 
-    from ddmr_core.transfer import load_pretrained
+    from ddmr_core.training.transfer import load_pretrained
 
     good = Path(tiny_workspace["good"])
     install_models({"tiny-mr": lambda: good})

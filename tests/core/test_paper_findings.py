@@ -1,20 +1,17 @@
-"""``benchmarks/paper_findings.py``: paired verdicts on reports of ``ddmr reproduce``."""
+"""``ddmr_core.experiments.findings``: paired verdicts on reports of ``ddmr reproduce``
+(``benchmarks/paper_findings.py`` prints them)."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_findings.py"
-
 
 @pytest.fixture(scope="module")
 def findings():
-    spec = importlib.util.spec_from_file_location("paper_findings", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from ddmr_core.experiments import findings
+
+    return findings
 
 
 def _report(path: Path, rows):

@@ -1,4 +1,4 @@
-"""ddmr_core.prealign: global initialisation before the network (hand-made cases)."""
+"""ddmr_core.spatial.prealign: global initialisation before the network (hand-made cases)."""
 
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core import prealign
+from ddmr_core.spatial import prealign
 from ddmr_core.errors import ConfigError
-from ddmr_core.model import RegistrationModel
-from ddmr_core.spatial import compose, warp
+from ddmr_core.model.registration_model import RegistrationModel
+from ddmr_core.spatial.fields import compose, warp
 from conftest import rotation_theta
 
 
@@ -132,8 +132,8 @@ def test_the_scale_bound_leaves_an_ordinary_fit_exactly_as_it_was():
 
 def test_the_gauss_newton_system_has_the_ncc_and_its_gradient():
     # _ncc_system's NCC and gradient against global_ncc differentiated by autograd
-    from ddmr_core.similarity import global_ncc
-    from ddmr_core.spatial import grid_sample
+    from ddmr_core.spatial.similarity import global_ncc
+    from ddmr_core.spatial.fields import grid_sample
 
     fixed, moving = blob_image((16, 16, 16), seed=3), blob_image((16, 16, 16), seed=4)
     theta = rotation_theta(5, [0.05, -0.02, 0.03]).double().float()

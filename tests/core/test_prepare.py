@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ddmr_core.cli import main
-from ddmr_core.prepare import prepare
+from ddmr_core.data.prepare import prepare
 from ddmr_core.errors import DataError
-from ddmr_core.io import save_image, save_label_map
+from ddmr_core.data.io import save_image, save_label_map
 from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
 from ddmr_plugins.datasets.nifti import NiftiFolderDataset
 from ddmr_plugins.datasets.prepared import PreparedDataset

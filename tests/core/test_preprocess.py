@@ -6,8 +6,9 @@ import SimpleITK as sitk
 import torch
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.preprocess import Preprocess
-from ddmr_core.spatial import resize_affine, resize_image
+from ddmr_core.data.preprocess import Preprocess
+from ddmr_core.spatial.fields import resize_image
+from ddmr_core.spatial.grids import resize_affine
 
 
 def oblique_affine(spacing=(0.9, 1.3, 2.0), angle=0.4):

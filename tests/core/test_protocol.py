@@ -3,7 +3,7 @@
 import pytest
 
 from ddmr_core.errors import DdmrError
-from ddmr_core.protocol import Step, StepFailed, run_protocol
+from ddmr_core.experiments.protocol import Step, StepFailed, run_protocol
 
 
 def test_failure_names_the_step_and_rerun_resumes(tmp_path):
@@ -53,7 +53,7 @@ def test_a_larger_budget_continues_a_finished_step_and_redoes_what_follows(tmp_p
 
 
 def test_the_train_step_is_keyed_by_its_budget():
-    from ddmr_core.protocol import train_step
+    from ddmr_core.experiments.protocol import train_step
 
     assert train_step("UW-NSD", "c.gin", "r", None, [], "cpu", max_time=2700.0).key == "45 min"
     assert train_step("UW-NSD", "c.gin", "r", 300, [], "cpu").key == "300 optimiser steps"
@@ -87,11 +87,11 @@ def _record_library_calls(monkeypatch, failures=0):
     the command line must never be entered."""
     import types
 
-    import ddmr_core.build_testset
+    import ddmr_core.data.build_testset
     import ddmr_core.cli
-    import ddmr_core.evaluate
-    import ddmr_core.prepare
-    import ddmr_core.trainer
+    import ddmr_core.evaluation.evaluate
+    import ddmr_core.data.prepare
+    import ddmr_core.training.trainer
 
     calls = {}
 
@@ -99,23 +99,21 @@ def _record_library_calls(monkeypatch, failures=0):
         return lambda *a, **kw: calls.setdefault(name, []).append((a, kw)) or result
 
     monkeypatch.setattr(ddmr_core.cli, "main", lambda *a: pytest.fail("a protocol step entered the CLI"))
-    monkeypatch.setattr(ddmr_core.prepare, "prepare_named", record("prepare"))
-    monkeypatch.setattr(ddmr_core.trainer, "train", record("train"))
-    monkeypatch.setattr(ddmr_core.build_testset, "build_testset_named", record("testset"))
-    monkeypatch.setattr(ddmr_core.evaluate, "evaluate", record("evaluate", types.SimpleNamespace(failures=failures)))
+    monkeypatch.setattr(ddmr_core.data.prepare, "prepare_named", record("prepare"))
+    monkeypatch.setattr(ddmr_core.training.trainer, "train", record("train"))
+    monkeypatch.setattr(ddmr_core.data.build_testset, "build_testset_named", record("testset"))
+    monkeypatch.setattr(ddmr_core.evaluation.evaluate, "evaluate", record("evaluate", types.SimpleNamespace(failures=failures)))
     return calls
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tmp_path, monkeypatch, hybrid):
-    import argparse
-
-    from ddmr_core.commands import reproduce
+    from ddmr_core.experiments.paper import Reproduction
 
     calls = _record_library_calls(monkeypatch)
-    args = argparse.Namespace(experiment="brain", out=str(tmp_path), size=32, steps=3, pairs=2,
-                              designs=["BL-N"], light=True, hybrid=hybrid, device=None)
-    for step in reproduce.build_steps(args):
+    spec = Reproduction(experiment="brain", out=str(tmp_path), size=32, steps=3, pairs=2,
+                        designs=["BL-N"], light=True, hybrid=hybrid, device=None)
+    for step in spec.plan():
         step.run()
     ((name, cache), kw), = calls["prepare"]
     assert name == "mni_brain" and kw == {"size": 32} and cache == tmp_path / "data" / "mni_brain_32"
@@ -130,15 +128,13 @@ def test_reproduce_hybrid_trains_with_the_mixin_and_scores_without_refinement(tm
 
 
 def test_reproduce_trains_one_run_per_seed_and_finetunes_each_from_its_own_seed(tmp_path, monkeypatch):
-    import argparse
-
-    from ddmr_core.commands import reproduce
+    from ddmr_core.experiments.paper import Reproduction
 
     calls = _record_library_calls(monkeypatch)
     for experiment in ("brain", "finetune_full"):
-        args = argparse.Namespace(experiment=experiment, out=str(tmp_path), size=32, steps=3, pairs=2,
-                                  designs=["SG-NSD"], seeds=[0, 1], light=True, hybrid=False, device=None)
-        steps = reproduce.build_steps(args)
+        spec = Reproduction(experiment=experiment, out=str(tmp_path), size=32, steps=3, pairs=2,
+                            designs=["SG-NSD"], seeds=[0, 1], light=True, hybrid=False, device=None)
+        steps = spec.plan()
         for step in steps:
             step.run()
             if step.name.startswith("train-"):  # the finetuning checks the brain runs exist
@@ -157,48 +153,44 @@ def test_reproduce_trains_one_run_per_seed_and_finetunes_each_from_its_own_seed(
 
 def test_reproduce_two_step_scores_the_networks_beside_ants_in_one_run(tmp_path, monkeypatch):
     """Table 5: the finetuned networks and ANTs on the same pairs, runtimes from one evaluation."""
-    import argparse
-
-    from ddmr_core.commands import reproduce
+    from ddmr_core.experiments.paper import Reproduction
 
     calls = _record_library_calls(monkeypatch)
     (tmp_path / "brain" / "runs" / "UW-NSD").mkdir(parents=True)
-    args = argparse.Namespace(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
-                              designs=["UW-NSD"], seeds=[0], light=True, hybrid=False, device=None)
-    steps = reproduce.build_steps(args)
+    spec = Reproduction(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
+                        designs=["UW-NSD"], seeds=[0], light=True, hybrid=False, device=None)
+    steps = spec.plan()
     for step in steps:
         step.run()
     ((_,), kw), = calls["evaluate"]
     assert [m.split("=", 1)[0] for m in kw["models"]] == ["UW-NSD"]
     assert kw["baselines"] == ["ants_syn", "ants_syncc"]
     # the evaluation is keyed by its methods: another set of designs scores them again
-    args.designs = ["UW-NSD", "SG-NSD"]
+    spec.designs = ["UW-NSD", "SG-NSD"]
     (tmp_path / "brain" / "runs" / "SG-NSD").mkdir(parents=True)
-    assert steps[-1].key != reproduce.build_steps(args)[-1].key
+    assert steps[-1].key != spec.plan()[-1].key
 
 
 def test_reproduce_trains_design_by_design_then_scores_them_all_in_one_evaluation(tmp_path, monkeypatch):
     """``--train-only`` stops before the test set; the same command without it skips the
     trained runs (their markers) and scores every design beside ANTs in one evaluation."""
-    import argparse
-
-    from ddmr_core.commands import reproduce
+    from ddmr_core.experiments.paper import Reproduction
 
     calls = _record_library_calls(monkeypatch)
     for design in ("BL-N", "SG-NSD"):
         (tmp_path / "brain" / "runs" / design).mkdir(parents=True)
     exp = tmp_path / "finetune_two_step"
 
-    def args(designs, train_only):
-        return argparse.Namespace(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
-                                  designs=designs, seeds=[0], light=True, hybrid=False, device=None,
-                                  train_only=train_only)
+    def spec(designs, train_only):
+        return Reproduction(experiment="finetune_two_step", out=str(tmp_path), size=32, steps=3, pairs=2,
+                            designs=designs, seeds=[0], light=True, hybrid=False, device=None,
+                            train_only=train_only)
 
     for design in ("BL-N", "SG-NSD"):
-        run_protocol(exp, reproduce.build_steps(args([design], True)))
+        run_protocol(exp, spec([design], True).plan())
     assert [kw["run_dir"].name for _, kw in calls["train"]] == ["BL-N", "SG-NSD"]
     assert "testset" not in calls and "evaluate" not in calls
-    run_protocol(exp, reproduce.build_steps(args(["BL-N", "SG-NSD"], False)))
+    run_protocol(exp, spec(["BL-N", "SG-NSD"], False).plan())
     assert len(calls["train"]) == 2  # nothing trained again
     ((_,), kw), = calls["evaluate"]
     assert [m.split("=", 1)[0] for m in kw["models"]] == ["BL-N", "SG-NSD"]
@@ -223,18 +215,16 @@ def test_reproduce_refuses_a_negative_seed_before_any_work(tmp_path):
 
 
 def test_failed_evaluation_runs_fail_the_step(tmp_path, monkeypatch):
-    from ddmr_core.protocol import evaluate_step
+    from ddmr_core.experiments.protocol import evaluate_step
 
     _record_library_calls(monkeypatch, failures=2)
     with pytest.raises(StepFailed, match="step 'evaluate' failed: 2 method/pair run.*per_pair.csv"):
         run_protocol(tmp_path, [evaluate_step(tmp_path / "ts", {}, ["identity"], tmp_path / "report")])
 
 
-def test_the_old_protocol_cli_name_runs_the_command_line(tmp_path, capsys):
-    from ddmr_core import protocol
+def test_cli_run_runs_the_command_line_in_process(tmp_path, capsys):
     from ddmr_core.cli import run
 
-    assert protocol.cli is run
     run("plugins", "--kind", "metrics")
     assert "dsc" in capsys.readouterr().out
     with pytest.raises(DdmrError, match="`ddmr register --fixed f.nii.gz --model m.pt --out .*` exited with status 2"):
@@ -246,12 +236,13 @@ def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_
     import argparse
 
     from ddmr_core.commands import demo
-    from ddmr_core.registry import Registry
+    from ddmr_core.experiments.demo import Demo
+    from ddmr_core.plugins.registry import Registry
 
     calls = _record_library_calls(monkeypatch)
-    args = argparse.Namespace(out=str(tmp_path), size=32, max_time=90.0, steps=None, pairs=2,
-                              baselines=["identity"], device=None, designs=["BL-N", "UW-NSD"])
-    for step in demo.build_steps(args):
+    spec = Demo(out=str(tmp_path), size=32, max_time=90.0, steps=None, pairs=2,
+                baselines=["identity"], device=None, designs=["BL-N", "UW-NSD"])
+    for step in spec.plan():
         step.run()
     trained = {config: (bindings, kw) for (config, bindings), kw in calls["train"]}
     assert set(trained) == {"experiments/brain/bl_n.gin", "experiments/brain/uw_nsd.gin"}
@@ -269,3 +260,23 @@ def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_
     assert defaults.designs == ["UW-NSD"] and defaults.max_time == 3600.0
     # the shipped brain model is scored beside them when it is installed
     assert ("brain-mr (pretrained)" in names) == ("brain-mr" in Registry(bind_gin=False).names("models"))
+
+
+def test_the_design_catalogue_is_the_designs_folder_and_every_experiment_has_each_design():
+    from ddmr_core.config.parsing import config_root
+    from ddmr_core.experiments.catalogue import EXPERIMENTS, design_config, design_files
+
+    designs = design_files()
+    assert list(designs) == ["BL-N", "BL-NS", "SG-ND", "SG-NSD", "UW-NSD", "UW-NSDH"]
+    assert sorted(p.stem for p in (config_root() / "designs").glob("*.gin")) == list(designs.values())
+    for experiment in EXPERIMENTS.values():
+        for design in designs if experiment.folder else ():
+            assert (config_root() / design_config(experiment.folder, design)).is_file()
+
+
+def test_an_unknown_design_is_refused_before_any_work(tmp_path):
+    from ddmr_core.experiments.paper import Reproduction
+
+    with pytest.raises(DdmrError, match="unknown design.*XX-N.*BL-N"):
+        Reproduction("brain", out=tmp_path / "p", designs=["XX-N"]).plan()
+    assert not (tmp_path / "p").exists()

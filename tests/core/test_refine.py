@@ -1,13 +1,13 @@
-"""ddmr_core.refine: instance optimisation of a predicted field."""
+"""ddmr_core.spatial.refine: instance optimisation of a predicted field."""
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from ddmr_core.model import RegistrationModel
-from ddmr_core.similarity import global_ncc
-from ddmr_core.refine import refine_field
-from ddmr_core.spatial import resize_field, warp
+from ddmr_core.model.registration_model import RegistrationModel
+from ddmr_core.spatial.similarity import global_ncc
+from ddmr_core.spatial.refine import refine_field
+from ddmr_core.spatial.fields import resize_field, warp
 from ddmr_plugins.losses.image import ncc
 
 
@@ -61,7 +61,7 @@ def test_model_refines_in_evaluation_only_and_never_in_its_losses():
 
 
 def test_coarse_field_at_points_equals_resize_field():
-    from ddmr_core.refine import _axis_weights, _coarse_at
+    from ddmr_core.spatial.refine import _axis_weights, _coarse_at
 
     c = torch.randn(2, 3, 5, 6, 7)
     shape = (12, 13, 16)
@@ -88,7 +88,7 @@ def test_sub_lattice_steps_register_like_dense_steps():
 
 
 def test_local_normalise_matches_a_direct_box_filter():
-    from ddmr_core.refine import local_normalise
+    from ddmr_core.spatial.refine import local_normalise
 
     img = torch.rand(1, 1, 9, 10, 11)
     box = lambda t: torch.nn.functional.avg_pool3d(t, 5, stride=1, padding=2, count_include_pad=False)  # noqa: E731
@@ -111,7 +111,7 @@ def test_negative_refine_iterations_is_a_config_error():
 
 
 def test_sub_lattice_stride_by_hand():
-    from ddmr_core.refine import sub_lattice_stride
+    from ddmr_core.spatial.refine import sub_lattice_stride
 
     assert sub_lattice_stride((64, 64, 64), 64**3) == 1
     assert sub_lattice_stride((128, 128, 128), 64**3) == 2  # 64^3 voxels exactly
@@ -125,7 +125,7 @@ def test_sub_lattice_stride_by_hand():
 
 def test_predict_on_grid_refines_on_the_images_grid(monkeypatch):
     # the network works on its own (smaller) grid; the refinement sees the images' grid
-    import ddmr_core.model as model_module
+    import ddmr_core.model.registration_model as model_module
 
     seen = []
 
@@ -146,9 +146,9 @@ def test_predict_on_grid_refines_on_the_images_grid(monkeypatch):
 
 
 def test_adam_matches_torch_optim_adam():
-    """ddmr_core.optim.Adam (used at inference, where torch.optim's import costs more than
+    """ddmr_core.spatial.optim.Adam (used at inference, where torch.optim's import costs more than
     the optimisation) takes PyTorch's steps on the same gradients."""
-    from ddmr_core.optim import Adam
+    from ddmr_core.spatial.optim import Adam
 
     torch.manual_seed(0)
     target = torch.randn(4, 5)

@@ -1,4 +1,4 @@
-"""``ddmr register`` and :mod:`ddmr_core.register`: geometry worked out by hand, agreement
+"""``ddmr register`` and :mod:`ddmr_core.registration.register`: geometry worked out by hand, agreement
 with SciPy, SimpleITK and ANTs, the output folder, and bad input.
 
 Most tests use a stand-in backbone whose output is a stored field (a parameter), so the
@@ -15,17 +15,17 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from ddmr_core.checkpoint import save_checkpoint
+from ddmr_core.model.checkpoint import save_checkpoint
 from conftest import save_nifti as save, smooth_field
 from ddmr_core.cli import main
-from ddmr_core.config import config_text, parse_config
+from ddmr_core.config.parsing import config_text, parse_config
 from ddmr_core.errors import DataError
-from ddmr_core.experiment import build_model
-from ddmr_core.field_io import load_field_itk, load_field_npz
-from ddmr_core.hookspecs import hookimpl
-from ddmr_core.preprocess import Preprocess
-from ddmr_core.register import Registrar, dice_tre
-from ddmr_core.register_output import OUTPUT_FILES
+from ddmr_core.model.build import build_model
+from ddmr_core.data.field_io import load_field_itk, load_field_npz
+from ddmr_core.plugins.hookspecs import hookimpl
+from ddmr_core.data.preprocess import Preprocess
+from ddmr_core.registration.register import Registrar, dice_tre
+from ddmr_core.registration.output import OUTPUT_FILES
 
 GRID = (16, 16, 16)
 
@@ -55,7 +55,7 @@ class StandInPlugin:
 @pytest.fixture
 def stand_in(monkeypatch):
     """Make every plugin manager (also the CLI's) include the stand-in backbone."""
-    import ddmr_core.registry as registry
+    import ddmr_core.plugins.registry as registry
 
     real = registry.get_plugin_manager
 
@@ -149,7 +149,7 @@ def test_original_resolution_rescales_the_field(tmp_path, stand_in, monkeypatch)
     np.testing.assert_allclose(res.disp[1], 2.0, atol=1e-4)
     np.testing.assert_allclose(res.disp[[0, 2]], 0.0, atol=1e-4)
     # resampling in slabs (as for large CT volumes) changes nothing
-    import ddmr_core.spatial as spatial
+    import ddmr_core.spatial.fields as spatial
 
     monkeypatch.setattr(spatial, "CHUNK_VOXELS", 100)
     sliced = reg.register(img, img, original_resolution=True)
@@ -290,7 +290,7 @@ def test_cli_with_real_vxm_unet(tmp_path, pair_files, capsys):
 
 
 def test_cli_pairs_load_the_model_once(tmp_path, pair_files, stand_in, monkeypatch):
-    import ddmr_core.checkpoint as checkpoint
+    import ddmr_core.model.checkpoint as checkpoint
 
     field = np.zeros((3,) + GRID, np.float32)
     field[0] = 2.0
@@ -403,7 +403,7 @@ def test_bad_pairs_csv_writes_nothing(tmp_path, pair_files, stand_in, capsys):
 
 
 def test_checkpoint_grid_and_architecture_checks(tmp_path, stand_in):
-    from ddmr_core.checkpoint import load_checkpoint
+    from ddmr_core.model.checkpoint import load_checkpoint
     from ddmr_core.errors import CheckpointError
 
     ck = load_checkpoint(make_ckpt(tmp_path / "m.pt", np.zeros((3,) + GRID), dict(spacing=None, size=GRID)))

@@ -7,11 +7,11 @@ import gin
 import pytest
 import torch
 
-from ddmr_core.config import parse_config, resolve_config
+from ddmr_core.config.parsing import parse_config, resolve_config
 from ddmr_core.errors import ConfigError, PluginError, UnknownNameError
-from ddmr_core.hookspecs import hookimpl
-from ddmr_core.plugins import get_plugin_manager
-from ddmr_core.registry import Registry
+from ddmr_core.plugins.hookspecs import hookimpl
+from ddmr_core.plugins.manager import get_plugin_manager
+from ddmr_core.plugins.registry import Registry
 
 
 def test_builtins_come_from_the_ddmr_distribution():
@@ -84,7 +84,7 @@ def test_missing_config_file_lists_shipped_configs():
 
 def test_gin_bindings_reach_plugin_factories():
     reg = parse_config(bindings=["ddmr.datasets.synthetic.n_labels = 5", "ddmr.build_dataset.dataset = @ddmr.datasets.synthetic()"])
-    from ddmr_core.experiment import build_dataset
+    from ddmr_core.data.datasets import build_dataset
 
     assert build_dataset().labels == (1, 2, 3, 4, 5)
     assert reg.create("datasets", "synthetic").labels == (1, 2, 3, 4, 5)
@@ -144,7 +144,7 @@ def test_third_party_loss_used_from_a_gin_config(with_third_party, tmp_path):
 
 
 def test_third_party_augmenter_runs_in_the_pipeline(with_third_party):
-    from ddmr_core.augment import AugmentationPipeline
+    from ddmr_core.data.augment import AugmentationPipeline
 
     reg = Registry()
     noise = reg.create("augmenters", "gaussian_noise", max_sigma=0.1)

@@ -1,4 +1,4 @@
-"""ddmr_core.similarity, the one NCC and Dice, against NumPy and SciPy references."""
+"""ddmr_core.spatial.similarity, the one NCC and Dice, against NumPy and SciPy references."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core.similarity import box_mean, centroid, centroid_distance, dice, global_ncc, local_ncc
+from ddmr_core.spatial.similarity import box_mean, centroid, centroid_distance, dice, global_ncc, local_ncc
 
 
 def _volume(shape, seed, sigma=1.5):
@@ -91,7 +91,7 @@ def test_mutual_information_on_bin_centres_is_scikit_learns_histogram_mi():
     # bin, so the estimate is the plain histogram MI that scikit-learn computes
     from sklearn.metrics import mutual_info_score
 
-    from ddmr_core.similarity import mutual_information
+    from ddmr_core.spatial.similarity import mutual_information
 
     rng = np.random.default_rng(0)
     bins = 16
@@ -106,7 +106,7 @@ def test_mutual_information_is_contrast_free_and_agrees_with_monai_on_the_optimu
     from monai.losses import GlobalMutualInformationLoss
     from scipy.ndimage import gaussian_filter
 
-    from ddmr_core.similarity import mutual_information
+    from ddmr_core.spatial.similarity import mutual_information
 
     rng = np.random.default_rng(1)
     x = gaussian_filter(rng.random((28, 28, 28)), 2.0)

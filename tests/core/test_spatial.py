@@ -1,11 +1,12 @@
-"""ddmr_core.spatial against SciPy, MONAI and hand-worked cases."""
+"""ddmr_core.spatial.fields against SciPy, MONAI and hand-worked cases."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core import spatial
+from ddmr_core.spatial import fields as spatial
+from ddmr_core.spatial import grids
 
 
 def smooth_volume(shape, seed, sigma=3.0):
@@ -115,7 +116,7 @@ def test_resized_field_warps_resized_image_consistently():
 def test_resize_affine_keeps_field_of_view():
     affine = np.array([[0, 0, 2.0, 10], [1.5, 0, 0, -3], [0, 1.0, 0, 7], [0, 0, 0, 1]])
     old, new = (10, 20, 30), (5, 40, 15)
-    out = spatial.resize_affine(affine, old, new)
+    out = grids.resize_affine(affine, old, new)
     # the outer corners of the first and last voxels stay where they were
     for corner_old, corner_new in [((-0.5,) * 3, (-0.5,) * 3), (tuple(n - 0.5 for n in old), tuple(n - 0.5 for n in new))]:
         p_old = affine @ np.array([*corner_old, 1.0])
@@ -184,12 +185,12 @@ def test_intensity_centroid_of_constant_image_is_grid_centre():
 def test_upsample_lattice_is_trilinear_align_corners(lattice, shape):
     field = torch.randn(2, 3, *lattice, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.interpolate(field, size=shape, mode="trilinear", align_corners=True)
-    got = spatial.upsample_lattice(field, shape)
+    got = grids.upsample_lattice(field, shape)
     assert got.shape == (2, 3, *shape)
     assert torch.allclose(got, expected, atol=1e-5)
-    assert spatial.upsample_lattice(field, lattice) is field
+    assert grids.upsample_lattice(field, lattice) is field
     with pytest.raises(ValueError, match="lattice"):
-        spatial.upsample_lattice(torch.zeros(1, 3, 8, 8, 8), (4, 8, 8))
+        grids.upsample_lattice(torch.zeros(1, 3, 8, 8, 8), (4, 8, 8))
 
 
 def test_upsample_lattice_reproduces_affine_fields_exactly():
@@ -202,8 +203,8 @@ def test_upsample_lattice_reproduces_affine_fields_exactly():
         return torch.einsum("ij,j...->i...", A, points) + b.view(3, 1, 1, 1)
 
     corners = torch.stack(torch.meshgrid(*[torch.tensor([0.0, n - 1]) for n in shape], indexing="ij"))
-    got = spatial.upsample_lattice(field_at(corners)[None], shape)[0]
-    assert torch.allclose(got, field_at(spatial.identity_grid(shape)[0]), atol=1e-5)
+    got = grids.upsample_lattice(field_at(corners)[None], shape)[0]
+    assert torch.allclose(got, field_at(grids.identity_grid(shape)[0]), atol=1e-5)
 
 
 def test_shared_sampling_grid_equals_warp():
@@ -215,7 +216,7 @@ def test_shared_sampling_grid_equals_warp():
     for padding in ("zeros", "border"):
         assert torch.equal(spatial.warp_with_grid(image, grid, padding=padding), spatial.warp(image, disp, padding=padding))
     # voxel coordinates x + disp, normalised to [-1, 1], xyz (reversed) last
-    pos = spatial.identity_grid(shape) + disp
+    pos = grids.identity_grid(shape) + disp
     norm = pos / torch.tensor([n - 1 for n in shape]).view(1, 3, 1, 1, 1) * 2 - 1
     assert torch.allclose(grid, norm.flip(1).permute(0, 2, 3, 4, 1), atol=1e-6)
     # still differentiable through the field
@@ -255,7 +256,7 @@ def test_sample_at_matches_scipy_map_coordinates():
 def test_grid_sample_split_over_threads_is_exact():
     # a batch of one is cut into slabs sampled as a batch; values and both gradients
     # must equal torch's own grid_sample
-    from ddmr_core.spatial import grid_sample
+    from ddmr_core.spatial.fields import grid_sample
 
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
@@ -278,7 +279,7 @@ def test_grid_sample_split_over_threads_is_exact():
 
 
 def test_normalised_scale_by_hand():
-    from ddmr_core.spatial import normalised_scale
+    from ddmr_core.spatial.grids import normalised_scale
 
     # 2 / (n - 1): 5 voxels span [-1, 1] in steps of 0.5; a single voxel axis keeps scale 2
     torch.testing.assert_close(normalised_scale((5, 3, 1)), torch.tensor([0.5, 1.0, 2.0]))
@@ -286,11 +287,11 @@ def test_normalised_scale_by_hand():
 
 def test_voxel_grid_slab_is_the_identity_grid_there_and_a_new_tensor():
     shape = (7, 5, 6)
-    full = spatial.identity_grid(shape)[0]
-    slab = spatial.voxel_grid((3, 5, 6), start=(2, 0, 0))
+    full = grids.identity_grid(shape)[0]
+    slab = grids.voxel_grid((3, 5, 6), start=(2, 0, 0))
     assert torch.equal(slab, full[:, 2:5])
     slab += 1  # a new tensor: the cached identity grid is untouched
-    assert torch.equal(spatial.identity_grid(shape)[0], full) and full[0, 0, 0, 0] == 0
+    assert torch.equal(grids.identity_grid(shape)[0], full) and full[0, 0, 0, 0] == 0
 
 
 def test_apply_affine_matches_nibabel():
@@ -301,28 +302,28 @@ def test_apply_affine_matches_nibabel():
     m[:3, :3] = rng.normal(size=(3, 3))
     m[:3, 3] = rng.normal(size=3) * 10
     pts = rng.normal(size=(3, 4, 5, 2)) * 20
-    got = spatial.apply_affine(m, torch.from_numpy(pts)).numpy()
+    got = grids.apply_affine(m, torch.from_numpy(pts)).numpy()
     expected = np.moveaxis(apply_affine(m, np.moveaxis(pts, 0, -1)), -1, 0)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
     # a tensor matrix, and float32 points computed in float32
-    got32 = spatial.apply_affine(torch.from_numpy(m), torch.from_numpy(pts).float())
+    got32 = grids.apply_affine(torch.from_numpy(m), torch.from_numpy(pts).float())
     assert got32.dtype == torch.float32
     np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_resize_matrix_maps_voxel_centres_keeping_the_field_of_view():
-    m = spatial.resize_matrix((10, 8, 6), (5, 16, 6))
+    m = grids.resize_matrix((10, 8, 6), (5, 16, 6))
     # new voxel j sits at old voxel (j + 0.5) * old / new - 0.5 along each axis
     np.testing.assert_allclose(m @ [0, 0, 0, 1], [0.5, -0.25, 0, 1])
     np.testing.assert_allclose(m @ [4, 15, 5, 1], [8.5, 7.25, 5, 1])
     a = np.diag([2.0, 3.0, 1.5, 1.0])
-    np.testing.assert_allclose(spatial.resize_affine(a, (10, 8, 6), (5, 16, 6)), a @ m)
+    np.testing.assert_allclose(grids.resize_affine(a, (10, 8, 6), (5, 16, 6)), a @ m)
 
 
 def test_field_folding_percentage_in_slabs_equals_the_whole_field():
     """The slab-wise folding count (bounded memory, the trust check of ddmr register) is
     the whole-field one, planes at the slab edges included."""
-    from ddmr_core.spatial import field_folding_percentage, folding_percentage, jacobian_determinant
+    from ddmr_core.spatial.fields import field_folding_percentage, folding_percentage, jacobian_determinant
 
     torch.manual_seed(3)
     disp = torch.randn(1, 3, 21, 9, 8) * 0.6  # folds in places

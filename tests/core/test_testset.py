@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ddmr_core.augment import AugmentationPipeline
+from ddmr_core.data.augment import AugmentationPipeline
 from ddmr_core.cli import main
-from ddmr_core.build_testset import build_testset
+from ddmr_core.data.build_testset import build_testset
 from ddmr_core.errors import DataError
-from ddmr_core.field_io import load_field_itk
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import warp
-from ddmr_core.testset import COLUMNS, finish_testset, load_pair, read_testset, write_pair
+from ddmr_core.data.field_io import load_field_itk
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import warp
+from ddmr_core.data.testset import COLUMNS, finish_testset, load_pair, read_testset, write_pair
 from ddmr_plugins.datasets.synthetic import SyntheticDataset
 
 
@@ -70,7 +70,7 @@ def test_pairs_are_consistent(built):
     p = ts[0].load()
     assert p["fixed"].shape == (16, 16, 16) and p["fixed_seg"].dtype == np.uint8
     # every file of the pair carries the fixed image's affine (the input resized to 16^3)
-    from ddmr_core.spatial import resize_affine
+    from ddmr_core.spatial.grids import resize_affine
 
     expected = resize_affine(ShiftedAffineSynthetic.AFFINE, (20, 20, 20), (16, 16, 16))
     for key in ("fixed", "moving", "fixed_seg", "moving_seg"):
@@ -139,15 +139,16 @@ def test_cli_builds_from_a_registered_dataset_and_refuses_to_overwrite(tmp_path,
 
 
 def test_original_grid_columns_hold_the_same_pair_on_the_isotropic_grid(tmp_path):
-    from ddmr_core.io import load_image, load_label_map
-    from ddmr_core.spatial import resize_affine, resize_image
+    from ddmr_core.data.io import load_image, load_label_map
+    from ddmr_core.spatial.fields import resize_image
+    from ddmr_core.spatial.grids import resize_affine
     from ddmr_plugins.datasets.abdomen_phantom import AbdomenPhantomDataset
 
     reg = Registry()
     pipeline = AugmentationPipeline(
         [reg.create("augmenters", "rigid", max_rotation=10.0, max_translation=30.0),
          reg.create("augmenters", "tps", grid=4, max_displacement=6.0)], seed=1)
-    from ddmr_core.preprocess import Preprocess
+    from ddmr_core.data.preprocess import Preprocess
 
     # isotropic 3 mm instead of 1 mm keeps the "original" grid small (a fast test)
     pre = Preprocess(spacing=3.0, size=(24, 24, 24), crop_labels=(1, 2), window=(-150, 250))
@@ -183,7 +184,7 @@ def test_original_grid_columns_hold_the_same_pair_on_the_isotropic_grid(tmp_path
 
 def test_records_name_the_original_grid_columns(tmp_path):
     """read_testset owns the optional *_original columns (the evaluator reads them there)."""
-    from ddmr_core.testset import load_original, read_testset
+    from ddmr_core.data.testset import load_original, read_testset
 
     rows = [{"pair": "a", "fixed": "a/f.nii.gz", "moving": "a/m.nii.gz", "fixed_original": "a/f0.nii.gz",
              "moving_original": str(tmp_path / "abs" / "m0.nii.gz"), "fixed_seg_original": ""}]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from ddmr_core.checkpoint import load_model
+from ddmr_core.model.checkpoint import load_model
 from ddmr_core.errors import ConfigError
-from ddmr_core.trainer import TrainingError
+from ddmr_core.training.loop import TrainingError
 from conftest import TINY_TRAINING, make_trainer
 
 BASE = TINY_TRAINING + """
@@ -139,12 +139,14 @@ def test_patience_runs_only_after_the_initial_steps(tmp_path, monkeypatch):
 
 
 def test_the_model_is_told_its_optimiser_step_before_each_pass(tmp_path):
-    """RegistrationModel.step drives schedules over the run (the supervision's ramp)."""
+    """The run's one Schedule, which the loop advances and the model reads, drives schedules
+    over the run (the supervision's ramp)."""
     t = make(tmp_path, max_steps=3)
     t.setup()
+    assert t.schedule is t.model.schedule
     seen = []
     compute = t.model.compute_loss
-    t.model.compute_loss = lambda b: (t.model.training and seen.append(t.model.step), compute(b))[1]
+    t.model.compute_loss = lambda b: (t.model.training and seen.append(t.model.schedule.step), compute(b))[1]
     t.fit()
     # every micro-batch of optimiser step k sees k (an epoch's last group may be shorter)
     assert seen == sorted(seen) and set(seen) == {0, 1, 2} and max(map(seen.count, {0, 1, 2})) <= t.accumulate
@@ -183,7 +185,7 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
-    from ddmr_core.experiment import build_model
+    from ddmr_core.model.build import build_model
 
     t = make(tmp_path, "ddmr.Trainer.max_nonfinite = 2", "ddmr.Trainer.max_epochs = 5")
     model = build_model()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ddmr_core.trainer import train
+from ddmr_core.training.trainer import train
 from conftest import TINY_TRAINING
 
 HERE = Path(__file__).resolve().parent

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ddmr_core import distributed
-from ddmr_core.checkpoint import plain, rng_state, set_rng_state
-from ddmr_core.training_log import epoch_line
-from ddmr_core.transfer import finetune, next_phase
-from ddmr_core.validation import validate
+from ddmr_core.training import distributed
+from ddmr_core.model.checkpoint import plain, rng_state, set_rng_state
+from ddmr_core.training.log import epoch_line
+from ddmr_core.training.transfer import finetune, next_phase
+from ddmr_core.training.validation import validate
 
 
 def test_rng_state_round_trip_and_plain_values():

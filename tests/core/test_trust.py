@@ -1,4 +1,4 @@
-"""A wrong registration is never a plain success: ddmr_core.register.assess and the warning
+"""A wrong registration is never a plain success: ddmr_core.registration.register.assess and the warning
 `ddmr register` gives; which model suits which pair (model_card.suitability)."""
 
 import warnings
@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 
 from ddmr_core.errors import RegistrationQualityWarning
-from ddmr_core.model_card import suitability
-from ddmr_core.register import Registrar, assess
+from ddmr_core.model.card import suitability
+from ddmr_core.registration.register import Registrar, assess
 
 
 def head(shape=(40, 44, 40), seed=0):

@@ -10,8 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from conftest import save_nifti as save, smooth_field
 from ddmr_core.cli import main
-from ddmr_core.field_io import save_field_itk, save_field_npz
-from ddmr_core.io import spacing_from_affine
+from ddmr_core.data.field_io import save_field_itk, save_field_npz
+from ddmr_core.data.io import spacing_from_affine
 
 
 def oblique_affine(spacing, angles, origin):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.prealign import affine_field, voxel_matrix
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import compose, compose_affine, warp
+from ddmr_core.spatial.prealign import affine_field, voxel_matrix
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import compose, compose_affine, warp
 from ddmr_plugins.backbones.affine import AffineCascade, KeypointAffine
 from ddmr_plugins.backbones.vxm_unet import VxmUNet
 from conftest import rotation_theta

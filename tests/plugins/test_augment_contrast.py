@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddmr_core.augment import AugmentationPipeline
+from ddmr_core.data.augment import AugmentationPipeline
 from ddmr_core.errors import ConfigError
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import one_hot
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import one_hot
 from ddmr_plugins.augmenters.contrast import SynthContrast, _gaussian_blur
 from ddmr_plugins.augmenters.normalize import Normalize
 from ddmr_plugins.augmenters.rigid import Rigid
@@ -34,7 +34,7 @@ def class_means(img, lab):
 
 
 def state_of(img, segs, batch_index):
-    from ddmr_core.augment import sample_generators
+    from ddmr_core.data.augment import sample_generators
 
     return {"fixed": img, "moving": img, "fixed_segs": segs, "moving_segs": segs,
             "generators": sample_generators(0, batch_index)}

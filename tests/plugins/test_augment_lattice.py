@@ -5,16 +5,17 @@ supply full-resolution fields."""
 import pytest
 import torch
 
-from ddmr_core.augment import (
+from ddmr_core.data.augment import (
     AugmentationPipeline,
     add_geometric_step,
     field_shape,
     lattice_nodes,
     to_full_resolution,
 )
-from ddmr_core.spatial import compose, identity_grid, upsample_lattice, warp
+from ddmr_core.spatial.fields import compose, warp
+from ddmr_core.spatial.grids import identity_grid, upsample_lattice
 from ddmr_plugins.augmenters.resize import Resize
-from ddmr_plugins.augmenters.rigid import Rigid, affine_field, rotation_matrix
+from ddmr_plugins.augmenters.rigid import Rigid, rotation_matrix
 from ddmr_plugins.augmenters.tps import TPS
 
 SHAPE = (40, 36, 44)  # the TPS lattice (29^3) is coarser than the grid
@@ -72,6 +73,14 @@ def test_rigid_after_tps_on_the_lattice_matches_full_resolution_composition():
     # and so the moving images (smooth) agree up to interpolation error
     assert float((out_lat["moving"] - out_full["moving"]).abs().max()) < 1e-2
     assert float((out_lat["moving"] - out_full["moving"]).abs().mean()) < 1e-3
+
+
+def affine_field(matrix, offset, shape, spacing):
+    """The pull field (voxels) of the mm map ``p -> matrix @ p + offset`` at every voxel."""
+    from ddmr_core.spatial.grids import affine_displacement, identity_grid, voxel_affine
+
+    points = identity_grid(shape, device=matrix.device, dtype=matrix.dtype)
+    return affine_displacement(*voxel_affine(matrix, offset, spacing.to(matrix.device)), points)
 
 
 def test_rigid_then_tps_composes_at_full_resolution():

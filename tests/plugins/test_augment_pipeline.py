@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import ddmr_core.experiment as experiment
-from ddmr_core.augment import AugmentationPipeline
-from ddmr_core.config import parse_config
+import ddmr_core.data.datasets as experiment
+from ddmr_core.data.augment import AugmentationPipeline
+from ddmr_core.config.parsing import parse_config
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.spatial import identity_grid, jacobian_determinant, one_hot, resize_affine, warp
+from ddmr_core.spatial.fields import jacobian_determinant, one_hot, warp
+from ddmr_core.spatial.grids import identity_grid, resize_affine
 from ddmr_plugins.augmenters.brightness import Brightness
 from ddmr_plugins.augmenters.gamma import Gamma
 from ddmr_plugins.augmenters.normalize import Normalize

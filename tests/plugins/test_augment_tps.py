@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy.interpolate import RBFInterpolator
 
-from ddmr_core.augment import AugmentationPipeline
+from ddmr_core.data.augment import AugmentationPipeline
 from ddmr_core.errors import ConfigError
-from ddmr_core.spatial import compose
+from ddmr_core.spatial.fields import compose
 from ddmr_plugins.augmenters.tps import TPS, tps_eval, tps_fit
 
 

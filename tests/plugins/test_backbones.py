@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import compose
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import compose
 from ddmr_plugins.backbones.integration import scaling_and_squaring
 from ddmr_plugins.backbones.vxm_unet import VxmUNet
 
@@ -122,8 +122,8 @@ def test_scaling_and_squaring_gives_an_invertible_map():
 def test_backbone_swaps_through_gin(registry):
     import gin
 
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.model.build import build_model
     from ddmr_plugins.backbones.monai_localnet import MonaiLocalNet
 
     parse_config(["designs/bl_n", "mixins/backbone/monai_localnet"],
@@ -142,8 +142,8 @@ def test_size_not_divisible_by_2_to_the_levels_fails_at_build(registry, name, kw
 
 
 def test_bad_size_is_caught_when_a_config_builds_the_model():
-    from ddmr_core.config import parse_config
-    from ddmr_core.experiment import build_model
+    from ddmr_core.config.parsing import parse_config
+    from ddmr_core.model.build import build_model
 
     parse_config(["designs/bl_n"], bindings=["SIZE = (24, 24, 24)"])  # default backbone: 4 levels
     with pytest.raises(ConfigError, match=r"\(24, 24, 24\).*2\^levels"):

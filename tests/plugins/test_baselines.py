@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core.registry import Registry
-from ddmr_core.spatial import warp
+from ddmr_core.plugins.registry import Registry
+from ddmr_core.spatial.fields import warp
 
 ants = pytest.importorskip("ants")
 

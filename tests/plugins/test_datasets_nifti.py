@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.io import save_image, save_label_map
-from ddmr_core.preprocess import Preprocess
-from ddmr_core.registry import Registry
+from ddmr_core.data.io import save_image, save_label_map
+from ddmr_core.data.preprocess import Preprocess
+from ddmr_core.plugins.registry import Registry
 from ddmr_plugins.datasets.common import seeded_splits, split_counts
 from ddmr_plugins.datasets.nifti import ManifestDataset, NiftiFolderDataset
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddmr_core.errors import ConfigError
-from ddmr_core.registry import Registry
+from ddmr_core.plugins.registry import Registry
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter, uniform_filte
 from skimage.metrics import structural_similarity
 
 from ddmr_core.errors import DataError
-from ddmr_core.registry import Registry
+from ddmr_core.plugins.registry import Registry
 
 EXPECTED = {
     "ncc": "image", "lncc": "image", "ssim": "image", "mi": "image",

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage, stats
 
-from ddmr_core.registry import Registry
+from ddmr_core.plugins.registry import Registry
 
 SPACING = (1.5, 1.0, 2.0)  # anisotropic: mm conversions must use it per axis
 SHAPE = (30, 28, 26)
@@ -155,7 +155,7 @@ def test_tre_hand_worked(metrics):
     expected = math.hypot(2 * 1.5, 1 * 2.0)
     assert metrics["tre"](_seg_pair(fixed, warped)) == pytest.approx(expected)
     # cross-check the centroid with SciPy
-    from ddmr_core.similarity import centroid
+    from ddmr_core.spatial.similarity import centroid
 
     np.testing.assert_allclose(centroid(fixed == 1), ndimage.center_of_mass(fixed))
 

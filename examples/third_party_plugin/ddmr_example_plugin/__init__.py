@@ -1,6 +1,6 @@
 """Example ddmr plugin: one loss and one augmenter, registered through entry points."""
 
-from ddmr_core.hookspecs import hookimpl
+from ddmr_core.plugins.hookspecs import hookimpl
 
 from .losses import TverskyLoss
 from .augmenters import GaussianNoise

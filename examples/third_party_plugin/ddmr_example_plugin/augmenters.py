@@ -1,14 +1,14 @@
 """Additive Gaussian noise on the moving image, an intensity augmenter.
 
-It follows ddmr's augmenter contract (``ddmr_core.augment``): a module mapping the
+It follows ddmr's augmenter contract (``ddmr_core.data.augment``): a module mapping the
 pipeline's state dict to a state dict, drawing its random numbers through
-``ddmr_core.augment.draw`` so pairs stay reproducible from (seed, sample index).
+``ddmr_core.data.augment.draw`` so pairs stay reproducible from (seed, sample index).
 """
 
 import torch
 from torch import nn
 
-from ddmr_core.augment import check_non_negative, draw
+from ddmr_core.data.augment import check_non_negative, draw
 
 
 class GaussianNoise(nn.Module):

@@ -1,0 +1,658 @@
+"""Registering users' images with a trained checkpoint (``ddmr register`` as a library).
+
+::
+
+    from ddmr_core.registration.register import Registrar
+    reg = Registrar("model.pt", device="cpu")          # loads the model once
+    res = reg.register("fixed.nii.gz", "moving.nii.gz", moving_seg="moving_seg.nii.gz")
+    res.warped, res.disp, res.affine                    # numpy arrays
+    res.images()["warped"]                              # nibabel images
+    res.save("out/")                                    # NIfTI, ITK field, .npz, PNG, JSON
+
+Geometry. The moving image is first brought to the fixed image's axis orientation
+(:func:`reorient_like`, an exact permutation/flip). Each input (any orientation, spacing,
+size) then goes through the checkpoint's :class:`~ddmr_core.data.preprocess.Preprocess` on its
+own, up to but not including the resize to the network grid: the crop (around the label
+maps when both images have one and the recipe crops around labels, else around each
+image's foreground, :meth:`Registrar.crop_mode`), the resampling to the recipe's spacing,
+the intensities. This gives the *working grids* with their exact voxel->RAS affines:
+``F_w`` for the fixed image, and ``M_w`` for the moving one, resized to the fixed image's
+working shape. :meth:`Registrar.predict` (``RegistrationModel.predict_on_grid``, also what
+``ddmr evaluate`` runs) resizes both to the network grid, predicts, resizes the field back
+and refines it on the working grid. Fixed voxel ``x`` corresponds to moving working voxel
+``x + u(x)``, i.e. to the world point ``M_w (x + u(x))``. Every output is computed from
+that physical correspondence and the *original* files:
+
+* output grid ``T``: the fixed working grid (default, ``T = F_w``) or, with
+  ``original_resolution``, the fixed image's original grid (``T = F0``); there the
+  field is interpolated at ``x = F_w^-1 T y`` (border padding outside the working
+  grid, so the transform stays continuous);
+* the exported field is ``w(y) = T^-1 M_w (x + u) - y`` (:func:`carry_field`): a voxel
+  pull field of the output grid into the moving image's world position, in the toolkit's
+  convention (``docs/ARCHITECTURE.md``, "Tensor conventions"). Written by :func:`ddmr_core.data.field_io.save_field_itk`, ITK/ANTs applying it
+  to the original moving file reproduce ``warped`` (when fixed and moving share a grid
+  and no preprocessing moves them, ``w`` is just the network's field);
+* the warped image and label maps are ``w`` applied to the **original moving image**
+  (:func:`apply_field`: original intensities; label maps nearest neighbour), as
+  ``ddmr warp`` applies a saved field.
+
+"Before" metrics are those of the unregistered images on the output grid: the moving
+image and label map resampled there by the identity in world coordinates. Dice is per
+label; TRE is the distance in mm between the centroids of each label in the fixed and the
+(warped) moving segmentation, as in the paper (section 2.6); NCC is the global normalised
+cross-correlation of the fixed and the (warped) moving image on the output grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device, synchronize
+from ..errors import CheckpointError, DdmrError, RegistrationQualityWarning
+from ..data.guards import check_spacing
+from ..data.io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
+                 load_label_map, spacing_from_affine, to_numpy)
+# carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
+from ..spatial.similarity import centroid_distance, global_ncc
+from ..spatial.similarity import dice as overlap
+from ..spatial.fields import apply_field, carry_field  # noqa: F401
+
+# ---------------------------------------------------------------- inputs
+
+
+def _describe(obj, name: str) -> str:
+    return str(obj) if isinstance(obj, (str, Path)) else name
+
+
+def read_volume(obj, affine=None, *, name: str = "image", label: bool = False):
+    """A path, nibabel image, array or tensor -> ``(array (D, H, W), affine (4, 4))``.
+
+    Arrays without an affine get the identity (1 mm voxels); leading singleton axes
+    (``(1, D, H, W)``, ``(1, 1, D, H, W)``) are dropped. Files are read by
+    :func:`ddmr_core.data.io.load_image`/``load_label_map``, everything else checked as they
+    check files (:func:`ddmr_core.data.io.as_image`/``as_label_map``): :class:`DataError`
+    naming ``obj`` (or ``name``) for missing/unreadable files and non-3-D volumes."""
+    if isinstance(obj, (str, Path)):
+        return load_label_map(obj) if label else load_image(obj)
+    if hasattr(obj, "dataobj") and hasattr(obj, "affine"):  # nibabel image
+        data, aff = np.asarray(obj.dataobj), obj.affine
+    else:
+        data, aff = to_numpy(obj), (np.eye(4) if affine is None else affine)
+    while data.ndim > 3 and data.shape[0] == 1:
+        data = data[0]
+    return (as_label_map if label else as_image)(data, aff, name)
+
+
+def _named(what: str, name: str) -> str:
+    """``"fixed image 'F.nii.gz'"`` for a file, ``"fixed image"`` for an array."""
+    return what if name == what else f"{what} {name!r}"
+
+
+def _read_pair_side(image, seg, affine, what: str):
+    img_name = _describe(image, what)
+    img, aff = read_volume(image, affine, name=img_name)
+    if seg is None:
+        return img, None, aff, img_name
+    seg_name = _describe(seg, f"{what} segmentation")
+    lab, seg_aff = read_volume(seg, aff, name=seg_name, label=True)
+    check_same_grid(img.shape, aff, lab.shape, seg_aff, img_name, seg_name)
+    return img, lab, aff, img_name
+
+
+def reorient_like(image, seg, affine, reference_affine):
+    """Permute/flip the array axes of ``image`` (and ``seg``) to the axis orientation of
+    ``reference_affine`` (exact: no interpolation), returning the new arrays and affine.
+
+    The network compares the two images voxel by voxel, so a moving image stored in
+    another orientation (e.g. LPS vs RAS, or sagittal slices) must be brought to the
+    fixed image's before it sees them."""
+    import nibabel.orientations as nio
+
+    src, dst = nio.io_orientation(affine), nio.io_orientation(reference_affine)
+    if np.array_equal(src, dst):
+        return image, seg, affine
+    tr = nio.ornt_transform(src, dst)
+    new_affine = np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(tr, image.shape)
+    image = np.ascontiguousarray(nio.apply_orientation(image, tr))
+    if seg is not None:
+        seg = np.ascontiguousarray(nio.apply_orientation(seg, tr))
+    return image, seg, new_affine
+
+
+def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Global normalised cross-correlation of two images on one grid (the Pearson
+    correlation of their voxels, :func:`ddmr_core.spatial.similarity.global_ncc` in float32, whose
+    pairwise sums keep it within ~1e-6 of float64's at 10^7 voxels): the ``ncc`` metric
+    with ``win=None``. NaN when an image is constant (undefined)."""
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(1, -1)
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).reshape(1, -1)
+    return float(global_ncc(ta, tb, eps=0.0)[0])
+
+
+# --------------------------------------------------------------- metrics
+
+
+def dice_tre(fixed_seg: np.ndarray, warped_seg: np.ndarray, affine: np.ndarray, labels: Sequence[int]) -> dict:
+    """Per-label Dice and centroid TRE (mm, via ``affine``) of two label maps on one grid.
+
+    A label missing from both maps is skipped; missing from one gives Dice 0 and no TRE.
+    The values are those of the ``dsc`` and ``tre`` metrics (:mod:`ddmr_core.spatial.similarity`),
+    the TRE through the grid's whole affine."""
+    dice, tre = {}, {}
+    for lab in labels:
+        a, b = fixed_seg == lab, warped_seg == lab
+        d = float(overlap(a, b))
+        if math.isnan(d):  # in neither map
+            continue
+        dice[str(lab)] = d
+        t = centroid_distance(a, b, affine)
+        if not math.isnan(t):
+            tre[str(lab)] = t
+    out = {"dice": dice, "tre_mm": tre}
+    out["dice_mean"] = float(np.mean(list(dice.values()))) if dice else None
+    out["tre_mm_mean"] = float(np.mean(list(tre.values()))) if tre else None
+    return out
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclass
+class RegistrationResult:
+    """Everything one registration produces, on the output grid ``affine``.
+
+    Arrays are ``(D, H, W)`` along the output grid's array axes; ``disp`` is the
+    ``(3, D, H, W)`` voxel pull field of that grid into the moving image (the toolkit's
+    convention, ``docs/ARCHITECTURE.md``), ``model_disp`` the predicted field on the fixed working grid
+    ``model_affine`` (the network's, refined, before it is carried to the output grid)."""
+
+    fixed: np.ndarray
+    moving: np.ndarray  # moving image on the output grid before registration (world identity)
+    warped: np.ndarray
+    disp: np.ndarray
+    affine: np.ndarray
+    model_disp: np.ndarray
+    model_affine: np.ndarray
+    fixed_seg: np.ndarray | None = None
+    moving_seg: np.ndarray | None = None  # before registration, on the output grid
+    warped_seg: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    #: the model used: name, version, ref, sha256, checkpoint (:func:`ddmr_core.model.zoo.identify`)
+    model: dict = field(default_factory=dict)
+    #: input mismatches found (:meth:`Registrar.check_inputs`), one line each
+    warnings: list = field(default_factory=list)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return spacing_from_affine(self.affine)
+
+    def images(self) -> dict:
+        """nibabel images of the outputs: ``fixed``, ``warped``, ``warped_seg`` (if any)."""
+        import nibabel as nib
+
+        out = {}
+        for key in ("fixed", "warped", "warped_seg"):
+            arr = getattr(self, key)
+            if arr is None:
+                continue
+            img = nib.Nifti1Image(arr.astype(np.uint8 if key.endswith("seg") else np.float32), self.affine)
+            img.set_sform(self.affine, code=1)
+            img.set_qform(self.affine, code=1)
+            out[key] = img
+        return out
+
+    def summary(self) -> dict:
+        """JSON-ready dict: model (name, version, sha256), inputs, warnings, output grid,
+        timings (s) and metrics."""
+        return _jsonable(
+            {
+                "model": self.model,
+                "inputs": self.inputs,
+                "warnings": self.warnings,
+                "output_shape": list(self.warped.shape),
+                "output_spacing_mm": [float(s) for s in self.spacing],
+                "output_affine": self.affine.tolist(),
+                "timings_s": self.timings,
+                "metrics": self.metrics,
+            }
+        )
+
+    def save(self, out_dir: str | Path, outputs=None, compress: bool = True) -> Path:
+        """Write the outputs into ``out_dir``: ``outputs`` names (``None``: all) of
+        :data:`ddmr_core.registration.output.OUTPUTS`, ``.nii.gz`` or (``compress=False``)
+        ``.nii`` (see :func:`ddmr_core.registration.output.write_outputs`)."""
+        from .output import ALL_OUTPUTS, write_outputs
+
+        return write_outputs(self, out_dir, ALL_OUTPUTS if outputs is None else outputs, compress)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def _resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
+    """Every output on the grid ``(T, shape)``, from the model field ``disp`` (3, d, h, w)
+    pairing the working grids ``Fw`` (fixed) and ``Mw`` (moving) and the original volumes
+    (see the module docstring).
+
+    The exported field ``w`` (:func:`carry_field`) is the one result: the warped image and
+    label map are ``w`` applied to the original moving volumes (:func:`apply_field`, as ITK
+    applies ``field.nii.gz``), and "before" is the identity in world coordinates (the
+    unregistered moving image on the output grid). Returns numpy arrays: ``fixed``,
+    ``before``, ``warped``, ``disp`` and the label maps ``fixed_seg``, ``before_seg``,
+    ``warped_seg`` (``None`` without segmentations)."""
+    dev = disp.device
+    w = carry_field(disp, Fw, Mw, T, shape, interpolate=interpolate_field)
+    out = {"disp": w}
+
+    def on_grid(volume, affine, labels=False):
+        # the volume resampled onto the output grid by the identity; itself (not a copy)
+        # when it lies there already (a moving image on the fixed image's grid)
+        if tuple(volume.shape) == tuple(shape) and np.allclose(np.linalg.inv(affine) @ T, np.eye(4), atol=1e-6):
+            return np.asarray(volume, np.uint8 if labels else np.float32)
+        return apply_field(None, T, volume, affine, shape=shape, labels=labels, device=dev)
+
+    out["warped"] = apply_field(w, T, m0, M0, device=dev)
+    out["before"] = on_grid(m0, M0)
+    out["fixed"] = on_grid(f0, F0)
+    out["warped_seg"] = None if ms0 is None else apply_field(w, T, ms0, M0, labels=True, device=dev)
+    out["before_seg"] = None if ms0 is None else on_grid(ms0, M0, labels=True)
+    out["fixed_seg"] = None if fs0 is None else on_grid(fs0, F0, labels=True)
+    return out
+
+
+# ------------------------------------------------------- is it trustworthy?
+
+#: folding above this share of voxels (%) marks a result untrustworthy
+MAX_FOLDING_PCT = 1.0
+#: a pair already this similar (normalised MI) may rightly be left as it is
+ALIGNED_NMI = 0.98
+
+
+def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, warped: torch.Tensor | None = None,
+           stride: int = 2) -> dict:
+    """Whether a registration can be trusted, from signs that do not depend on the contrast.
+
+    ``fixed``, ``moving`` ``(1, 1, D, H, W)`` in [0, 1] on one grid, ``disp`` the
+    ``(1, 3, d, h, w)`` voxel field of the registration (its folding is counted), and
+    ``warped`` the moving image registered onto that grid (``None``: ``moving`` warped by
+    ``disp``, which then lies on the images' grid). Returns ``{"nmi_before", "nmi_after",
+    "folding_pct", "flags", "trusted"}``: the images' normalised mutual information
+    (:func:`ddmr_core.spatial.similarity.mutual_information`, which a T2 scan against a T1 shares
+    with a T1 against a T1) before and after warping, the share of folded voxels, and one
+    flag per sign of failure: the registration did not raise the mutual information of a
+    pair not already aligned (the images are of different things, or the field moved them
+    apart), or more than
+    :data:`MAX_FOLDING_PCT` % of the voxels fold. The mutual information counts every
+    ``stride``-th voxel per axis (1: the images are such a subsample already)."""
+    from ..spatial.similarity import mutual_information
+    from ..spatial.fields import field_folding_percentage, warp
+
+    sub = (slice(None), slice(None)) + (slice(None, None, int(stride)),) * 3
+    if warped is None:
+        warped = warp(moving, disp, mode="linear", padding="border")
+    before = float(mutual_information(moving[sub], fixed[sub], normalised=True)[0])
+    after = float(mutual_information(warped[sub], fixed[sub], normalised=True)[0])
+    folding = field_folding_percentage(disp.float())
+    flags = []
+    if not after > before and before < ALIGNED_NMI:
+        flags.append(f"the registration did not raise the images' mutual information ({before:.3f} -> "
+                     f"{after:.3f}): different anatomy, or a failed alignment")
+    if folding > MAX_FOLDING_PCT:
+        flags.append(f"{folding:.2f} % of the voxels fold (more than {MAX_FOLDING_PCT:g} %)")
+    return {"nmi_before": before, "nmi_after": after, "folding_pct": folding, "flags": flags,
+            "trusted": not flags}
+
+
+def _unit(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """``(1, 1, D, H, W)`` float32 tensor of ``a`` mapped from ``[lo, hi]`` (default: its own
+    range) to [0, 1]."""
+    lo = float(np.min(a)) if lo is None else lo
+    hi = float(np.max(a)) if hi is None else hi
+    return torch.from_numpy(((np.asarray(a, np.float32) - lo) / max(hi - lo, 1e-12)).astype(np.float32))[None, None]
+
+
+# ------------------------------------------------------------- registrar
+
+#: ``ddmr register``'s refinement steps for a model whose config has none (:meth:`Registrar.auto_refinement`)
+AUTO_REFINE_ITERATIONS = 40
+#: and their options (:func:`ddmr_core.spatial.refine.refine_field`): the raw images' global NCC,
+#: about 48^3 voxels scored per step (a sub-lattice of the working grid)
+AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3}
+#: ... and a correction with a node every this many mm (4 voxels at 1 mm, 2 at 2 mm)
+AUTO_REFINE_NODE_MM = 4.0
+
+
+class Registrar:
+    """A trained model loaded once, registering any number of pairs.
+
+    Args:
+        model: a ddmr checkpoint (path), or the name of a registered model (``brain-mr``,
+            see ``ddmr plugins --kind models``); a path to an existing file wins
+            (:func:`ddmr_core.model.checkpoint.resolve_model`).
+        device: torch device for the network (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
+            None: CUDA when available), :func:`ddmr_core.devices.resolve_device`.
+        registry: a :class:`ddmr_core.plugins.registry.Registry` (default: the installed plugins).
+        strict: refuse (:class:`DataError`) images that do not look like what the model's
+            card says it expects, instead of warning (:meth:`check_inputs`).
+        refine: instance optimisation on the working grid after the network
+            (:func:`ddmr_core.spatial.refine.refine_field`): ``None`` the model's own
+            (``refine_iterations`` of its config, what ``ddmr evaluate`` measures), an
+            integer that many steps (0: none), ``"auto"`` (``ddmr register``'s default,
+            :meth:`auto_refinement`).
+
+    Raises:
+        CheckpointError: missing/unreadable file, not a ddmr checkpoint, a checkpoint
+            whose config or weights do not build a model, or a shipped weight file that
+            does not match its recorded sha256 (:class:`ddmr_core.model.zoo.IntegrityError`).
+        UnknownNameError: ``model`` is neither a file nor a registered model name (or
+            names a version that is not shipped).
+    """
+
+    def __init__(self, model, device="cpu", registry=None, strict: bool = False, refine=None):
+        from ..model import zoo
+        from ..model.checkpoint import describe, load_model, resolve_model
+        from ..data.preprocess import Preprocess
+
+        self.device = resolve_device(device)
+        self.spec = model if hasattr(model, "read") else str(model)
+        self.strict = bool(strict)
+        release = zoo.lookup(model, registry)  # None: a checkpoint file, not a model name
+        self.path = zoo.verify(release).source if release is not None else resolve_model(model, registry)
+        self.name = describe(self.path)
+        #: which model this is, as results record it: name, version, sha256 (:func:`ddmr_core.model.zoo.identify`)
+        self.model_info = zoo.identify(model, self.path, release)
+        t0 = time.perf_counter()
+        self.model, ckpt = load_model(self.path, device=self.device, registry=registry)
+        self.load_time = time.perf_counter() - t0
+        # the card says what inputs the model expects (the input check of :meth:`register`);
+        # a checkpoint without a card file may carry one from ``ddmr export --card``
+        self.card = release.card if release is not None and release.card is not None else ckpt.get("card")
+        if not isinstance(self.card, dict):
+            self.card = None
+        self.labels = tuple(int(v) for v in (ckpt.get("labels") or ()))
+        size = ckpt.get("input_size")
+        try:
+            # checkpoints without a recipe get the default intensity scaling on their own
+            # grid (no resampling to a spacing); the network grid is input_size
+            pre = ckpt.get("preprocess") or {"spacing": None, "size": size}
+            self.preprocess = Preprocess.from_dict(pre)
+        except DdmrError as exc:
+            raise CheckpointError(f"checkpoint {self.name!r}: bad 'preprocess': {exc}") from exc
+        if size is None:  # a run that took its grid from the data: the recipe's size
+            size = self.preprocess.size
+        if size is None or len(size) != 3:
+            raise CheckpointError(
+                f"checkpoint {self.name!r} records no network grid ('input_size' or a "
+                "preprocessing size), so inputs cannot be brought to the model's grid"
+            )
+        self.input_size = tuple(int(s) for s in size)
+        #: check the estimated memory of each registration first (``--no-memory-check``)
+        self.memory_check = True
+        self.register_refinement = False
+        self.set_refinement(refine)
+
+    def auto_refinement(self) -> int:
+        """``ddmr register``'s default number of refinement steps: the model's own when its
+        config refines, else :data:`AUTO_REFINE_ITERATIONS` steps of global NCC on the
+        working grid, unless the model's card lists several contrasts (NCC assumes the
+        two images share one: a model for pairs of different contrasts is not refined)."""
+        if self.model.refine_iterations:
+            return self.model.refine_iterations
+        contrasts = (self.card or {}).get("contrasts") or []
+        return 0 if len(contrasts) > 1 else AUTO_REFINE_ITERATIONS
+
+    def set_refinement(self, refine) -> None:
+        """Set the refinement of :meth:`predict` (see the ``refine`` argument)."""
+        if refine is None:
+            return
+        if refine == "auto":
+            refine = self.auto_refinement()
+        if isinstance(refine, bool) or int(refine) != refine or refine < 0:
+            raise DdmrError(f"refinement steps must be a non-negative integer or 'auto', got {refine!r}")
+        #: the refinement's options are ddmr register's (:data:`AUTO_REFINE_OPTIONS`), not
+        #: the model's own: the raw images' global NCC (on working grids of 1-2 mm a local
+        #: normalisation over 5 voxels made the brain benchmark's Dice worse), nodes in mm
+        self.register_refinement = not self.model.refine_iterations
+        if self.register_refinement:
+            self.model.refine_options = dict(AUTO_REFINE_OPTIONS)
+        self.model.refine_iterations = int(refine)
+
+    def check_memory(self, shape, affine, original_resolution: bool) -> None:
+        """Refuse a registration whose estimated memory (:func:`ddmr_core.data.guards.
+        registration_bytes`: the fixed image resampled to the recipe's spacing, uncropped,
+        and the network grid) exceeds what is available, before anything is resampled."""
+        from ..data.guards import check_memory, registration_bytes
+
+        spacing = self.preprocess.spacing
+        work = tuple(shape) if spacing is None else tuple(
+            max(1, math.ceil(n * s / t)) for n, s, t in zip(shape, spacing_from_affine(affine), spacing))
+        need = registration_bytes(work, tuple(shape) if original_resolution else work, self.input_size)
+        check_memory(need, f"registering on a working grid of {work} voxels", skip=not self.memory_check)
+
+    # ----------------------------------------------------------- internals
+    def crop_mode(self, fixed_seg, moving_seg) -> str:
+        """What the recipe crops around: ``"none"`` (it does not crop), ``"labels"`` (it
+        crops around labels and both images have label maps holding them, as in
+        training) or ``"foreground"`` (it crops around labels but a label map is missing,
+        or lacks those labels, say another atlas's numbering: each image is cropped to its
+        foreground, :meth:`ddmr_core.data.preprocess.Preprocess.foreground`)."""
+        pre = self.preprocess
+        if pre.crop_labels is None:
+            return "none"
+        return "labels" if pre.crops_around(fixed_seg) and pre.crops_around(moving_seg) else "foreground"
+
+    def working_spacing(self, fixed_affine) -> tuple | None:
+        """The working grid's spacing (mm per array axis) for a fixed image on
+        ``fixed_affine``: the recipe's spacing, but never finer than the fixed image's own
+        (a 2 mm scan is registered on a 2 mm grid, not upsampled to the recipe's 1 mm:
+        8 times fewer voxels to refine and resample, and no detail the scan lacks).
+        ``None``: a recipe that keeps the images' grids."""
+        if self.preprocess.spacing is None:
+            return None
+        own = spacing_from_affine(np.asarray(fixed_affine, dtype=np.float64))
+        return tuple(float(max(r, s)) for r, s in zip(self.preprocess.spacing, own))
+
+    def to_working_grid(self, image, seg, affine, name, crop: str, shape=None, spacing=None):
+        """One image through the checkpoint's recipe up to, not including, its resize to
+        the network grid (that is :meth:`predict`'s): crop, resampling to ``spacing``
+        (:meth:`working_spacing`; ``None``: the recipe's), intensities. ``shape``: resize
+        to it at the end, keeping the field of view (the moving image goes to the fixed
+        image's working shape). Returns ``(image float32 in [0, 1], affine)``."""
+        pre = self.preprocess.replace(size=None if shape is None else tuple(int(n) for n in shape))
+        if spacing is not None:
+            pre = pre.replace(spacing=spacing)
+        img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground")
+        return img, aff
+
+    def check_inputs(self, *images) -> list[str]:
+        """Compare ``(array, what)`` images with what the model's card says it expects
+        (:func:`ddmr_core.model.card.input_mismatch`: CT in Hounsfield units given to an
+        MR model, an MR scan given to a CT model). Each mismatch is one line, issued as a
+        :class:`~ddmr_core.errors.ModelInputWarning` and returned; with ``strict`` it is a
+        :class:`~ddmr_core.errors.DataError` instead."""
+        from ..errors import DataError, ModelInputWarning
+        from ..model.card import input_mismatch
+
+        notes = []
+        for image, what in images:
+            note = input_mismatch(self.card, image, what, self.model_info.get("ref") or self.name)
+            if note is None:
+                continue
+            if self.strict:
+                raise DataError(note + " (refused: strict input checking)")
+            # stacklevel: the caller of register (past torch.no_grad's wrapper)
+            warnings.warn(ModelInputWarning(note + " (registering anyway; --strict refuses)"), stacklevel=4)
+            notes.append(note)
+        return notes
+
+    @torch.inference_mode()
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """The pull field ``(1, 3, D, H, W)`` for fixed and moving images ``(1, 1, D, H, W)``
+        in [0, 1] on one grid, in voxels of that grid: the network on its own grid
+        (``input_size``), the instance optimisation, if the model has one, on the images'
+        grid (:meth:`ddmr_core.model.registration_model.RegistrationModel.predict_on_grid`).
+
+        The one inference path: ``ddmr register`` and ``ddmr evaluate`` both predict here,
+        so a pair gives the same field in both."""
+        return self.model.predict_on_grid(fixed.to(self.device), moving.to(self.device), self.input_size)
+
+    @torch.no_grad()
+    def register(
+        self,
+        fixed,
+        moving,
+        fixed_seg=None,
+        moving_seg=None,
+        *,
+        fixed_affine=None,
+        moving_affine=None,
+        original_resolution: bool = False,
+    ) -> RegistrationResult:
+        """Register ``moving`` to ``fixed``.
+
+        Args:
+            fixed, moving: NIfTI paths, nibabel images, or ``(D, H, W)`` arrays/tensors.
+            fixed_seg, moving_seg: optional label maps (same kinds), on their image's grid.
+                They give Dice and TRE; with both, a recipe that crops around labels crops
+                around them (as in training), otherwise around each image's foreground
+                (:meth:`crop_mode`).
+            fixed_affine, moving_affine: voxel->RAS affines for array inputs (default:
+                identity for the fixed image, the fixed affine for the moving one).
+            original_resolution: output on the fixed image's original grid instead of
+                the working grid (the fixed image after the recipe's crop and resampling).
+
+        Raises:
+            DataError: unreadable/missing file, non-3-D volume, a constant (e.g. all-zero)
+                image, a voxel spacing outside 0.05..20 mm (a unit mistake), more memory
+                needed than available (:meth:`check_memory`), a segmentation whose grid
+                differs from its image's, inputs the
+                preprocessing cannot handle, or a model whose field or warped image is not
+                finite (NaN or infinite values are never returned as a result).
+        """
+        timings = {}
+        t = time.perf_counter()
+        if moving_affine is None and fixed_affine is not None:
+            moving_affine = fixed_affine
+        f0, fs0, F0, fname = _read_pair_side(fixed, fixed_seg, fixed_affine, "fixed image")
+        m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
+        check_not_constant(f0, _named("fixed image", fname))
+        check_not_constant(m0, _named("moving image", mname))
+        check_spacing(F0, _named("fixed image", fname))  # a unit mistake in the header
+        check_spacing(M0, _named("moving image", mname))
+        self.check_memory(f0.shape, F0, original_resolution)
+        m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
+        notes = self.check_inputs((f0, _named("fixed image", fname)), (m0, _named("moving image", mname)))
+        timings["read"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        crop = self.crop_mode(fs0, ms0)
+        spacing = self.working_spacing(F0)
+        f_w, Fw = self.to_working_grid(f0, fs0, F0, fname, crop, spacing=spacing)
+        m_w, Mw = self.to_working_grid(m0, ms0, M0, mname, crop, shape=f_w.shape, spacing=spacing)
+        timings["preprocess"] = time.perf_counter() - t
+
+        dev = self.device
+        if self.register_refinement:
+            step = float(np.min(spacing_from_affine(Fw)))
+            self.model.refine_options["nodes"] = max(1, round(AUTO_REFINE_NODE_MM / step))
+        t = time.perf_counter()
+        fx = torch.from_numpy(np.ascontiguousarray(f_w, dtype=np.float32))[None, None]
+        mv = torch.from_numpy(np.ascontiguousarray(m_w, dtype=np.float32))[None, None]
+        disp = self.predict(fx, mv)[0].float()  # (3, D, H, W) voxels of the fixed working grid
+        what = f"checkpoint {self.name!r} on {fname!r} and {mname!r}"
+        check_field(what, disp)
+        synchronize(dev)
+        timings["predict"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        T = F0 if original_resolution else Fw
+        shape = tuple(f0.shape) if original_resolution else tuple(f_w.shape)
+        outs = _resample_outputs(
+            disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
+        )
+        synchronize(dev)
+        timings["apply"] = time.perf_counter() - t
+        check_finite(what, warped=outs["warped"], exported_field=outs["disp"])
+
+        # "before": the unregistered images as they lie in the world, on the output grid
+        metrics = {"before": {"ncc": image_ncc(outs["fixed"], outs["before"])},
+                   "after": {"ncc": image_ncc(outs["fixed"], outs["warped"])}}
+        fixed_seg_out, before_seg, warped_seg = outs["fixed_seg"], outs["before_seg"], outs["warped_seg"]
+        if fixed_seg_out is not None and warped_seg is not None:
+            labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
+            metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
+            metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
+        # on the output images already made: the moving ones share the unregistered
+        # image's intensity scale, so the measure sees what the user gets
+        # (on every 2nd voxel per axis: what assess would count of the whole images)
+        lo, hi = float(np.min(outs["before"])), float(np.max(outs["before"]))
+        sub = (slice(None, None, 2),) * 3
+        metrics["trust"] = assess(_unit(outs["fixed"][sub]), _unit(outs["before"][sub], lo, hi), disp[None],
+                                  warped=_unit(outs["warped"][sub], lo, hi), stride=1)
+        for flag in metrics["trust"]["flags"]:
+            note = f"untrustworthy result for {fname!r} and {mname!r}: {flag}"
+            warnings.warn(RegistrationQualityWarning(note), stacklevel=3)
+            notes.append(note)
+        inputs = {
+            "fixed": _describe(fixed, "array"),
+            "moving": _describe(moving, "array"),
+            "fixed_seg": None if fixed_seg is None else _describe(fixed_seg, "array"),
+            "moving_seg": None if moving_seg is None else _describe(moving_seg, "array"),
+            "model": self.spec if isinstance(self.spec, str) else self.name,
+            "checkpoint": self.name,
+            "crop": crop,
+            "original_resolution": bool(original_resolution),
+            "refine_iterations": int(self.model.refine_iterations),
+            "device": str(dev),
+            "model_load_s": self.load_time,
+        }
+        return RegistrationResult(
+            fixed=outs["fixed"],
+            moving=outs["before"],
+            warped=outs["warped"],
+            disp=outs["disp"],
+            affine=np.asarray(T, dtype=np.float64),
+            model_disp=disp.cpu().numpy(),
+            model_affine=np.asarray(Fw, dtype=np.float64),
+            fixed_seg=fixed_seg_out,
+            moving_seg=before_seg,
+            warped_seg=warped_seg,
+            metrics=metrics,
+            timings=timings,
+            inputs=inputs,
+            model=dict(self.model_info),
+            warnings=notes,
+        )
+
+
+def register(fixed, moving, model, fixed_seg=None, moving_seg=None, *, device="cpu",
+             original_resolution: bool = False, out_dir=None, **kwargs) -> RegistrationResult:
+    """One-shot convenience: load ``model`` (a checkpoint path, a registered model name or
+    a :class:`Registrar`),
+    register one pair and, if ``out_dir`` is given, write the outputs there."""
+    reg = model if isinstance(model, Registrar) else Registrar(model, device=device)
+    res = reg.register(fixed, moving, fixed_seg, moving_seg, original_resolution=original_resolution, **kwargs)
+    if out_dir is not None:
+        res.save(out_dir)
+    return res

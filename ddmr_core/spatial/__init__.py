@@ -1,0 +1,7 @@
+"""Image and field geometry on tensors: grids, warping, resizing, composition, Jacobians
+(:mod:`.fields`), similarities (:mod:`.similarity`), network layers (:mod:`.layers`), and
+the classical optimisations around a network: global prealignment (:mod:`.prealign`)
+and instance refinement (:mod:`.refine`).
+
+Floor: imports only :mod:`ddmr_core.errors` (no files, no config, no plugins).
+"""

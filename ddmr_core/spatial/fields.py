@@ -1,0 +1,367 @@
+"""Fields shared by every part: warping, resizing, composing fields, Jacobians, and fields
+between grids through world coordinates (the grids and affines they use:
+:mod:`ddmr_core.spatial.grids`).
+
+Conventions (``docs/ARCHITECTURE.md``, "Tensor conventions"):
+
+* images ``(B, C, D, H, W)``; displacement fields ``(B, 3, D, H, W)`` float32 in **voxel
+  units of the fixed grid**, component ``i`` along array axis ``i``;
+* pull (backward) mapping: ``warped(x) = moving(x + u(x))`` for every voxel ``x`` of the
+  fixed grid -- the convention of voxelmorph and MONAI's ``Warp`` (``align_corners=True``
+  sampling, voxel centres at integer coordinates);
+* resizing keeps the physical field of view (voxel centres of the new grid sit at
+  ``(j + 0.5) * N_old / N_new - 0.5`` of the old one, ``align_corners=False``), so a
+  field's vectors scale by ``N_new / N_old`` per axis, and the affine changes as
+  :func:`resize_affine` says;
+* affines are ``(4, 4)`` voxel -> RAS millimetre maps (nibabel's), applied to points
+  ``(3, ...)`` in array-axis order by :func:`apply_affine`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .grids import _sampling_grid, apply_affine, identity_grid, to_normalised, voxel_grid
+
+_MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear", "nearest": "nearest"}
+_PADDINGS = ("zeros", "border", "reflection")
+
+
+def _check_field(disp: torch.Tensor, name: str = "disp") -> None:
+    if disp.dim() != 5 or disp.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, D, H, W), got {tuple(disp.shape)}")
+
+
+def warp(
+    image: torch.Tensor, disp: torch.Tensor, mode: str = "linear", padding: str = "zeros"
+) -> torch.Tensor:
+    """Warp ``image`` with the pull field ``disp``: ``out(x) = image(x + disp(x))``.
+
+    Args:
+        image: ``(B, C, D, H, W)``; integer label maps are sampled as float and cast back.
+        disp: ``(B, 3, D, H, W)`` voxel displacements on the image's grid (``B`` may be 1
+            to share one field across the batch).
+        mode: ``"linear"`` (trilinear, differentiable) or ``"nearest"``.
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the image.
+
+    Returns:
+        ``(B, C, D, H, W)`` tensor of the image's dtype.
+    """
+    _check_field(disp)
+    if image.dim() != 5:
+        raise ValueError(f"image must have shape (B, C, D, H, W), got {tuple(image.shape)}")
+    if tuple(image.shape[2:]) != tuple(disp.shape[2:]):
+        raise ValueError(
+            f"image grid {tuple(image.shape[2:])} and field grid {tuple(disp.shape[2:])} differ"
+        )
+    return warp_with_grid(image, sampling_grid(disp), mode, padding)
+
+
+def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(B, D, H, W, 3)`` that :func:`warp` samples with for the
+    pull field ``disp (B, 3, D, H, W)``: ``x + disp(x)`` normalised to [-1, 1]
+    (``align_corners=True``), xyz last (its x is the last array axis); a view of a
+    channels-first tensor.
+
+    With :func:`warp_with_grid`, several images warped by one field share it."""
+    _check_field(disp)
+    dtype = disp.dtype if disp.is_floating_point() else torch.float32
+    base, scale = _sampling_grid(tuple(disp.shape[2:]), disp.device, dtype)
+    # One fused pass (plus the channel flip) over the field, channels first; the xyz-last
+    # layout grid_sample wants is a permuted view, which it reads as fast as a contiguous
+    # grid (on the CPU far cheaper than a (N, 3) @ (3, 3) matmul building it).
+    return torch.addcmul(base, disp.to(dtype).flip(1), scale).permute(0, 2, 3, 4, 1)
+
+
+def warp_with_grid(
+    image: torch.Tensor, grid: torch.Tensor, mode: str = "linear", padding: str = "zeros"
+) -> torch.Tensor:
+    """:func:`warp` with the grid of :func:`sampling_grid` (``grid``'s batch may be 1)."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    if tuple(image.shape[2:]) != tuple(grid.shape[1:4]):
+        raise ValueError(f"image grid {tuple(image.shape[2:])} and sampling grid {tuple(grid.shape[1:4])} differ")
+    out_dtype = image.dtype
+    src = image if image.is_floating_point() else image.float()
+    if grid.shape[0] != src.shape[0]:
+        grid = grid.expand(src.shape[0], *grid.shape[1:])
+    out = grid_sample(src.to(grid.dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    if not image.is_floating_point():
+        out = out.round().to(out_dtype)
+    else:
+        out = out.to(out_dtype)
+    return out
+
+
+def grid_sample(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros",
+                align_corners: bool = True) -> torch.Tensor:
+    """``F.grid_sample`` for volumes (``(B, C, D, H, W)``, grid ``(B, d, h, w, 3)``) that
+    uses the CPU's threads for a batch of one.
+
+    PyTorch's CPU kernel for 3-D sampling parallelises over the batch only, so a single
+    pair (the paper trains with batch 1; every registration is one pair) ran on one core.
+    On the CPU with ``B == 1``, the grid is cut along ``d`` into ``k`` slabs (``k`` the
+    largest divisor of ``d`` up to the thread count, at most 8) sampled as a batch of
+    ``k`` from the same, expanded (not copied) volume: the result and its gradients are
+    identical (``benchmarks/cpu_kernels.py`` times it against ``F.grid_sample``).
+    """
+    b, d = grid.shape[0], grid.shape[1]
+    k = 1
+    if volume.device.type == "cpu" and volume.shape[0] == 1 and b == 1:
+        k = next(j for j in range(min(torch.get_num_threads(), 8, d), 0, -1) if d % j == 0)
+    if k == 1:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    out = F.grid_sample(volume.expand(k, *volume.shape[1:]), grid.reshape(k, d // k, *grid.shape[2:]),
+                        mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    return out.transpose(0, 1).reshape(1, volume.shape[1], d, *out.shape[3:])
+
+
+def sample_at(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear", padding: str = "zeros") -> torch.Tensor:
+    """Sample ``volume (B, C, *S)`` at voxel coordinates ``coords (B or 1, 3, *T)`` (array
+    order, voxel centres at integers, as in :func:`warp`) -> ``(B, C, *T)``.
+
+    Computed in ``coords``' (floating) dtype; integer volumes are sampled as float,
+    rounded and cast back. ``mode``/``padding`` as in :func:`warp`."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    shape = volume.shape[2:]
+    grid = to_normalised(coords, shape).movedim(1, -1)
+    if grid.shape[0] != volume.shape[0]:
+        grid = grid.expand(volume.shape[0], *grid.shape[1:])
+    src = volume if volume.is_floating_point() else volume.float()
+    out = grid_sample(src.to(coords.dtype), grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return out.round().to(volume.dtype) if not volume.is_floating_point() else out.to(volume.dtype)
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
+    """Resize ``(B, C, D, H, W)`` to ``size`` keeping the field of view.
+
+    ``mode="nearest"`` is for label maps (integer dtypes are kept)."""
+    size = tuple(int(s) for s in size)
+    if tuple(image.shape[2:]) == size:
+        return image
+    if mode == "nearest":
+        src = image if image.is_floating_point() else image.float()
+        out = F.interpolate(src, size=size, mode="nearest-exact")
+        return out.to(image.dtype)
+    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+
+
+def resize_field(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a voxel field to ``size``, rescaling component ``i`` by ``size[i] / D_i``."""
+    _check_field(disp)
+    size = tuple(int(s) for s in size)
+    old = disp.shape[2:]
+    if tuple(old) == size:
+        return disp
+    out = F.interpolate(disp, size=size, mode="trilinear", align_corners=False)
+    ratio = torch.tensor([n / o for n, o in zip(size, old)], device=disp.device, dtype=disp.dtype)
+    return out * ratio.view(1, 3, 1, 1, 1)
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The single field equal to warping with ``first`` and then with ``second``.
+
+    ``warp(warp(m, first), second)(x) = m(x + second(x) + first(x + second(x)))``, so
+    the result is ``second + warp(first, second)`` (linear interpolation, border padding).
+    """
+    _check_field(first, "first")
+    _check_field(second, "second")
+    return second + warp(first, second, mode="linear", padding="border")
+
+
+def compose_affine(field: torch.Tensor, matrix: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Exact composition of an affine pull field with a residual predicted after it.
+
+    ``field`` ``(B, 3, D, H, W)`` is the pull field of an affine map with linear part
+    ``matrix`` ``(B, 3, 3)`` (voxels, array-axis order), and ``residual`` the pull field
+    found on ``warp(moving, field)``. Warping with ``field`` then ``residual`` samples
+    ``moving(x + r + field(x + r))``, and ``field(x + r) = field(x) + (matrix - I) r``, so
+    the single field is ``field + matrix @ r``: no interpolation, unlike :func:`compose`.
+    """
+    _check_field(field, "field")
+    _check_field(residual, "residual")
+    return field + torch.einsum("bij,bj...->bi...", matrix.to(residual.dtype), residual)
+
+
+def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x -> x + u(x)``, ``(B, D, H, W)``.
+
+    Central differences inside, one-sided at the borders (``torch.gradient``), so an
+    affine field gives the determinant of its matrix exactly, everywhere."""
+    _check_field(disp)
+    grads = [torch.gradient(disp[:, i], dim=(1, 2, 3)) for i in range(3)]
+    # J[i][j] = d(x_i + u_i)/d x_j
+    J = [[grads[i][j] + (1.0 if i == j else 0.0) for j in range(3)] for i in range(3)]
+    return (
+        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+    )
+
+
+def folding_percentage(jacobian) -> float:
+    """Percentage (0-100) of voxels whose Jacobian determinant (:func:`jacobian_determinant`)
+    is not positive: where the map folds (the ``folding`` metric, ``ddmr jacobian``)."""
+    jac = jacobian.detach().cpu().numpy() if hasattr(jacobian, "detach") else np.asarray(jacobian)
+    return float(100.0 * np.mean(jac <= 0)) if jac.size else float("nan")
+
+
+def field_folding_percentage(disp: torch.Tensor, rows: int = 16) -> float:
+    """``folding_percentage(jacobian_determinant(disp))`` of a ``(1, 3, D, H, W)`` field,
+    in slabs of ``rows`` planes along axis 0 (each with its neighbour planes, so the
+    central differences are the same): the memory of a few planes instead of the nine
+    full-size derivative volumes (1 GB at 1 mm)."""
+    _check_field(disp)
+    n, folded, total = disp.shape[2], 0, 0
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        lo, hi = max(0, a - 1), min(n, b + 1)
+        jac = jacobian_determinant(disp[:, :, lo:hi])[:, a - lo:b - lo]
+        folded += int((jac <= 0).sum())
+        total += jac.numel()
+    return float(100.0 * folded / total) if total else float("nan")
+
+
+def one_hot(labels: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
+    """Label map ``(B, 1, D, H, W)`` -> one-hot float ``(B, L, D, H, W)`` over ``values``
+    (the foreground labels; background is left out)."""
+    if labels.dim() != 5 or labels.shape[1] != 1:
+        raise ValueError(f"label map must have shape (B, 1, D, H, W), got {tuple(labels.shape)}")
+    vals = torch.as_tensor(list(values), device=labels.device).view(1, -1, 1, 1, 1)
+    return (labels.long() == vals.long()).float()
+
+
+def labels_from_one_hot(onehot: torch.Tensor, values: Sequence[int], threshold: float = 0.5) -> torch.Tensor:
+    """One-hot ``(B, L, ...)`` -> label map ``(B, 1, ...)`` (uint8), background where all < threshold."""
+    vals = torch.as_tensor([0] + list(values), device=onehot.device)
+    bg = torch.full_like(onehot[:, :1], threshold)
+    idx = torch.cat([bg, onehot], dim=1).argmax(dim=1, keepdim=True)
+    return vals[idx].to(torch.uint8)
+
+
+def intensity_centroid(image: torch.Tensor, background_quantile: float = 0.1) -> torch.Tensor:
+    """Intensity-weighted centre of mass of each image, in voxel coordinates.
+
+    Args:
+        image: ``(B, 1, D, H, W)``.
+        background_quantile: intensities up to this quantile of each image count as
+            background and weigh 0; above it a voxel weighs ``I - q``. This keeps an
+            additive brightness shift (which lifts the background) from pulling the
+            centroid towards the middle of the grid.
+
+    Returns:
+        ``(B, 3)`` float: the centroid's index along each array axis. An image with no
+        voxel above the quantile (constant) gets the grid centre.
+    """
+    if image.ndim != 5 or image.shape[1] != 1:
+        raise ValueError(f"image must be (B, 1, D, H, W), got {tuple(image.shape)}")
+    b = image.shape[0]
+    flat = image.detach().reshape(b, -1).float()
+    # kthvalue: torch.quantile refuses inputs above 16 M elements (a 256^3 image)
+    k = max(1, int(round(background_quantile * flat.shape[1])))
+    q = flat.kthvalue(k, dim=1).values
+    w = (image.detach().float() - q.view(b, 1, 1, 1, 1)).clamp_min(0)[:, 0]
+    total = w.reshape(b, -1).sum(dim=1)
+    grid = identity_grid(image.shape[2:], image.device, torch.float32)[0]  # (3, D, H, W)
+    centre = torch.tensor([(n - 1) / 2 for n in image.shape[2:]], device=image.device)
+    num = torch.einsum("bdhw,cdhw->bc", w, grid)
+    safe = total.clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.where((total > 0)[:, None], num / safe[:, None], centre.expand(b, 3))
+
+
+# ------------------------------------------------------ fields between grids
+#
+# Grids here are ``(affine, shape)`` pairs of any orientation, spacing and size; fields
+# and volumes are ``(3, D, H, W)`` / ``(D, H, W)`` arrays (no batch axis). Work is done in
+# slabs along axis 0 so that memory stays bounded on large output grids.
+
+#: output voxels resampled per slab (bounds the memory of the coordinate tensors)
+CHUNK_VOXELS = 2 ** 21
+
+
+def _slabs(shape):
+    """``(a, b)`` ranges along axis 0 of about :data:`CHUNK_VOXELS` voxels each."""
+    rows = max(1, CHUNK_VOXELS // max(1, int(shape[1]) * int(shape[2])))
+    for a in range(0, int(shape[0]), rows):
+        yield a, min(int(shape[0]), a + rows)
+
+
+def _as_tensor(x, device) -> torch.Tensor:
+    if hasattr(x, "detach"):
+        return x.detach().to(device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def carry_field(disp, source_affine, moving_affine, target_affine, shape, interpolate: bool = True,
+                dtype=torch.float32) -> np.ndarray:
+    """A field between two grids, carried onto a third one through world coordinates.
+
+    ``disp`` ``(3, d, h, w)`` pairs voxel ``x`` of the grid ``source_affine`` with voxel
+    ``x + disp(x)`` of the grid ``moving_affine`` (the two may differ: ``ddmr register``'s
+    fixed and moving images are preprocessed each on its own). Returns the voxel pull field
+    of the grid ``(target_affine, shape)`` into the same world points,
+    ``w(y) = T^-1 M (x + disp(x)) - y`` with ``x = S^-1 T y``: ``disp`` is interpolated
+    linearly there (``interpolate``; border padding outside its grid, so the transform
+    stays continuous) or, without ``interpolate``, taken as it is (target grid = source
+    grid). ``(3, *shape)`` array (float32, float64 for ``dtype=torch.float64``), computed
+    in ``dtype`` on ``disp``'s device, in slabs of :data:`CHUNK_VOXELS` voxels.
+
+    The one way a field changes grids: ``ddmr register`` (output grid) and ``ddmr evaluate
+    --original-resolution`` (the fixed image's original grid) both carry fields here."""
+    d = _as_tensor(disp, getattr(disp, "device", "cpu")).to(dtype)
+    dev = d.device
+    to_source = np.linalg.inv(source_affine) @ target_affine  # target voxel -> source voxel
+    to_target = np.linalg.inv(target_affine) @ moving_affine  # moving voxel -> target voxel
+    shape = tuple(int(n) for n in shape)
+    out = np.zeros((3,) + shape, np.float64 if dtype == torch.float64 else np.float32)
+    for a, b in _slabs(shape):
+        y = voxel_grid((b - a,) + shape[1:], dev, dtype, start=(a, 0, 0))
+        if interpolate:
+            x = apply_affine(to_source, y)
+            u = sample_at(d[None], x[None], "linear", padding="border")[0]
+        else:
+            x, u = y, d[:, a:b]
+        out[:, a:b] = (apply_affine(to_target, x + u) - y).cpu().numpy()
+    return out
+
+
+def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
+                padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
+    """Apply a voxel pull field to a volume on any grid, through world coordinates.
+
+    Output voxel ``y`` of the field's grid (``affine``, ``disp`` ``(3, D, H, W)``) takes
+    the value of ``volume`` at the world point ``affine @ (y + disp(y))``, i.e. at voxel
+    ``volume_affine^-1 affine (y + disp(y))`` of the volume (which may lie on another grid):
+    what ITK/ANTs do with ``field.nii.gz``. ``disp=None`` is the identity (``volume``
+    resampled onto the grid ``(affine, shape)``). Images are interpolated linearly,
+    label maps (``labels``) by nearest neighbour and returned as uint8; outside the
+    volume, ``padding`` (``"zeros"`` as ITK's default value, or ``"border"``).
+
+    Returns a ``(D, H, W)`` array (float32, or uint8 for label maps); computed in
+    ``dtype`` on ``device``, in slabs of :data:`CHUNK_VOXELS` voxels. ``ddmr warp``,
+    ``ddmr register`` and ``ddmr evaluate --original-resolution`` apply fields here."""
+    if disp is None and shape is None:
+        raise ValueError("apply_field: give disp or the grid's shape")
+    shape = tuple(int(n) for n in (shape if disp is None else disp.shape[1:]))
+    dev = torch.device(device)
+    vol = _as_tensor(volume, dev)[None, None].to(dtype)  # label values 0..255 are exact in float
+    d = None if disp is None else _as_tensor(disp, dev).to(dtype)
+    to_volume = np.linalg.inv(volume_affine) @ np.asarray(affine, dtype=np.float64)
+    out = np.zeros(shape, np.uint8 if labels else np.float32)
+    for a, b in _slabs(shape):
+        y = voxel_grid((b - a,) + shape[1:], dev, dtype, start=(a, 0, 0))
+        if d is not None:
+            y = y + d[:, a:b]
+        z = apply_affine(to_volume, y)
+        value = sample_at(vol, z[None], "nearest" if labels else "linear", padding)[0, 0]
+        out[a:b] = (value.round().to(torch.uint8) if labels else value.float()).cpu().numpy()
+    return out
