@@ -103,3 +103,13 @@ def test_loading_a_model_for_inference_imports_no_monai_or_dynamo():
             "print('LOADED:', *[m for m in ('monai', 'torch._dynamo') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "LOADED:"
+
+
+def test_register_command_defaults_match_the_library():
+    """commands/register.py restates two defaults so that `ddmr register --help` need not
+    import the library: they must stay the library's."""
+    from ddmr_core.commands import register as command
+    from ddmr_core.registration import output, register
+
+    assert command.DEFAULT_OUTPUTS == output.DEFAULT_OUTPUTS
+    assert command.AUTO_REFINE_ITERATIONS == register.AUTO_REFINE_ITERATIONS
