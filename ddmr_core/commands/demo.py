@@ -26,6 +26,7 @@ Every network row is the network alone: no instance optimisation at inference.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import DdmrError
@@ -93,8 +94,31 @@ def build_steps(args) -> list:
     return steps
 
 
+def free_cores() -> int | None:
+    """CPU threads for the demo's training and inference: the cores not already busy (by the
+    1-minute load average), at least 1; None (PyTorch's default) when ``OMP_NUM_THREADS`` is
+    set or the load is unknown. On a shared 2-core machine, 2 threads with one core taken by
+    another process ran a training step 5x slower than 1 thread (OpenMP threads waiting
+    for each other, docs/training_notes.md)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
 def run(args) -> int:
     out = Path(args.out)
+    threads = free_cores() if args.device in (None, "cpu") else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        print(f"demo: {threads} CPU thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+              "set OMP_NUM_THREADS to choose)", flush=True)
     timings = run_protocol(out, build_steps(args), title="demo")
     summary = out / "report" / "summary.md"
     print()

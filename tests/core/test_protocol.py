@@ -271,3 +271,15 @@ def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_
     assert parser.parse_args(["--max-time", "60m"]).max_time == 3600.0
     # the shipped brain model is scored beside them when it is installed
     assert ("brain-mr (pretrained)" in names) == ("brain-mr" in Registry(bind_gin=False).names("models"))
+
+
+def test_demo_trains_on_the_cores_that_are_free(monkeypatch):
+    from ddmr_core.commands import demo
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    for load, threads in ((0.2, 2), (1.0, 1), (3.7, 1)):
+        monkeypatch.setattr(demo.os, "getloadavg", lambda load=load: (load, load, load))
+        assert demo.free_cores() == threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert demo.free_cores() is None  # the user's choice is left alone
