@@ -1,6 +1,6 @@
 """``ddmr demo``: the main job, end to end on the embedded brain template, on a CPU.
 
-    ddmr demo --out demo_out [--size 64] [--max-time 60m | --steps N] [--pairs 8] [--designs UW-NSD ...]
+    ddmr demo --out demo_out [--size 64] [--max-time 12m | --steps N] [--pairs 8] [--designs UW-NSD ...]
 
 Steps (each resumable: a rerun skips finished steps and resumes training):
 
@@ -10,12 +10,14 @@ Steps (each resumable: a rerun skips finished steps and resumes training):
    the baseline ``BL-N``), with pairs made on the fly by the augmentation layer (TPS,
    rigid, gamma, brightness), by ddmr's training recipe (``mixins/recipe/learnt.gin``:
    affine start, coarse diffeomorphic field, supervision by the pairs' ground-truth
-   fields, warm-up). The default budget, 60 minutes, is what the recipe needs on a 2-core
-   CPU to match ANTs SyN at 64^3 (docs/ARCHITECTURE.md, "Training that learns"); after 10
-   minutes the network was still well short of it (Dice 0.70 against 0.80), after 45 it
-   tied (0.798 against 0.798);
+   fields, warm-up) with the rate decayed over the budget (``mixins/recipe/budget.gin``).
+   The default budget, 12 minutes, keeps the whole demo within 15 minutes on a 2-core
+   CPU; there the network came within 0.007 Dice of ANTs SyN at 64^3 (README);
+   ``--max-time 60m`` is the hour-long run (which matched SyN with the earlier recipe).
+   Training and inference use the CPU cores not busy when the demo starts
+   (:func:`free_cores`);
 3. ``testset`` -- fixed evaluation pairs written once (the same for every method);
-4. ``evaluate`` -- the trained networks, the shipped pretrained ``brain-mr`` (the same
+4. ``evaluate`` -- the trained networks, the shipped pretrained ``brain-mr`` (the earlier
    recipe, trained for an hour; see docs/models.md) when it is installed, ``ants_syn``
    and ``identity``: per-pair CSV, summary table in the paper's format, box plots,
    median-pair figures;
