@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
 import signal
 import sys
@@ -45,6 +46,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ddmr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are drawn on stderr, only on a terminal)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None if argv is None else _selected(argv)
     for name, module, text in COMMANDS:
@@ -109,6 +112,25 @@ def _warnings_as_lines():
         yield
 
 
+@contextlib.contextmanager
+def _progress_off(off: bool):
+    """``--no-progress``: :data:`ddmr_core.progress.ENV` set to 0 while the command runs."""
+    from .progress import ENV
+
+    if not off:
+        yield
+        return
+    before = os.environ.get(ENV)
+    os.environ[ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             if not getattr(args, "_run", None):
                 parser.print_help()
                 return 0
-            with trusted_configs(getattr(args, "trust_config", False)):
+            with trusted_configs(getattr(args, "trust_config", False)), _progress_off(args.no_progress):
                 return int(args._run(args) or 0)
     except DdmrError as exc:
         if debug:

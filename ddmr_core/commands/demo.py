@@ -1,6 +1,6 @@
 """``ddmr demo``: the main job, end to end on the embedded brain template, on a CPU.
 
-    ddmr demo --out demo_out [--size 64] [--max-time 60m | --steps N] [--pairs 8] [--designs UW-NSD ...]
+    ddmr demo --out demo_out [--size 64] [--max-time 12m | --steps N] [--pairs 8] [--designs UW-NSD ...]
 
 The demo is library code (:class:`ddmr_core.experiments.demo.Demo`: its steps and defaults);
 this module turns arguments into one, runs it and prints the table with the location of
@@ -9,11 +9,12 @@ everything.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import duration
 from ..experiments.catalogue import design_files
-from ..experiments.demo import Demo
+from ..experiments.demo import Demo, free_cores
 
 
 def add_arguments(parser):
@@ -22,8 +23,9 @@ def add_arguments(parser):
     parser.add_argument("--size", type=int, default=Demo.size, metavar="S",
                         help=f"grid S^3 of the data and networks (multiple of 16; default {Demo.size})")
     parser.add_argument("--max-time", type=duration, default=Demo.max_time, metavar="DURATION",
-                        help=f"training time per model, e.g. 10m (default {Demo.max_time / 60:g}m; counted over "
-                             "the whole run, so a rerun continues)")
+                        help=f"training time per model, e.g. 60m for the hour-long run (default "
+                             f"{Demo.max_time / 60:g}m; counted over the whole run, so a rerun with a longer time "
+                             "continues)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="optimiser steps per model instead of a time budget")
     parser.add_argument("--designs", nargs="+", default=list(Demo.designs), choices=list(designs),
@@ -38,6 +40,13 @@ def add_arguments(parser):
 def run(args) -> int:
     spec = Demo(out=args.out, size=args.size, max_time=args.max_time, steps=args.steps, designs=args.designs,
                 pairs=args.pairs, baselines=args.baselines, device=args.device)
+    threads = free_cores() if args.device in (None, "cpu") else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        print(f"demo: {threads} CPU thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+              "set OMP_NUM_THREADS to choose)", flush=True)
     timings = spec.run()
     out = Path(spec.out)
     summary = out / "report" / "summary.md"

@@ -91,8 +91,13 @@ def _write_original(out: Path, pair: str, vols: dict) -> dict:
 
 
 def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: str = "test",
-                  dataset_name: str = "", log=print, original_grid: bool = False) -> Path:
+                  dataset_name: str = "", log=print, original_grid: bool = False,
+                  progress: bool | None = None) -> Path:
     """Write ``pairs`` pairs from ``dataset.split(split)`` through ``pipeline`` into ``out``.
+
+    ``log`` gets one summary line; the pairs are counted by a progress bar on stderr
+    (:func:`ddmr_core.progress.bar`; ``progress``: force it on or off, ``None``: on a
+    terminal only).
 
     ``original_grid`` also writes each pair on the subject's isotropic (1 mm) grid, as the
     optional ``*_original`` manifest columns that ``ddmr evaluate --original-resolution`` uses."""
@@ -109,18 +114,21 @@ def build_testset(dataset, pipeline, out, pairs: int, size, seed: int, split: st
     t0 = time.perf_counter()
     # written beside ``out`` and swapped in whole: an interrupted run leaves ``out`` as it was
     with atomic_dir(out, "--out", replaceable=is_testset_output, what="ddmr build-testset") as tmp:
-        _write_pairs(dataset, subjects, pipeline, tmp, pairs, size, seed, split, dataset_name, log,
-                     original_grid)
+        _write_pairs(dataset, subjects, pipeline, tmp, pairs, size, seed, split, dataset_name, original_grid,
+                     progress)
     log(f"wrote {pairs} pairs to {out} in {time.perf_counter() - t0:.1f} s")
     return out
 
 
 def _write_pairs(dataset, subjects, pipeline, out: Path, pairs: int, size, seed: int, split: str,
-                 dataset_name: str, log, original_grid: bool) -> None:
+                 dataset_name: str, original_grid: bool, progress: bool | None = None) -> None:
     from .testset import finish_testset, write_pair
 
-    rows, t0 = [], time.perf_counter()
+    from ..progress import bar
+
+    rows = []
     labels = [int(v) for v in getattr(dataset, "labels", ())]
+    counter = bar(pairs, "build-testset", "pair", progress)
     for k in range(pairs):
         sample = _resize(subjects[k % len(subjects)], size)
         seg = sample.get("seg")
@@ -144,7 +152,8 @@ def _write_pairs(dataset, subjects, pipeline, out: Path, pairs: int, size, seed:
                                      tuple(res["fixed"].shape[2:]))
             row.update(_write_original(out, name, vols))
         rows.append(row)
-        log(f"  {name} (subject index {int(sample['index'])}) {time.perf_counter() - t0:.1f} s")
+        counter.update(1)
+    counter.close()
     preprocess = getattr(dataset, "preprocess", None)
     meta = {
         "dataset": dataset_name,
@@ -160,7 +169,7 @@ def _write_pairs(dataset, subjects, pipeline, out: Path, pairs: int, size, seed:
 
 def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, split: str = "test",
                         augment: str = DEFAULT_AUGMENT, configs=(), bindings=(), overwrite: bool = False,
-                        original_grid: bool = False, log=print) -> Path:
+                        original_grid: bool = False, log=print, progress: bool | None = None) -> Path:
     """What ``ddmr build-testset`` does: check the arguments and ``out`` before any work
     (an existing test set is replaced only with ``overwrite``), build the dataset plugin
     ``dataset`` (:func:`ddmr_core.data.datasets.build_named_dataset`, ``SIZE = size``) and the
@@ -186,4 +195,4 @@ def build_testset_named(dataset: str, pairs: int, size: int, seed: int, out, spl
     bindings = list(bindings) + [f"ddmr.build_augmentation.seed = {int(seed)}"]
     data, _ = build_named_dataset(dataset, [resolve_config(augment), *configs], bindings, size)
     return build_testset(data, build_augmentation(), out, pairs, (size,) * 3, seed, split, dataset, log=log,
-                         original_grid=original_grid)
+                         original_grid=original_grid, progress=progress)

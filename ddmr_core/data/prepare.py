@@ -107,8 +107,14 @@ def _check_workers(workers) -> None:
         raise ConfigError(f"--workers must be >= 0 (0: no worker processes), got {workers}")
 
 
-def prepare(dataset, out: str | Path, name: str, splits=SPLITS, workers: int | None = None, log=print) -> dict:
-    """Cache every sample of ``splits`` of ``dataset`` under ``out``; returns the index."""
+def prepare(dataset, out: str | Path, name: str, splits=SPLITS, workers: int | None = None, log=print,
+            progress: bool | None = None) -> dict:
+    """Cache every sample of ``splits`` of ``dataset`` under ``out``; returns the index.
+
+    ``log`` gets one summary line; the samples are counted by a progress bar on stderr
+    (:func:`ddmr_core.progress.bar`; ``progress``: force it on or off, ``None``: on a
+    terminal only)."""
+    from ..progress import bar
     from torch.utils.data import DataLoader
 
     _check_workers(workers)
@@ -152,8 +158,10 @@ def prepare(dataset, out: str | Path, name: str, splits=SPLITS, workers: int | N
                 remaining.append(i)
         loader = DataLoader(_Guarded(split, remaining), batch_size=None, shuffle=False,
                             num_workers=workers if len(remaining) > 1 else 0, collate_fn=lambda x: x)
+        counter = bar(len(split), f"prepare {split_name}", "sample", progress, initial=len(split) - len(remaining))
         for k, sample in enumerate(loader):
             if isinstance(sample, Exception):
+                counter.close()
                 raise sample
             pos = remaining[k]
             idx = int(sample["index"])
@@ -166,7 +174,8 @@ def prepare(dataset, out: str | Path, name: str, splits=SPLITS, workers: int | N
             done[str(pos)] = entries[pos]
             write_text_atomic(done_path, json.dumps(done))
             written += 1
-            log(f"  {rel}  ({written + skipped} samples, {time.perf_counter() - t0:.1f} s)")
+            counter.update(1)
+        counter.close()
         index["splits"][split_name] = entries
     write_text_atomic(out / INDEX, json.dumps(index, indent=2) + "\n")
     log(f"prepared {written} samples ({skipped} already cached) into {out} in {time.perf_counter() - t0:.1f} s")
@@ -174,7 +183,7 @@ def prepare(dataset, out: str | Path, name: str, splits=SPLITS, workers: int | N
 
 
 def prepare_named(name: str, out: str | Path, size: int | None = None, configs=(), bindings=(), splits=SPLITS,
-                  workers: int | None = None, log=print) -> dict:
+                  workers: int | None = None, log=print, progress: bool | None = None) -> dict:
     """What ``ddmr prepare`` does: check the arguments and ``out`` (before the dataset is
     built, which can take minutes), build the dataset plugin ``name``
     (:func:`ddmr_core.data.datasets.build_named_dataset`: its data mix-in, ``configs``,
@@ -186,4 +195,4 @@ def prepare_named(name: str, out: str | Path, size: int | None = None, configs=(
         raise ConfigError(f"--size must be >= 2, got {size}")
     check_output_folder(out, "--out", replace=False)
     dataset, _ = build_named_dataset(name, configs, bindings, size)
-    return prepare(dataset, out, name, splits, workers, log)
+    return prepare(dataset, out, name, splits, workers, log, progress)

@@ -143,7 +143,9 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         metrics: metric plugin names (default: all registered, paper's order first).
         device: torch device for the models (default: CUDA when available),
             :func:`ddmr_core.devices.resolve_device`.
-        progress: called with one line per method and pair (default: print).
+        progress: called with one line per method and pair and the other messages; default:
+            the messages are printed and the method/pair runs counted by a progress bar on
+            stderr (:func:`ddmr_core.progress.bar`: on a terminal only).
         gin_files, gin_bindings: gin configuration of the baselines and metrics, e.g.
             ``ddmr.baselines.ants_syn.reg_iterations = (100, 70, 50, 20)``.
         unrefined: also score each model without its instance optimisation
@@ -156,7 +158,17 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     from .report import write_report
     from ..data.guards import check_inputs_outside
 
-    say = progress or (lambda line: print(line, flush=True))
+    from ..progress import bar, write
+
+    counter = None  # the progress bar of the method/pair runs, when no ``progress`` is given
+
+    def say(line: str, run_done: bool = False) -> None:
+        if progress is not None:
+            progress(line)
+        elif run_done:
+            counter.update(1)
+        else:
+            write(line, counter)
     if not models and not baselines:
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
     out = check_output_folder(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate")
@@ -182,6 +194,7 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
         failures = 0
         pair_names = tset.names()
         total, step = len(pair_names) * len(methods), 0
+        counter = bar(total, "evaluate", "run") if progress is None else None
         for i, pname in enumerate(pair_names):
             pair, pair_error = None, None
             try:
@@ -193,6 +206,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                 step += 1
                 row = {"method": m.name, "kind": m.kind, "pair": pname, "error": ""}
                 error = method_errors.get(m.name) or pair_error
+                if counter is not None:
+                    counter.set_postfix_str(f"{m.name} on {pname}", refresh=False)
                 if error is None:
                     try:
                         values, record, seconds, metric_errors = _score(m, pair, pname, metric_objs,
@@ -204,14 +219,19 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                             slices[(m.name, pname)] = figure_slices(record)
                         key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
                         shown = f"{key} {values[key]:.3f}, " if key else ""
-                        say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s")
+                        say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s", run_done=True)
                     except Exception as exc:
                         error = _message(exc)
                 if error is not None:
                     row["error"] = error
                     failures += 1
                     say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
+                    if counter is not None:
+                        counter.update(1)
                 writer.add(row)
+        if counter is not None:
+            counter.close()
+            counter = None
         write_report(tmp, writer.rows, [m.name for m in methods], names, *_metric_labels(metric_objs, names),
                      slices if figures else None, tset, models=_models_used(methods))
     say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"

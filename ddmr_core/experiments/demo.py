@@ -8,7 +8,10 @@ Steps (each resumable: a rerun skips finished steps and resumes training):
    U-Net) trained from scratch for a wall-clock budget (``designs`` adds others, e.g. the
    baseline ``BL-N``), with pairs made on the fly by the augmentation layer, by ddmr's
    training recipe (``mixins/recipe/learnt.gin``; docs/research_notes.md, "Training that
-   learns");
+   learns"; docs/training_notes.md) with the rate decayed over the budget
+   (``mixins/recipe/budget.gin``). The default budget, 12 minutes, keeps the whole demo
+   within 15 minutes on a 2-core CPU; ``max_time=3600`` is the hour-long run. Training and
+   inference use the CPU cores not busy when the demo starts (:func:`free_cores`);
 3. ``testset`` -- fixed evaluation pairs written once (the same for every method);
 4. ``evaluate`` -- the trained networks, the shipped pretrained ``brain-mr`` when it is
    installed, and the baselines: per-pair CSV, summary table in the paper's format, box
@@ -19,6 +22,7 @@ Every network row is the network alone: no instance optimisation at inference.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -31,6 +35,8 @@ if TYPE_CHECKING:  # the protocol (torch, files) is imported when a plan is made
 
 #: the designs the demo trains by default
 DESIGNS = ("UW-NSD",)
+#: training budget per model (s): with the rest of the demo it fits 15 minutes on a 2-core CPU
+DEFAULT_MAX_TIME = 720.0
 #: its data, and the seed of its test pairs
 DATASET, TESTSET_SEED = "mni_brain", 2023
 
@@ -41,8 +47,8 @@ class Demo:
         out: the demo's folder (data, runs, test set, report).
         size: grid ``size^3`` of the data and networks (a multiple of 16: the light U-Net
             has 4 levels).
-        max_time: training seconds per model (the default hour is what the recipe needs on
-            a 2-core CPU to match ANTs SyN at 64^3); ignored when ``steps`` is given.
+        max_time: training seconds per model (default 12 minutes, :data:`DEFAULT_MAX_TIME`;
+            3600 for the hour-long run); ignored when ``steps`` is given.
         steps: optimiser steps per model instead of a time budget.
         designs: the designs to train (catalogue names).
         pairs: test pairs.
@@ -51,7 +57,7 @@ class Demo:
     """
     out: Path | str = "demo_out"
     size: int = 64
-    max_time: float | None = 3600.0
+    max_time: float | None = DEFAULT_MAX_TIME
     steps: int | None = None
     designs: Sequence[str] = DESIGNS
     pairs: int = 8
@@ -78,8 +84,9 @@ class Demo:
         out, size = Path(self.out), int(self.size)
         max_time = None if self.steps is not None else self.max_time
         # ddmr's training recipe: the paper's protocol does not learn the rigid part of the
-        # augmentation in a CPU budget
-        bindings = data_bindings(out / "data", size, light=True) + ["include 'mixins/recipe/learnt.gin'"]
+        # augmentation in a CPU budget; and the rate decayed over the budget, with steps too
+        bindings = data_bindings(out / "data", size, light=True) + ["include 'mixins/recipe/learnt.gin'",
+                                                                    "include 'mixins/recipe/budget.gin'"]
         steps = [prepare_step(DATASET, size, out / "data")]
         runs = {}
         for design in dict.fromkeys(self.designs):
@@ -99,3 +106,19 @@ class Demo:
         from .protocol import run_protocol
 
         return run_protocol(Path(self.out), self.plan(), title="demo")
+
+
+def free_cores() -> int | None:
+    """CPU threads for the demo's training and inference: the cores not already busy (by the
+    1-minute load average), at least 1; None (PyTorch's default) when ``OMP_NUM_THREADS`` is
+    set or the load is unknown. On a shared 2-core machine, 2 threads with one core taken by
+    another process ran a training step 5x slower than 1 thread (OpenMP threads waiting
+    for each other, docs/training_notes.md)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, int(cores - busy + 0.5)))

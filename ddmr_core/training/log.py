@@ -13,6 +13,7 @@ form).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -76,9 +77,12 @@ def progress_bar(total: int, initial: int, epoch: int):
     is a new chunk of text, so it redraws rarely there."""
     from tqdm.auto import tqdm
 
+    from ..progress import ENV, enabled
+
     interactive = sys.stderr.isatty()
+    off = os.environ.get(ENV) is not None and not enabled()  # --no-progress / DDMR_PROGRESS=0
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
-                leave=False, mininterval=0.1 if interactive else 30.0)
+                leave=False, mininterval=0.1 if interactive else 30.0, disable=off)
 
 
 def epoch_line(epoch: int, metrics: dict, improved: bool) -> str:

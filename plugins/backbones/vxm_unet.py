@@ -38,12 +38,19 @@ PAPER_HEAD = (16, 16)
 NORMS = (None, "group")
 
 
-def _conv_act(cin: int, cout: int, slope: float, norm: str | None = None) -> nn.Sequential:
+def _conv_act(cin: int, cout: int, slope: float, norm: str | None = None,
+              init_scale: float = 1.0) -> nn.Sequential:
     """3x3x3 convolution (+ normalisation) + LeakyReLU. ``norm="group"``: GroupNorm with
     groups of (up to) 8 channels' worth, so it also works on a 1-voxel grid, where
-    instance normalisation would zero every channel."""
-    layers = [Conv3d(cin, cout, kernel_size=3, padding=1)]
+    instance normalisation would zero every channel; the convolution's initial weights and
+    bias are then multiplied by ``init_scale`` (the block's output does not change)."""
+    conv = Conv3d(cin, cout, kernel_size=3, padding=1)
+    layers = [conv]
     if norm == "group":
+        if init_scale != 1.0:
+            with torch.no_grad():
+                conv.weight.mul_(float(init_scale))
+                conv.bias.mul_(float(init_scale))
         layers.append(nn.GroupNorm(math.gcd(cout, 8), cout))
     return nn.Sequential(*layers, nn.LeakyReLU(slope))
 
@@ -66,6 +73,13 @@ class VxmUNet(nn.Module):
         integration_steps: scaling-and-squaring steps (0: plain displacement).
         slope: LeakyReLU negative slope (0.2 as voxelmorph).
         in_channels: channels of fixed + moving together (2 for one-channel images).
+        flow_std: standard deviation of the output convolution's initial weights (zero
+            bias); voxelmorph's 1e-5 starts from a near-identity transform.
+        init_scale: with ``norm="group"``, the normalised convolutions' initial weights
+            and biases are PyTorch's default times this (the same function). Their output does not depend on their
+            scale, and an Adam step moves each weight by about the learning rate whatever
+            its size, so a larger start turns them by a smaller angle per step
+            (``docs/training_notes.md``).
 
     ``forward(fixed, moving)``: ``(B, C, D, H, W)`` each -> ``(B, 3, D, H, W)`` voxel pull field.
     """
@@ -81,8 +95,14 @@ class VxmUNet(nn.Module):
         in_channels: int = 2,
         output_stride: int = 1,
         norm: str | None = None,
+        flow_std: float = 1e-5,
+        init_scale: float = 1.0,
     ):
         super().__init__()
+        if not init_scale > 0:
+            raise ConfigError(f"vxm_unet: init_scale must be > 0, got {init_scale!r}")
+        if not flow_std >= 0:
+            raise ConfigError(f"vxm_unet: flow_std must be >= 0, got {flow_std!r}")
         widths = [int(w) for w in widths]
         head = [int(h) for h in head]
         if not widths or min(widths) < 1:
@@ -109,7 +129,7 @@ class VxmUNet(nn.Module):
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths:
-            self.encoder.append(_conv_act(cin, w, slope, norm))
+            self.encoder.append(_conv_act(cin, w, slope, norm, init_scale))
             cin = w
         self.pool = nn.MaxPool3d(2)
 
@@ -118,15 +138,15 @@ class VxmUNet(nn.Module):
         # With output_stride > 1 it stops at last_level, before its upsampling and skip.
         self.decoder = nn.ModuleList()
         for i in reversed(range(self.last_level, self.levels)):
-            self.decoder.append(_conv_act(cin, widths[i], slope, norm))
+            self.decoder.append(_conv_act(cin, widths[i], slope, norm, init_scale))
             cin = widths[i] if (stride > 1 and i == self.last_level) else 2 * widths[i]
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
         layers = []
         for h in head:
-            layers += list(_conv_act(cin, h, slope, norm))
+            layers += list(_conv_act(cin, h, slope, norm, init_scale))
             cin = h
-        layers.append(flow_conv(cin))
+        layers.append(flow_conv(cin, float(flow_std)))
         self.head = nn.Sequential(*layers)
         self.output = FieldOutput(integration_steps)
 

@@ -14,15 +14,16 @@ CORE = ROOT / "ddmr_core"
 BELOW = {
     "errors": set(),
     "devices": {"errors"},
+    "progress": set(),
     "plugins": {"errors"},
     "spatial": {"errors"},
     "config": {"errors", "plugins"},
-    "data": {"errors", "plugins", "spatial", "config"},
-    "model": {"errors", "plugins", "spatial", "config", "data"},
-    "training": {"errors", "devices", "plugins", "spatial", "config", "data", "model"},
-    "registration": {"errors", "devices", "plugins", "spatial", "config", "data", "model"},
-    "evaluation": {"errors", "devices", "plugins", "spatial", "config", "data", "model", "registration"},
-    "experiments": {"errors", "devices", "plugins", "spatial", "config", "data", "model", "registration",
+    "data": {"errors", "progress", "plugins", "spatial", "config"},
+    "model": {"errors", "progress", "plugins", "spatial", "config", "data"},
+    "training": {"errors", "progress", "devices", "plugins", "spatial", "config", "data", "model"},
+    "registration": {"errors", "progress", "devices", "plugins", "spatial", "config", "data", "model"},
+    "evaluation": {"errors", "progress", "devices", "plugins", "spatial", "config", "data", "model", "registration"},
+    "experiments": {"errors", "progress", "devices", "plugins", "spatial", "config", "data", "model", "registration",
                     "training", "evaluation"},
 }
 COMMAND_LINE = {"cli", "__main__", "commands", "serve"}

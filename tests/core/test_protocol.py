@@ -247,17 +247,19 @@ def test_demo_trains_its_designs_with_the_recipe_in_time_and_scores_the_shipped_
     trained = {config: (bindings, kw) for (config, bindings), kw in calls["train"]}
     assert set(trained) == {"experiments/brain/bl_n.gin", "experiments/brain/uw_nsd.gin"}
     for bindings, kw in trained.values():
-        # the recipe comes after the design's own config, and the budget is time, not steps
-        assert bindings[-1] == "include 'mixins/recipe/learnt.gin'"
+        # the recipe comes after the design's own config, then its schedule over the budget,
+        # and the budget is time, not steps
+        assert bindings[-2:] == ["include 'mixins/recipe/learnt.gin'", "include 'mixins/recipe/budget.gin'"]
         assert kw["max_time"] == 90.0 and kw["max_steps"] is None
     ((_,), kw), = calls["evaluate"]
     names = [m.split("=", 1)[0] for m in kw["models"]]
     assert names[:2] == ["BL-N", "UW-NSD"] and kw["baselines"] == ["identity"] and not kw["unrefined"]
-    # without --designs: UW-NSD alone, an hour
+    # without --designs: UW-NSD alone, 12 minutes (the demo's 15 minutes in all); the hour-long run on request
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     defaults = parser.parse_args([])
-    assert defaults.designs == ["UW-NSD"] and defaults.max_time == 3600.0
+    assert defaults.designs == ["UW-NSD"] and defaults.max_time == 720.0
+    assert parser.parse_args(["--max-time", "60m"]).max_time == 3600.0
     # the shipped brain model is scored beside them when it is installed
     assert ("brain-mr (pretrained)" in names) == ("brain-mr" in Registry(bind_gin=False).names("models"))
 
@@ -280,3 +282,15 @@ def test_an_unknown_design_is_refused_before_any_work(tmp_path):
     with pytest.raises(DdmrError, match="unknown design.*XX-N.*BL-N"):
         Reproduction("brain", out=tmp_path / "p", designs=["XX-N"]).plan()
     assert not (tmp_path / "p").exists()
+
+
+def test_demo_trains_on_the_cores_that_are_free(monkeypatch):
+    from ddmr_core.experiments import demo
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    for load, threads in ((0.2, 2), (1.0, 1), (3.7, 1)):
+        monkeypatch.setattr(demo.os, "getloadavg", lambda load=load: (load, load, load))
+        assert demo.free_cores() == threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert demo.free_cores() is None  # the user's choice is left alone

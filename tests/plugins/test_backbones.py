@@ -209,3 +209,26 @@ def test_group_norm_makes_the_field_blind_to_the_scale_of_hidden_weights():
         after = net(fixed, moving).detach()
         change = ((after - before).abs().max() / before.abs().max()).item()
         assert (change < 0.01) if expect_same else (change > 0.5), (norm, change)
+
+
+def test_init_scale_starts_the_same_function_with_larger_hidden_weights():
+    """``init_scale`` changes how far an Adam step turns the normalised layers, not the
+    network the training starts from; ``flow_std`` is the output layer's initial spread."""
+    fixed, moving = pair((16, 16, 16))
+    torch.manual_seed(0)
+    base = VxmUNet(widths=(4, 8, 8), head=(4,), norm="group", flow_std=0.1)
+    torch.manual_seed(0)
+    big = VxmUNet(widths=(4, 8, 8), head=(4,), norm="group", flow_std=0.1, init_scale=3.0)
+    for a, b in zip(convs(base)[:-1], convs(big)[:-1]):
+        torch.testing.assert_close(3.0 * a.weight, b.weight)
+    torch.testing.assert_close(convs(base)[-1].weight, convs(big)[-1].weight)
+    out = base(fixed, moving).detach()
+    assert out.abs().max() > 1e-3
+    torch.testing.assert_close(big(fixed, moving).detach(), out, rtol=1e-3, atol=1e-4 * out.abs().max().item())
+    torch.manual_seed(0)
+    head = convs(VxmUNet(widths=(4, 8, 8), head=(16,), norm="group", flow_std=0.02))[-1].weight
+    assert 0.015 < head.std().item() < 0.025
+    assert convs(VxmUNet(widths=(4, 8, 8), head=(4,), flow_std=0.0))[-1].weight.abs().max() == 0
+    for bad in (dict(init_scale=0.0), dict(flow_std=-1.0)):
+        with pytest.raises(ConfigError):
+            VxmUNet(widths=(4,), norm="group", **bad)
