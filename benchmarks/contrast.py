@@ -77,9 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 
-    from ddmr_core.register import Registrar, dice_tre
-    from ddmr_core.registry import Registry
-    from ddmr_core.spatial import apply_field, folding_percentage, jacobian_determinant
+    from ddmr_core.registration.register import Registrar, dice_tre
+    from ddmr_core.plugins.registry import Registry
+    from ddmr_core.spatial.fields import apply_field, folding_percentage, jacobian_determinant
 
     import torch
 

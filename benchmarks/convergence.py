@@ -126,9 +126,9 @@ def reference_dice(trainer, work: Path, ants: bool) -> dict:
     start alone and of ``ants_syn``; kept in ``work/reference_dice.json`` (a rerun reuses it)."""
     import json
 
-    from ddmr_core.prealign import prealign_field
-    from ddmr_core.registry import Registry
-    from ddmr_core.validation import validation_metrics
+    from ddmr_core.spatial.prealign import prealign_field
+    from ddmr_core.plugins.registry import Registry
+    from ddmr_core.training.validation import validation_metrics
 
     path = work / "reference_dice.json"
     ref = json.loads(path.read_text()) if path.exists() else {}

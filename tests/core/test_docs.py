@@ -57,7 +57,20 @@ def test_the_docs_show_imports():
     assert len(_doc_imports()) >= 5  # the parser found the README's and plugin_hooks.md's
 
 
-@pytest.mark.parametrize("doc,module,names", _doc_imports())
+def _script_imports():
+    """``(file, module, names)`` of every import of ddmr's packages in the benchmarks' and
+    examples' Python files, function-local (lazy) imports included: they run only when a
+    user runs the script, so nothing else notices a module that moved."""
+    out = []
+    for path in sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "examples").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level \
+                    and node.module.split(".")[0] in ("ddmr_core", "ddmr_plugins"):
+                out.append((path.relative_to(ROOT).as_posix(), node.module, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("doc,module,names", _doc_imports() + _script_imports())
 def test_every_import_the_docs_show_runs(doc, module, names):
     mod = importlib.import_module(module)
     for name in names:
