@@ -58,73 +58,13 @@ import torch
 from ..devices import resolve_device, synchronize
 from ..errors import CheckpointError, DdmrError, RegistrationQualityWarning
 from ..data.guards import check_spacing
-from ..data.io import (as_image, as_label_map, check_field, check_finite, check_not_constant, check_same_grid, load_image,
-                 load_label_map, spacing_from_affine, to_numpy)
+from ..data.io import check_field, check_finite, check_not_constant, spacing_from_affine
 # carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
 from ..spatial.similarity import centroid_distance, global_ncc
 from ..spatial.similarity import dice as overlap
 from ..spatial.fields import apply_field, carry_field  # noqa: F401
-
-# ---------------------------------------------------------------- inputs
-
-
-def _describe(obj, name: str) -> str:
-    return str(obj) if isinstance(obj, (str, Path)) else name
-
-
-def read_volume(obj, affine=None, *, name: str = "image", label: bool = False):
-    """A path, nibabel image, array or tensor -> ``(array (D, H, W), affine (4, 4))``.
-
-    Arrays without an affine get the identity (1 mm voxels); leading singleton axes
-    (``(1, D, H, W)``, ``(1, 1, D, H, W)``) are dropped. Files are read by
-    :func:`ddmr_core.data.io.load_image`/``load_label_map``, everything else checked as they
-    check files (:func:`ddmr_core.data.io.as_image`/``as_label_map``): :class:`DataError`
-    naming ``obj`` (or ``name``) for missing/unreadable files and non-3-D volumes."""
-    if isinstance(obj, (str, Path)):
-        return load_label_map(obj) if label else load_image(obj)
-    if hasattr(obj, "dataobj") and hasattr(obj, "affine"):  # nibabel image
-        data, aff = np.asarray(obj.dataobj), obj.affine
-    else:
-        data, aff = to_numpy(obj), (np.eye(4) if affine is None else affine)
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    return (as_label_map if label else as_image)(data, aff, name)
-
-
-def _named(what: str, name: str) -> str:
-    """``"fixed image 'F.nii.gz'"`` for a file, ``"fixed image"`` for an array."""
-    return what if name == what else f"{what} {name!r}"
-
-
-def _read_pair_side(image, seg, affine, what: str):
-    img_name = _describe(image, what)
-    img, aff = read_volume(image, affine, name=img_name)
-    if seg is None:
-        return img, None, aff, img_name
-    seg_name = _describe(seg, f"{what} segmentation")
-    lab, seg_aff = read_volume(seg, aff, name=seg_name, label=True)
-    check_same_grid(img.shape, aff, lab.shape, seg_aff, img_name, seg_name)
-    return img, lab, aff, img_name
-
-
-def reorient_like(image, seg, affine, reference_affine):
-    """Permute/flip the array axes of ``image`` (and ``seg``) to the axis orientation of
-    ``reference_affine`` (exact: no interpolation), returning the new arrays and affine.
-
-    The network compares the two images voxel by voxel, so a moving image stored in
-    another orientation (e.g. LPS vs RAS, or sagittal slices) must be brought to the
-    fixed image's before it sees them."""
-    import nibabel.orientations as nio
-
-    src, dst = nio.io_orientation(affine), nio.io_orientation(reference_affine)
-    if np.array_equal(src, dst):
-        return image, seg, affine
-    tr = nio.ornt_transform(src, dst)
-    new_affine = np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(tr, image.shape)
-    image = np.ascontiguousarray(nio.apply_orientation(image, tr))
-    if seg is not None:
-        seg = np.ascontiguousarray(nio.apply_orientation(seg, tr))
-    return image, seg, new_affine
+# read_volume is inputs'; importable from here too (ddmr_core.serve.example, tests)
+from .inputs import _describe, _named, _read_pair_side, read_volume, reorient_like  # noqa: F401
 
 
 def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
