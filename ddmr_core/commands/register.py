@@ -255,7 +255,7 @@ def _run(args, out: Path, pairs) -> int:
             "total_s": time.perf_counter() - t0,
             "pairs": rows,
         }
-        from ..registration.register import _jsonable
+        from ..registration.result import _jsonable
 
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
         fields = list(dict.fromkeys(k for r in rows for k in r))

@@ -1,7 +1,7 @@
-"""Writing a :class:`~ddmr_core.registration.register.RegistrationResult` to a folder, atomically.
+"""Writing a :class:`~ddmr_core.registration.result.RegistrationResult` to a folder, atomically.
 
 Outputs (``OUTPUTS``; ``ddmr register --outputs`` chooses, ``DEFAULT_OUTPUTS`` by default,
-the library's :meth:`~ddmr_core.registration.register.RegistrationResult.save` writes all):
+the library's :meth:`~ddmr_core.registration.result.RegistrationResult.save` writes all):
 
 * ``field`` -- ``field.nii.gz``, the field for ITK/ANTs/3D Slicer (LPS mm,
   :mod:`ddmr_core.data.field_io`); its header's description names the model,

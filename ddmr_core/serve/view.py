@@ -1,6 +1,6 @@
 """A registration result prepared for viewing: slices on request, metrics, downloads.
 
-:class:`ResultView` wraps one :class:`~ddmr_core.registration.register.RegistrationResult` (arrays on
+:class:`ResultView` wraps one :class:`~ddmr_core.registration.result.RegistrationResult` (arrays on
 its output grid) and keeps in memory what the page shows of it, computed once:
 
 * the volumes brought to the closest RAS orientation of the output grid (an exact
@@ -58,7 +58,7 @@ class ResultView:
     """One registration result as the web page shows it (see the module docstring).
 
     Args:
-        result: the :class:`~ddmr_core.registration.register.RegistrationResult`.
+        result: the :class:`~ddmr_core.registration.result.RegistrationResult`.
         folder: the result's own folder (the downloads are written there on demand).
         label_names: ``{label: name}`` for the metrics table (default ``"label k"``).
         info: JSON-ready facts about the run for :meth:`summary` (model, source, ...).
@@ -205,7 +205,7 @@ class ResultView:
 
     def summary(self) -> dict:
         """What the page needs, JSON-ready: grid, axes, views, metrics, timings, downloads."""
-        from ..registration.register import _jsonable
+        from ..registration.result import _jsonable
 
         t = self.result.timings
         axes = []
