@@ -45,5 +45,5 @@ class ModelInputWarning(DdmrWarning):
 
 
 class RegistrationQualityWarning(DdmrWarning):
-    """A registration result that looks wrong (``ddmr_core.registration.register.assess``): shown as one
+    """A registration result that looks wrong (``ddmr_core.registration.trust.assess``): shown as one
     ``ddmr: warning:`` line and recorded in results.json, never reported as a plain success."""

@@ -34,7 +34,7 @@ NOTICE = "NOTICE-MNI-ICBM152.txt"
 
 def _input_notes(err: str) -> list:
     """stderr lines less the quality warnings of the tiny untrained models' results
-    (``ddmr_core.registration.register.assess``), which these tests are not about."""
+    (``ddmr_core.registration.trust.assess``), which these tests are not about."""
     return [x for x in err.strip().splitlines() if "untrustworthy result" not in x]
 
 

@@ -1,4 +1,4 @@
-"""A wrong registration is never a plain success: ddmr_core.registration.register.assess and the warning
+"""A wrong registration is never a plain success: ddmr_core.registration.trust.assess and the warning
 `ddmr register` gives; which model suits which pair (model_card.suitability)."""
 
 import warnings

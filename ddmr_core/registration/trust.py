@@ -1,0 +1,57 @@
+"""Whether a registration can be trusted (:func:`assess`), from signs that do not depend on
+the images' contrast: the normalised mutual information before and after, and the folding
+of the field. ``ddmr register`` checks every result (``results.json``'s ``trust``) and
+warns (:class:`~ddmr_core.errors.RegistrationQualityWarning`) when one is untrustworthy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: folding above this share of voxels (%) marks a result untrustworthy
+MAX_FOLDING_PCT = 1.0
+#: a pair already this similar (normalised MI) may rightly be left as it is
+ALIGNED_NMI = 0.98
+
+
+def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, warped: torch.Tensor | None = None,
+           stride: int = 2) -> dict:
+    """Whether a registration can be trusted, from signs that do not depend on the contrast.
+
+    ``fixed``, ``moving`` ``(1, 1, D, H, W)`` in [0, 1] on one grid, ``disp`` the
+    ``(1, 3, d, h, w)`` voxel field of the registration (its folding is counted), and
+    ``warped`` the moving image registered onto that grid (``None``: ``moving`` warped by
+    ``disp``, which then lies on the images' grid). Returns ``{"nmi_before", "nmi_after",
+    "folding_pct", "flags", "trusted"}``: the images' normalised mutual information
+    (:func:`ddmr_core.spatial.similarity.mutual_information`, which a T2 scan against a T1 shares
+    with a T1 against a T1) before and after warping, the share of folded voxels, and one
+    flag per sign of failure: the registration did not raise the mutual information of a
+    pair not already aligned (the images are of different things, or the field moved them
+    apart), or more than
+    :data:`MAX_FOLDING_PCT` % of the voxels fold. The mutual information counts every
+    ``stride``-th voxel per axis (1: the images are such a subsample already)."""
+    from ..spatial.similarity import mutual_information
+    from ..spatial.fields import field_folding_percentage, warp
+
+    sub = (slice(None), slice(None)) + (slice(None, None, int(stride)),) * 3
+    if warped is None:
+        warped = warp(moving, disp, mode="linear", padding="border")
+    before = float(mutual_information(moving[sub], fixed[sub], normalised=True)[0])
+    after = float(mutual_information(warped[sub], fixed[sub], normalised=True)[0])
+    folding = field_folding_percentage(disp.float())
+    flags = []
+    if not after > before and before < ALIGNED_NMI:
+        flags.append(f"the registration did not raise the images' mutual information ({before:.3f} -> "
+                     f"{after:.3f}): different anatomy, or a failed alignment")
+    if folding > MAX_FOLDING_PCT:
+        flags.append(f"{folding:.2f} % of the voxels fold (more than {MAX_FOLDING_PCT:g} %)")
+    return {"nmi_before": before, "nmi_after": after, "folding_pct": folding, "flags": flags,
+            "trusted": not flags}
+
+
+def _unit(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """``(1, 1, D, H, W)`` float32 tensor of ``a`` mapped from ``[lo, hi]`` (default: its own
+    range) to [0, 1]."""
+    lo = float(np.min(a)) if lo is None else lo
+    hi = float(np.max(a)) if hi is None else hi
+    return torch.from_numpy(((np.asarray(a, np.float32) - lo) / max(hi - lo, 1e-12)).astype(np.float32))[None, None]
