@@ -10,37 +10,22 @@
     res.save("out/")                                    # NIfTI, ITK field, .npz, PNG, JSON
 
 Geometry. The moving image is first brought to the fixed image's axis orientation
-(:func:`reorient_like`, an exact permutation/flip). Each input (any orientation, spacing,
-size) then goes through the checkpoint's :class:`~ddmr_core.data.preprocess.Preprocess` on its
-own, up to but not including the resize to the network grid: the crop (around the label
-maps when both images have one and the recipe crops around labels, else around each
-image's foreground, :meth:`Registrar.crop_mode`), the resampling to the recipe's spacing,
-the intensities. This gives the *working grids* with their exact voxel->RAS affines:
+(:func:`~.inputs.reorient_like`, an exact permutation/flip). Each input (any orientation,
+spacing, size) then goes through the checkpoint's
+:class:`~ddmr_core.data.preprocess.Preprocess` on its own, up to but not including the
+resize to the network grid: the crop (around the label maps when both images have one and
+the recipe crops around labels, else around each image's foreground,
+:meth:`Registrar.crop_mode`), the resampling to the recipe's spacing, the intensities. This gives the *working grids* with their exact voxel->RAS affines:
 ``F_w`` for the fixed image, and ``M_w`` for the moving one, resized to the fixed image's
 working shape. :meth:`Registrar.predict` (``RegistrationModel.predict_on_grid``, also what
 ``ddmr evaluate`` runs) resizes both to the network grid, predicts, resizes the field back
 and refines it on the working grid. Fixed voxel ``x`` corresponds to moving working voxel
 ``x + u(x)``, i.e. to the world point ``M_w (x + u(x))``. Every output is computed from
-that physical correspondence and the *original* files:
-
-* output grid ``T``: the fixed working grid (default, ``T = F_w``) or, with
-  ``original_resolution``, the fixed image's original grid (``T = F0``); there the
-  field is interpolated at ``x = F_w^-1 T y`` (border padding outside the working
-  grid, so the transform stays continuous);
-* the exported field is ``w(y) = T^-1 M_w (x + u) - y`` (:func:`carry_field`): a voxel
-  pull field of the output grid into the moving image's world position, in the toolkit's
-  convention (``docs/ARCHITECTURE.md``, "Tensor conventions"). Written by :func:`ddmr_core.data.field_io.save_field_itk`, ITK/ANTs applying it
-  to the original moving file reproduce ``warped`` (when fixed and moving share a grid
-  and no preprocessing moves them, ``w`` is just the network's field);
-* the warped image and label maps are ``w`` applied to the **original moving image**
-  (:func:`apply_field`: original intensities; label maps nearest neighbour), as
-  ``ddmr warp`` applies a saved field.
-
-"Before" metrics are those of the unregistered images on the output grid: the moving
-image and label map resampled there by the identity in world coordinates. Dice is per
-label; TRE is the distance in mm between the centroids of each label in the fixed and the
-(warped) moving segmentation, as in the paper (section 2.6); NCC is the global normalised
-cross-correlation of the fixed and the (warped) moving image on the output grid.
+that physical correspondence and the *original* files, on the output grid ``T`` (the fixed
+working grid, or with ``original_resolution`` the fixed image's original grid): the
+exported field, the warped image and label maps (:mod:`.resample`), their similarity to the
+fixed image before and after registration (:mod:`.metrics`) and the trust check
+(:mod:`.trust`).
 """
 
 from __future__ import annotations
@@ -48,7 +33,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,81 +41,17 @@ from ..devices import resolve_device, synchronize
 from ..errors import CheckpointError, DdmrError, RegistrationQualityWarning
 from ..data.guards import check_spacing
 from ..data.io import check_field, check_finite, check_not_constant, spacing_from_affine
-# carry_field and apply_field are spatial's; importable from here too (benchmarks use them)
-from ..spatial.similarity import centroid_distance, global_ncc
-from ..spatial.similarity import dice as overlap
-from ..spatial.fields import apply_field, carry_field  # noqa: F401
-# read_volume is inputs'; importable from here too (ddmr_core.serve.example, tests)
-from .inputs import _describe, _named, _read_pair_side, read_volume, reorient_like  # noqa: F401
+from .inputs import _describe, _named, _read_pair_side, read_volume, reorient_like
+from .metrics import dice_tre, image_ncc
+from .resample import resample_outputs
 from .result import RegistrationResult
-# the trust check's names are trust's; importable from here too (tests)
-from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, _unit, assess  # noqa: F401
+from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, _unit, assess
 
-
-def image_ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Global normalised cross-correlation of two images on one grid (the Pearson
-    correlation of their voxels, :func:`ddmr_core.spatial.similarity.global_ncc` in float32, whose
-    pairwise sums keep it within ~1e-6 of float64's at 10^7 voxels): the ``ncc`` metric
-    with ``win=None``. NaN when an image is constant (undefined)."""
-    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(1, -1)
-    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).reshape(1, -1)
-    return float(global_ncc(ta, tb, eps=0.0)[0])
-
-
-# --------------------------------------------------------------- metrics
-
-
-def dice_tre(fixed_seg: np.ndarray, warped_seg: np.ndarray, affine: np.ndarray, labels: Sequence[int]) -> dict:
-    """Per-label Dice and centroid TRE (mm, via ``affine``) of two label maps on one grid.
-
-    A label missing from both maps is skipped; missing from one gives Dice 0 and no TRE.
-    The values are those of the ``dsc`` and ``tre`` metrics (:mod:`ddmr_core.spatial.similarity`),
-    the TRE through the grid's whole affine."""
-    dice, tre = {}, {}
-    for lab in labels:
-        a, b = fixed_seg == lab, warped_seg == lab
-        d = float(overlap(a, b))
-        if math.isnan(d):  # in neither map
-            continue
-        dice[str(lab)] = d
-        t = centroid_distance(a, b, affine)
-        if not math.isnan(t):
-            tre[str(lab)] = t
-    out = {"dice": dice, "tre_mm": tre}
-    out["dice_mean"] = float(np.mean(list(dice.values()))) if dice else None
-    out["tre_mm_mean"] = float(np.mean(list(tre.values()))) if tre else None
-    return out
-
-
-def _resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
-    """Every output on the grid ``(T, shape)``, from the model field ``disp`` (3, d, h, w)
-    pairing the working grids ``Fw`` (fixed) and ``Mw`` (moving) and the original volumes
-    (see the module docstring).
-
-    The exported field ``w`` (:func:`carry_field`) is the one result: the warped image and
-    label map are ``w`` applied to the original moving volumes (:func:`apply_field`, as ITK
-    applies ``field.nii.gz``), and "before" is the identity in world coordinates (the
-    unregistered moving image on the output grid). Returns numpy arrays: ``fixed``,
-    ``before``, ``warped``, ``disp`` and the label maps ``fixed_seg``, ``before_seg``,
-    ``warped_seg`` (``None`` without segmentations)."""
-    dev = disp.device
-    w = carry_field(disp, Fw, Mw, T, shape, interpolate=interpolate_field)
-    out = {"disp": w}
-
-    def on_grid(volume, affine, labels=False):
-        # the volume resampled onto the output grid by the identity; itself (not a copy)
-        # when it lies there already (a moving image on the fixed image's grid)
-        if tuple(volume.shape) == tuple(shape) and np.allclose(np.linalg.inv(affine) @ T, np.eye(4), atol=1e-6):
-            return np.asarray(volume, np.uint8 if labels else np.float32)
-        return apply_field(None, T, volume, affine, shape=shape, labels=labels, device=dev)
-
-    out["warped"] = apply_field(w, T, m0, M0, device=dev)
-    out["before"] = on_grid(m0, M0)
-    out["fixed"] = on_grid(f0, F0)
-    out["warped_seg"] = None if ms0 is None else apply_field(w, T, ms0, M0, labels=True, device=dev)
-    out["before_seg"] = None if ms0 is None else on_grid(ms0, M0, labels=True)
-    out["fixed_seg"] = None if fs0 is None else on_grid(fs0, F0, labels=True)
-    return out
+#: what users import from here: the registrar, and the public names of the modules it was
+#: split into (inputs, metrics, result, trust), which callers and docs import from here
+__all__ = ["Registrar", "register", "RegistrationResult", "read_volume", "reorient_like", "image_ncc", "dice_tre",
+           "assess", "MAX_FOLDING_PCT", "ALIGNED_NMI", "AUTO_REFINE_ITERATIONS", "AUTO_REFINE_OPTIONS",
+           "AUTO_REFINE_NODE_MM"]
 
 
 # ------------------------------------------------------------- registrar
@@ -390,7 +310,7 @@ class Registrar:
         t = time.perf_counter()
         T = F0 if original_resolution else Fw
         shape = tuple(f0.shape) if original_resolution else tuple(f_w.shape)
-        outs = _resample_outputs(
+        outs = resample_outputs(
             disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
         )
         synchronize(dev)
