@@ -1,7 +1,8 @@
 """The two images of a registration as users give them: NIfTI paths, nibabel images, arrays
 or tensors, read into ``(array (D, H, W), affine (4, 4) voxel->RAS mm)`` and checked
-(:func:`read_volume`), each with its optional label map (:func:`_read_pair_side`), the
-moving one brought to the fixed one's axis orientation (:func:`reorient_like`).
+(:func:`read_volume`), each with its optional label map (:func:`_read_pair_side`, a
+:class:`PairSide`), the moving one brought to the fixed one's axis orientation
+(:func:`reorient_like`).
 
 The names files are reported by (:func:`_describe`, :func:`_named`) are the registrar's
 too: its error messages and ``results.json``'s ``inputs`` use them.
@@ -10,6 +11,7 @@ too: its error messages and ``results.json``'s ``inputs`` use them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,15 +46,33 @@ def _named(what: str, name: str) -> str:
     return what if name == what else f"{what} {name!r}"
 
 
-def _read_pair_side(image, seg, affine, what: str):
+class PairSide(NamedTuple):
+    """One side of a pair as read: ``image`` ``(D, H, W)`` as :func:`read_volume` gives it,
+    ``seg`` its label map on the same grid (``None``: none given), ``affine`` the
+    ``(4, 4)`` voxel->RAS mm map of both, ``name`` the file's path (or ``what`` for an
+    array) and ``what`` the side (``"fixed image"``, ``"moving image"``)."""
+
+    image: np.ndarray
+    seg: np.ndarray | None
+    affine: np.ndarray
+    name: str
+    what: str
+
+    @property
+    def named(self) -> str:
+        """How messages name it (:func:`_named`)."""
+        return _named(self.what, self.name)
+
+
+def _read_pair_side(image, seg, affine, what: str) -> PairSide:
     img_name = _describe(image, what)
     img, aff = read_volume(image, affine, name=img_name)
     if seg is None:
-        return img, None, aff, img_name
+        return PairSide(img, None, aff, img_name, what)
     seg_name = _describe(seg, f"{what} segmentation")
     lab, seg_aff = read_volume(seg, aff, name=seg_name, label=True)
     check_same_grid(img.shape, aff, lab.shape, seg_aff, img_name, seg_name)
-    return img, lab, aff, img_name
+    return PairSide(img, lab, aff, img_name, what)
 
 
 def reorient_like(image, seg, affine, reference_affine):

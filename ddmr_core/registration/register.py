@@ -13,10 +13,11 @@ Geometry. The moving image is first brought to the fixed image's axis orientatio
 (:func:`~.inputs.reorient_like`, an exact permutation/flip). Each input (any orientation,
 spacing, size) then goes through the checkpoint's
 :class:`~ddmr_core.data.preprocess.Preprocess` on its own, up to but not including the
-resize to the network grid: the crop (around the label maps when both images have one and
-the recipe crops around labels, else around each image's foreground,
-:meth:`Registrar.crop_mode`), the resampling to the recipe's spacing, the intensities. This gives the *working grids* with their exact voxel->RAS affines:
-``F_w`` for the fixed image, and ``M_w`` for the moving one, resized to the fixed image's
+resize to the network grid (:mod:`.working_grid`): the crop (around the label maps when
+both images have one and the recipe crops around labels, else around each image's
+foreground, :func:`~.working_grid.crop_mode`), the resampling to the recipe's spacing, the
+intensities. This gives the *working grids* with their exact voxel->RAS affines: ``F_w``
+for the fixed image, and ``M_w`` for the moving one, resized to the fixed image's
 working shape. :meth:`Registrar.predict` (``RegistrationModel.predict_on_grid``, also what
 ``ddmr evaluate`` runs) resizes both to the network grid, predicts, resizes the field back
 and refines it on the working grid. Fixed voxel ``x`` corresponds to moving working voxel
@@ -33,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -41,14 +43,15 @@ from ..devices import resolve_device, synchronize
 from ..errors import CheckpointError, DdmrError, RegistrationQualityWarning
 from ..data.guards import check_spacing
 from ..data.io import check_field, check_finite, check_not_constant, spacing_from_affine
-from .inputs import _describe, _named, _read_pair_side, read_volume, reorient_like
+from .inputs import PairSide, _describe, _read_pair_side, read_volume, reorient_like
 from .metrics import dice_tre, image_ncc
 from .resample import resample_outputs
 from .result import RegistrationResult
-from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, _unit, assess
+from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, assess, assess_outputs
+from .working_grid import crop_mode, working_grids
 
-#: what users import from here: the registrar, and the public names of the modules it was
-#: split into (inputs, metrics, result, trust), which callers and docs import from here
+#: the registrar, and the public names of the modules register.py was split into (inputs,
+#: metrics, result, trust), which callers, docs and benchmarks import from here
 __all__ = ["Registrar", "register", "RegistrationResult", "read_volume", "reorient_like", "image_ncc", "dice_tre",
            "assess", "MAX_FOLDING_PCT", "ALIGNED_NMI", "AUTO_REFINE_ITERATIONS", "AUTO_REFINE_OPTIONS",
            "AUTO_REFINE_NODE_MM"]
@@ -63,6 +66,14 @@ AUTO_REFINE_ITERATIONS = 40
 AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3}
 #: ... and a correction with a node every this many mm (4 voxels at 1 mm, 2 at 2 mm)
 AUTO_REFINE_NODE_MM = 4.0
+
+
+@contextmanager
+def _timed(timings: dict, key: str):
+    """``timings[key]``: the seconds (wall clock) the ``with`` block took; unset when it raises."""
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
 
 
 class Registrar:
@@ -172,41 +183,6 @@ class Registrar:
         need = registration_bytes(work, tuple(shape) if original_resolution else work, self.input_size)
         check_memory(need, f"registering on a working grid of {work} voxels", skip=not self.memory_check)
 
-    # ----------------------------------------------------------- internals
-    def crop_mode(self, fixed_seg, moving_seg) -> str:
-        """What the recipe crops around: ``"none"`` (it does not crop), ``"labels"`` (it
-        crops around labels and both images have label maps holding them, as in
-        training) or ``"foreground"`` (it crops around labels but a label map is missing,
-        or lacks those labels, say another atlas's numbering: each image is cropped to its
-        foreground, :meth:`ddmr_core.data.preprocess.Preprocess.foreground`)."""
-        pre = self.preprocess
-        if pre.crop_labels is None:
-            return "none"
-        return "labels" if pre.crops_around(fixed_seg) and pre.crops_around(moving_seg) else "foreground"
-
-    def working_spacing(self, fixed_affine) -> tuple | None:
-        """The working grid's spacing (mm per array axis) for a fixed image on
-        ``fixed_affine``: the recipe's spacing, but never finer than the fixed image's own
-        (a 2 mm scan is registered on a 2 mm grid, not upsampled to the recipe's 1 mm:
-        8 times fewer voxels to refine and resample, and no detail the scan lacks).
-        ``None``: a recipe that keeps the images' grids."""
-        if self.preprocess.spacing is None:
-            return None
-        own = spacing_from_affine(np.asarray(fixed_affine, dtype=np.float64))
-        return tuple(float(max(r, s)) for r, s in zip(self.preprocess.spacing, own))
-
-    def to_working_grid(self, image, seg, affine, name, crop: str, shape=None, spacing=None):
-        """One image through the checkpoint's recipe up to, not including, its resize to
-        the network grid (that is :meth:`predict`'s): crop, resampling to ``spacing``
-        (:meth:`working_spacing`; ``None``: the recipe's), intensities. ``shape``: resize
-        to it at the end, keeping the field of view (the moving image goes to the fixed
-        image's working shape). Returns ``(image float32 in [0, 1], affine)``."""
-        pre = self.preprocess.replace(size=None if shape is None else tuple(int(n) for n in shape))
-        if spacing is not None:
-            pre = pre.replace(spacing=spacing)
-        img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground")
-        return img, aff
-
     def check_inputs(self, *images) -> list[str]:
         """Compare ``(array, what)`` images with what the model's card says it expects
         (:func:`ddmr_core.model.card.input_mismatch`: CT in Hounsfield units given to an
@@ -258,7 +234,7 @@ class Registrar:
             fixed_seg, moving_seg: optional label maps (same kinds), on their image's grid.
                 They give Dice and TRE; with both, a recipe that crops around labels crops
                 around them (as in training), otherwise around each image's foreground
-                (:meth:`crop_mode`).
+                (:func:`~.working_grid.crop_mode`).
             fixed_affine, moving_affine: voxel->RAS affines for array inputs (default:
                 identity for the fixed image, the fixed affine for the moving one).
             original_resolution: output on the fixed image's original grid instead of
@@ -273,70 +249,113 @@ class Registrar:
                 finite (NaN or infinite values are never returned as a result).
         """
         timings = {}
-        t = time.perf_counter()
-        if moving_affine is None and fixed_affine is not None:
-            moving_affine = fixed_affine
-        f0, fs0, F0, fname = _read_pair_side(fixed, fixed_seg, fixed_affine, "fixed image")
-        m0, ms0, M0, mname = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
-        check_not_constant(f0, _named("fixed image", fname))
-        check_not_constant(m0, _named("moving image", mname))
-        check_spacing(F0, _named("fixed image", fname))  # a unit mistake in the header
-        check_spacing(M0, _named("moving image", mname))
-        self.check_memory(f0.shape, F0, original_resolution)
-        m0, ms0, M0 = reorient_like(m0, ms0, M0, F0)
-        notes = self.check_inputs((f0, _named("fixed image", fname)), (m0, _named("moving image", mname)))
-        timings["read"] = time.perf_counter() - t
+        with _timed(timings, "read"):
+            fix, mov = self._read(fixed, moving, fixed_seg, moving_seg, fixed_affine, moving_affine,
+                                  original_resolution)
+            notes = self.check_inputs((fix.image, fix.named), (mov.image, mov.named))
+        with _timed(timings, "preprocess"):
+            crop = crop_mode(self.preprocess, fix.seg, mov.seg)
+            (f_w, Fw), (m_w, Mw) = working_grids(self.preprocess, fix, mov, crop)
 
-        t = time.perf_counter()
-        crop = self.crop_mode(fs0, ms0)
-        spacing = self.working_spacing(F0)
-        f_w, Fw = self.to_working_grid(f0, fs0, F0, fname, crop, spacing=spacing)
-        m_w, Mw = self.to_working_grid(m0, ms0, M0, mname, crop, shape=f_w.shape, spacing=spacing)
-        timings["preprocess"] = time.perf_counter() - t
-
-        dev = self.device
         if self.register_refinement:
             step = float(np.min(spacing_from_affine(Fw)))
             self.model.refine_options["nodes"] = max(1, round(AUTO_REFINE_NODE_MM / step))
-        t = time.perf_counter()
-        fx = torch.from_numpy(np.ascontiguousarray(f_w, dtype=np.float32))[None, None]
-        mv = torch.from_numpy(np.ascontiguousarray(m_w, dtype=np.float32))[None, None]
-        disp = self.predict(fx, mv)[0].float()  # (3, D, H, W) voxels of the fixed working grid
-        what = f"checkpoint {self.name!r} on {fname!r} and {mname!r}"
-        check_field(what, disp)
-        synchronize(dev)
-        timings["predict"] = time.perf_counter() - t
+        what = f"checkpoint {self.name!r} on {fix.name!r} and {mov.name!r}"
+        with _timed(timings, "predict"):
+            disp = self._predict_field(f_w, m_w, what)  # (3, D, H, W) voxels of the fixed working grid
 
-        t = time.perf_counter()
-        T = F0 if original_resolution else Fw
-        shape = tuple(f0.shape) if original_resolution else tuple(f_w.shape)
-        outs = resample_outputs(
-            disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field=original_resolution
-        )
-        synchronize(dev)
-        timings["apply"] = time.perf_counter() - t
+        T = fix.affine if original_resolution else Fw
+        shape = tuple(fix.image.shape) if original_resolution else tuple(f_w.shape)
+        with _timed(timings, "apply"):
+            outs = resample_outputs(disp, Fw, Mw, T, shape, fix.image, fix.seg, fix.affine, mov.image, mov.seg,
+                                    mov.affine, interpolate_field=original_resolution)
+            synchronize(self.device)
         check_finite(what, warped=outs["warped"], exported_field=outs["disp"])
 
+        metrics = self._metrics(outs, disp, T, fix, mov)
+        notes += self._untrusted(metrics["trust"]["flags"], fix, mov)
+        return RegistrationResult(
+            fixed=outs["fixed"],
+            moving=outs["before"],
+            warped=outs["warped"],
+            disp=outs["disp"],
+            affine=np.asarray(T, dtype=np.float64),
+            model_disp=disp.cpu().numpy(),
+            model_affine=np.asarray(Fw, dtype=np.float64),
+            fixed_seg=outs["fixed_seg"],
+            moving_seg=outs["before_seg"],
+            warped_seg=outs["warped_seg"],
+            metrics=metrics,
+            timings=timings,
+            inputs=self._inputs(fixed, moving, fixed_seg, moving_seg, crop, original_resolution),
+            model=dict(self.model_info),
+            warnings=notes,
+        )
+
+    # ------------------------------------------------------ register's steps
+    def _read(self, fixed, moving, fixed_seg, moving_seg, fixed_affine, moving_affine,
+              original_resolution: bool) -> tuple[PairSide, PairSide]:
+        """Both sides of the pair read (:func:`~.inputs.read_volume`) and checked: not
+        constant, a plausible spacing, enough memory (:meth:`check_memory`); the moving one
+        brought to the fixed one's orientation (:func:`~.inputs.reorient_like`)."""
+        if moving_affine is None and fixed_affine is not None:
+            moving_affine = fixed_affine
+        fix = _read_pair_side(fixed, fixed_seg, fixed_affine, "fixed image")
+        mov = _read_pair_side(moving, moving_seg, moving_affine, "moving image")
+        check_not_constant(fix.image, fix.named)
+        check_not_constant(mov.image, mov.named)
+        check_spacing(fix.affine, fix.named)  # a unit mistake in the header
+        check_spacing(mov.affine, mov.named)
+        self.check_memory(fix.image.shape, fix.affine, original_resolution)
+        image, seg, affine = reorient_like(mov.image, mov.seg, mov.affine, fix.affine)
+        return fix, mov._replace(image=image, seg=seg, affine=affine)
+
+    def _predict_field(self, f_w: np.ndarray, m_w: np.ndarray, what: str) -> torch.Tensor:
+        """The model's field ``(3, D, H, W)`` float32, in voxels of the fixed working grid,
+        for the working images ``(D, H, W)`` (:meth:`predict`); a field that is not finite,
+        or absurdly large (:func:`~ddmr_core.data.io.check_field`), is a
+        :class:`~ddmr_core.errors.DataError` naming ``what``."""
+        fx = torch.from_numpy(np.ascontiguousarray(f_w, dtype=np.float32))[None, None]
+        mv = torch.from_numpy(np.ascontiguousarray(m_w, dtype=np.float32))[None, None]
+        disp = self.predict(fx, mv)[0].float()
+        check_field(what, disp)
+        synchronize(self.device)  # so that the "predict" timing holds the device's work
+        return disp
+
+    def _metrics(self, outs: dict, disp: torch.Tensor, T: np.ndarray, fix: PairSide, mov: PairSide) -> dict:
+        """``results.json``'s ``metrics`` of the outputs ``outs``
+        (:func:`~.resample.resample_outputs`) on the output grid ``T``: NCC before and after
+        registration, with both label maps Dice and TRE per label (the model's labels, else
+        those found in the input label maps ``fix.seg``, ``mov.seg``), and the trust check
+        of the outputs and the model's field ``disp`` ``(3, d, h, w)``
+        (:func:`~.trust.assess_outputs`)."""
         # "before": the unregistered images as they lie in the world, on the output grid
         metrics = {"before": {"ncc": image_ncc(outs["fixed"], outs["before"])},
                    "after": {"ncc": image_ncc(outs["fixed"], outs["warped"])}}
         fixed_seg_out, before_seg, warped_seg = outs["fixed_seg"], outs["before_seg"], outs["warped_seg"]
         if fixed_seg_out is not None and warped_seg is not None:
-            labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fs0), np.unique(ms0)) if v != 0)
+            labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fix.seg), np.unique(mov.seg)) if v != 0)
             metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
             metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
-        # on the output images already made: the moving ones share the unregistered
-        # image's intensity scale, so the measure sees what the user gets
-        # (on every 2nd voxel per axis: what assess would count of the whole images)
-        lo, hi = float(np.min(outs["before"])), float(np.max(outs["before"]))
-        sub = (slice(None, None, 2),) * 3
-        metrics["trust"] = assess(_unit(outs["fixed"][sub]), _unit(outs["before"][sub], lo, hi), disp[None],
-                                  warped=_unit(outs["warped"][sub], lo, hi), stride=1)
-        for flag in metrics["trust"]["flags"]:
-            note = f"untrustworthy result for {fname!r} and {mname!r}: {flag}"
-            warnings.warn(RegistrationQualityWarning(note), stacklevel=3)
+        metrics["trust"] = assess_outputs(outs["fixed"], outs["before"], outs["warped"], disp)
+        return metrics
+
+    @staticmethod
+    def _untrusted(flags: list, fix: PairSide, mov: PairSide) -> list[str]:
+        """One line per flag of the trust check, each issued as a
+        :class:`~ddmr_core.errors.RegistrationQualityWarning`."""
+        notes = []
+        for flag in flags:
+            note = f"untrustworthy result for {fix.name!r} and {mov.name!r}: {flag}"
+            # stacklevel: the caller of register (past register and torch.no_grad's wrapper)
+            warnings.warn(RegistrationQualityWarning(note), stacklevel=4)
             notes.append(note)
-        inputs = {
+        return notes
+
+    def _inputs(self, fixed, moving, fixed_seg, moving_seg, crop: str, original_resolution: bool) -> dict:
+        """``results.json``'s ``inputs``: the files registered (or ``"array"``), the model,
+        the crop, the output grid, the refinement, the device and the model's load time (s)."""
+        return {
             "fixed": _describe(fixed, "array"),
             "moving": _describe(moving, "array"),
             "fixed_seg": None if fixed_seg is None else _describe(fixed_seg, "array"),
@@ -346,27 +365,9 @@ class Registrar:
             "crop": crop,
             "original_resolution": bool(original_resolution),
             "refine_iterations": int(self.model.refine_iterations),
-            "device": str(dev),
+            "device": str(self.device),
             "model_load_s": self.load_time,
         }
-        return RegistrationResult(
-            fixed=outs["fixed"],
-            moving=outs["before"],
-            warped=outs["warped"],
-            disp=outs["disp"],
-            affine=np.asarray(T, dtype=np.float64),
-            model_disp=disp.cpu().numpy(),
-            model_affine=np.asarray(Fw, dtype=np.float64),
-            fixed_seg=fixed_seg_out,
-            moving_seg=before_seg,
-            warped_seg=warped_seg,
-            metrics=metrics,
-            timings=timings,
-            inputs=inputs,
-            model=dict(self.model_info),
-            warnings=notes,
-        )
-
 
 def register(fixed, moving, model, fixed_seg=None, moving_seg=None, *, device="cpu",
              original_resolution: bool = False, out_dir=None, **kwargs) -> RegistrationResult:

@@ -8,9 +8,10 @@ the working grids (fixed voxel ``x`` corresponds to the world point ``M_w (x + u
   grid, so the transform stays continuous);
 * the exported field is ``w(y) = T^-1 M_w (x + u) - y`` (:func:`carry_field`): a voxel
   pull field of the output grid into the moving image's world position, in the toolkit's
-  convention (``docs/ARCHITECTURE.md``, "Tensor conventions"). Written by :func:`ddmr_core.data.field_io.save_field_itk`, ITK/ANTs applying it
-  to the original moving file reproduce ``warped`` (when fixed and moving share a grid
-  and no preprocessing moves them, ``w`` is just the network's field);
+  convention (``docs/ARCHITECTURE.md``, "Tensor conventions"). Written by
+  :func:`ddmr_core.data.field_io.save_field_itk`, ITK/ANTs applying it to the original
+  moving file reproduce ``warped`` (when fixed and moving share a grid and no
+  preprocessing moves them, ``w`` is just the network's field);
 * the warped image and label maps are ``w`` applied to the **original moving image**
   (:func:`apply_field`: original intensities; label maps nearest neighbour), as
   ``ddmr warp`` applies a saved field.

@@ -1,7 +1,8 @@
-"""Whether a registration can be trusted (:func:`assess`), from signs that do not depend on
-the images' contrast: the normalised mutual information before and after, and the folding
-of the field. ``ddmr register`` checks every result (``results.json``'s ``trust``) and
-warns (:class:`~ddmr_core.errors.RegistrationQualityWarning`) when one is untrustworthy."""
+"""Whether a registration can be trusted (:func:`assess`; of its outputs:
+:func:`assess_outputs`), from signs that do not depend on the images' contrast: the
+normalised mutual information before and after, and the folding of the field.
+``ddmr register`` checks every result (``results.json``'s ``trust``) and warns
+(:class:`~ddmr_core.errors.RegistrationQualityWarning`) when one is untrustworthy."""
 
 from __future__ import annotations
 
@@ -55,3 +56,17 @@ def _unit(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> to
     lo = float(np.min(a)) if lo is None else lo
     hi = float(np.max(a)) if hi is None else hi
     return torch.from_numpy(((np.asarray(a, np.float32) - lo) / max(hi - lo, 1e-12)).astype(np.float32))[None, None]
+
+
+def assess_outputs(fixed: np.ndarray, before: np.ndarray, warped: np.ndarray, disp: torch.Tensor) -> dict:
+    """:func:`assess` of a registration's outputs, ``(D, H, W)`` arrays on its output grid:
+    the fixed image, the moving one before (``before``) and after (``warped``)
+    registration, and the model's field ``disp`` ``(3, d, h, w)`` (its folding).
+
+    On the output images already made: the moving ones share the unregistered image's
+    intensity scale, so the measure sees what the user gets (on every 2nd voxel per axis:
+    what :func:`assess` would count of the whole images)."""
+    lo, hi = float(np.min(before)), float(np.max(before))
+    sub = (slice(None, None, 2),) * 3
+    return assess(_unit(fixed[sub]), _unit(before[sub], lo, hi), disp[None], warped=_unit(warped[sub], lo, hi),
+                  stride=1)
