@@ -2,6 +2,7 @@
 
     python benchmarks/contrast.py                                   # brain-mr and brain-mr-any, 8 pairs each
     python benchmarks/contrast.py --model runs/any/best.pt --pairs 2 --no-ants   # smoke test
+    python benchmarks/contrast.py --refined        # also as ddmr register runs them (refined)
 
 The pairs. Fixed: the MNI ICBM152 2009a T1 template that ships inside nilearn, on a
 ``--spacing`` mm grid (default 2 mm, the whole template's field of view). Moving: the same
@@ -23,7 +24,9 @@ intensities mixed with label-constant values).
 Every method gets the two arrays with their affine and no label maps (as a user runs
 ``ddmr register``); Dice per label (CSF/other, grey, white matter) is the moving label map
 warped by the returned field (nearest neighbour) against the fixed one on the fixed grid.
-ddmr: ``Registrar(model).register(..., original_resolution=True)``; ANTs: the ``ants_syn``
+ddmr: ``Registrar(model).register(..., original_resolution=True)``, the network alone (affine
+start and network), and with ``--refined`` also ``Registrar(model, refine="auto")``, what
+``ddmr register`` runs by default (``NAME+refine``); ANTs: the ``ants_syn``
 baseline (affine + SyN, mutual information) for every contrast, and ``ants_syncc``
 (cross-correlation) for T1 to T1 only. Runtime: the registration call (model load apart).
 Folding: % of voxels with a non-positive Jacobian determinant of the returned field.
@@ -74,6 +77,10 @@ def main(argv=None) -> int:
     ap.add_argument("--spacing", type=float, default=2.0, help="grid spacing, mm (default 2)")
     ap.add_argument("--seed", type=int, default=31)
     ap.add_argument("--no-ants", action="store_true")
+    ap.add_argument("--refined", action="store_true",
+                    help="also each model as ddmr register runs it by default (refine='auto': 40 steps of NCC "
+                         "on the working grid, against the moving image in the fixed image's contrast for a "
+                         "model of several contrasts), as 'NAME+refine'")
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 
@@ -92,6 +99,8 @@ def main(argv=None) -> int:
     for m in models:
         try:
             methods[m] = Registrar(m)
+            if args.refined:
+                methods[f"{m}+refine"] = Registrar(m, refine="auto")
         except Exception as exc:  # a model not shipped in this checkout: say so and go on
             print(f"{m}: skipped ({exc})")
     baselines = {}

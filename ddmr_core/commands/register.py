@@ -77,7 +77,8 @@ def add_arguments(parser):
     parser.add_argument("--refine", metavar="N|auto", default="auto", type=_refine_steps,
                         help="instance optimisation steps on the working grid after the network (0: none); auto "
                              "(default): the model's own if its config refines, else "
-                             f"{AUTO_REFINE_ITERATIONS} steps of NCC unless its card lists several contrasts")
+                             f"{AUTO_REFINE_ITERATIONS} steps of NCC (for a model of several contrasts, against the "
+                             "moving image put into the fixed image's contrast)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse images that do not look like what the model's card says it expects (e.g. CT "
                              "given to an MR model); default: one warning line, and register anyway")

@@ -1,0 +1,173 @@
+"""Bringing a moving image into the fixed image's contrast, from the pair itself.
+
+A network trained on one contrast (brain-mr: T1 against T1) compares intensities. Given a
+T2, PD or FLAIR scan against a T1 template, each tissue keeps its own intensity in each
+image, only the values differ: the intensity of the fixed image is (nearly) a function of
+the moving image's. Once the two images are roughly aligned, that function is estimated
+as the conditional mean of the fixed intensities given the moving ones over the voxels
+the two images' foregrounds share, and the moving image passed through it looks like
+the fixed one (the intensity correction of Guimond et al., "Three-dimensional multimodal
+brain warping using the demons algorithm and adaptive intensity corrections", IEEE TMI
+2001). Re-estimated after a better alignment, the function sharpens.
+
+The background is kept apart: in an inverted T1 the white matter is as dark as the air
+around the head, and one function of intensity cannot send both to their T1 values. The
+background is the voxels of the background's level connected to the volume's border
+(:func:`background_mask`), which no tissue inside the head is; it takes the fixed image's
+background level, and the function is estimated and applied inside the head only.
+
+Tensors: images ``(B, 1, D, H, W)`` on one grid (any intensity range; the pair's own,
+``[0, 1]`` in the models); look-up tables :class:`ContrastMap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fields import warp
+from .prealign import FOREGROUND_FRACTION, background_level, foreground_mask
+
+#: bins of the look-up table over the moving image's robust foreground range
+BINS = 64
+#: its range: these percentiles of the moving foreground's intensities (hot voxels clamp)
+RANGE_PERCENTILES = (0.5, 99.5)
+#: Gaussian smoothing of the binned sums, in bins: bins that hold a few voxels borrow
+#: from their neighbours instead of jumping
+SMOOTH_BINS = 1.0
+#: a bin needs this many (smoothed) voxels to have a value of its own; emptier bins are
+#: interpolated from their neighbours
+MIN_COUNT = 5.0
+#: images above this many voxels are subsampled (regular stride) to find the background
+#: and to estimate the table: a 1 mm brain (9M voxels) needs a fraction for 64 bins
+MAX_ESTIMATE_VOXELS = 2 ** 21
+
+
+def background_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) -> torch.Tensor:
+    """``(B, 1, D, H, W)`` bool: the voxels at the background's level
+    (:func:`~ddmr_core.spatial.prealign.foreground_mask`'s complement) that connect to the
+    volume's border through such voxels (6-connectivity). Dark tissue enclosed by the head
+    (white matter in an inverted T1, CSF in a T1) is not background however dark it is."""
+    from scipy import ndimage
+
+    low = ~foreground_mask(image, fraction).bool().cpu().numpy()
+    out = np.zeros_like(low)
+    for b in range(low.shape[0]):
+        labels, _ = ndimage.label(low[b, 0])
+        border = np.concatenate([labels[i].ravel() for i in (0, -1)] + [labels[:, i].ravel() for i in (0, -1)]
+                                + [labels[:, :, i].ravel() for i in (0, -1)])
+        keep = np.unique(border[border > 0])
+        out[b, 0] = np.isin(labels, keep)
+    return torch.from_numpy(out).to(image.device)
+
+
+@dataclass
+class ContrastMap:
+    """A per-sample intensity map of the moving image into the fixed image's contrast.
+
+    ``table`` ``(B, BINS)``: the fixed intensity for each bin centre of the moving range
+    ``[lo, hi]`` (``(B,)`` each); ``background`` ``(B,)``: the value the moving image's
+    background (:func:`background_mask`) takes."""
+
+    table: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    background: torch.Tensor
+
+    def __call__(self, moving: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
+        """``moving`` ``(B, 1, D, H, W)`` in the fixed image's contrast: each voxel through
+        the table (linear between bin centres, clamped at the ends), the background
+        (``background``: a precomputed :func:`background_mask` of ``moving``) set to the
+        fixed background's level."""
+        if background is None:
+            background = background_mask(moving)
+        b, bins = self.table.shape
+        lo, hi = self.lo.view(b, 1, 1, 1, 1), self.hi.view(b, 1, 1, 1, 1)
+        pos = ((moving.float() - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
+        i0 = pos.floor().long().clamp(max=bins - 2)
+        frac = pos - i0
+        flat = i0.flatten(1)
+        t0 = torch.gather(self.table, 1, flat).view_as(pos)
+        t1 = torch.gather(self.table, 1, flat + 1).view_as(pos)
+        out = t0 + frac * (t1 - t0)
+        out = torch.where(background, self.background.view(b, 1, 1, 1, 1).to(out.dtype), out)
+        return out.to(moving.dtype)
+
+
+def _stride(n: int) -> int:
+    return max(1, round((n / MAX_ESTIMATE_VOXELS) ** (1 / 3) + 0.499))
+
+
+def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_background: torch.Tensor | None = None,
+                          fixed_background: torch.Tensor | None = None) -> ContrastMap:
+    """The conditional mean of ``fixed`` given ``moving`` over the voxels where neither is
+    background, for ``(B, 1, D, H, W)`` images on one grid that are already roughly aligned
+    (the better the alignment, the sharper the map). Per sample: the moving foreground's
+    robust range cut into :data:`BINS` bins, each voxel counted in its two nearest bins
+    (linear weights), the sums smoothed over :data:`SMOOTH_BINS` bins, bins with fewer
+    than :data:`MIN_COUNT` voxels interpolated from their neighbours."""
+    s = _stride(fixed[0, 0].numel())
+    sub = (slice(None), slice(None)) + (slice(None, None, s),) * 3
+    f, m = fixed[sub].float(), moving[sub].float()
+    fb = background_mask(f) if fixed_background is None else fixed_background[sub]
+    mb = background_mask(m) if moving_background is None else moving_background[sub]
+    b = f.shape[0]
+    tables, los, his, bgs = [], [], [], []
+    centres = np.linspace(0.0, 1.0, BINS)
+    for i in range(b):
+        fg_f, fg_m = ~fb[i, 0], ~mb[i, 0]
+        both = fg_f & fg_m
+        if int(both.sum()) < BINS:  # no overlap: fall back on the foregrounds' own voxels
+            both = fg_m
+        mv, fv = m[i, 0][both], f[i, 0][both]
+        if mv.numel() == 0:  # a moving image that is all background: leave it as it is
+            mv, fv = m[i, 0].flatten(), m[i, 0].flatten()
+        sample = mv if mv.numel() <= 2 ** 20 else mv[:: -(-mv.numel() // 2 ** 20)]
+        q = torch.quantile(sample, torch.tensor([p / 100.0 for p in RANGE_PERCENTILES], device=mv.device))
+        lo, hi = float(q[0]), float(q[1])
+        if not hi > lo:
+            lo, hi = float(mv.min()), float(mv.max()) + 1e-6
+        pos = ((mv - lo) / (hi - lo) * (BINS - 1)).clamp(0, BINS - 1)
+        i0 = pos.floor().long().clamp(max=BINS - 2)
+        frac = pos - i0
+        count = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
+        total = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
+        for idx, w in ((i0, 1 - frac), (i0 + 1, frac)):
+            count.index_add_(0, idx, w.double())
+            total.index_add_(0, idx, (w * fv).double())
+        count, total = _smooth(count), _smooth(total)
+        ok = (count >= MIN_COUNT).cpu().numpy()
+        means = (total / count.clamp_min(1e-12)).cpu().numpy()
+        if not ok.any():
+            table = np.full(BINS, float(fv.mean()))
+        else:
+            table = np.interp(centres, centres[ok], means[ok])
+        tables.append(torch.as_tensor(table, dtype=torch.float32))
+        los.append(lo)
+        his.append(hi)
+        bg_f = f[i, 0][fb[i, 0]]
+        bgs.append(float(bg_f.median()) if bg_f.numel() else float(background_level(f[i:i + 1])[0]))
+    dev = fixed.device
+    return ContrastMap(torch.stack(tables).to(dev), torch.tensor(los, device=dev), torch.tensor(his, device=dev),
+                       torch.tensor(bgs, device=dev))
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    if SMOOTH_BINS <= 0:
+        return x
+    r = int(np.ceil(3 * SMOOTH_BINS))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / SMOOTH_BINS) ** 2)
+    return F.conv1d(x.view(1, 1, -1), (k / k.sum()).view(1, 1, -1), padding=r).view(-1)
+
+
+def match_contrast(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor | None = None) -> torch.Tensor:
+    """``moving`` ``(B, 1, D, H, W)`` in the contrast of ``fixed`` (same grid): the
+    :class:`ContrastMap` estimated from ``fixed`` and ``moving`` pulled through ``disp``
+    (``(B, 3, D, H, W)`` voxels, the alignment found so far; ``None``: as they lie),
+    applied to ``moving`` itself."""
+    with torch.no_grad():
+        aligned = moving if disp is None else warp(moving, disp, mode="linear", padding="border")
+        return estimate_contrast_map(fixed, aligned)(moving)

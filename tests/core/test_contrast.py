@@ -1,0 +1,107 @@
+"""ddmr_core.spatial.contrast: a moving image put into the fixed image's contrast."""
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ddmr_core.model.registration_model import RegistrationModel
+from ddmr_core.spatial.contrast import background_mask, estimate_contrast_map, match_contrast
+from ddmr_core.spatial.fields import warp
+from ddmr_core.spatial.similarity import global_ncc
+
+SHAPE = (40, 40, 40)
+
+
+def phantom(values, shape=SHAPE, shift=(0.0, 0.0, 0.0), noise=0.0, seed=0, blur=0.7):
+    """A three-tissue head: an outer shell (tissue 1), a lumpy middle (2) and an inner
+    core (3) on a background of ``values[0]``, partial volumes blurred over ``blur``
+    voxels; the tissue boundaries are not spheres, so a shift of the phantom is visible."""
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    c = [(n - 1) / 2 + s for n, s in zip(shape, shift)]
+    r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+    lump = 2.0 * np.sin((x - c[2]) / 3.0) * np.cos((y - c[1]) / 4.0)
+    labels = np.zeros(shape, np.int64)
+    labels[r < 16] = 1
+    labels[r + lump < 12] = 2
+    labels[r - lump < 6] = 3
+    img = np.asarray(values, np.float64)[labels]
+    img = ndimage.gaussian_filter(img, blur) if blur else img
+    img += np.random.default_rng(seed).normal(0, noise, shape) * (labels > 0)
+    return torch.from_numpy(img.astype(np.float32))[None, None], labels
+
+
+def test_the_background_is_what_connects_to_the_border_however_dark_the_tissue_inside():
+    # an inverted T1: the core (white matter) is as dark as the air around the head
+    img, labels = phantom((0.0, 0.7, 1.0, 0.0))
+    bg = background_mask(img)[0, 0].numpy()
+    assert bg[ndimage.binary_erosion(labels == 0, iterations=2, border_value=1)].all()
+    assert not bg[ndimage.binary_erosion(labels == 3, iterations=2)].any()
+    assert not bg[labels == 2].any()
+    # the same for a bright background
+    assert (background_mask(1.0 - img)[0, 0].numpy() == bg).all()
+
+
+def test_a_non_monotonic_remap_of_aligned_tissues_is_inverted():
+    # fixed: a T1-like phantom; moving: the same tissues in another order (FLAIR-like: the
+    # middle brightest, the core between), with noise. Without partial volumes (blur=0)
+    # the conditional mean is the remap's inverse exactly; a blurred boundary between
+    # two tissues passes through the values between theirs, which then mix tissues
+    fixed, labels = phantom((0.0, 0.2, 0.6, 1.0), blur=0)
+    moving, _ = phantom((0.0, 0.5, 0.9, 0.7), noise=0.01, blur=0)
+    out = match_contrast(fixed, moving)[0, 0].numpy()
+    inner = ndimage.binary_erosion(labels > 0, iterations=2)
+    core = ndimage.binary_erosion(labels == 3, iterations=2)
+    middle = ndimage.binary_erosion(labels == 2, iterations=2)
+    assert abs(out[core].mean() - 1.0) < 0.02 and abs(out[middle].mean() - 0.6) < 0.02
+    assert np.abs(out - fixed[0, 0].numpy())[inner].mean() < 0.03
+    assert np.abs(out[labels == 0]).max() == 0  # the background takes the fixed one's level
+
+
+def test_the_map_is_estimated_through_the_alignment_given():
+    fixed, labels = phantom((0.0, 0.2, 0.6, 1.0))
+    moving, _ = phantom((0.0, 0.5, 0.9, 0.7), shift=(3.0, 0.0, 0.0))
+    # the pull field of a shift by 3 voxels along the first axis
+    disp = torch.zeros(1, 3, *SHAPE)
+    disp[:, 0] = 3.0
+    inner = torch.from_numpy(ndimage.binary_erosion(labels > 0, iterations=3))
+    err_aligned = (warp(match_contrast(fixed, moving, disp), disp) - fixed)[0, 0][inner].abs().mean()
+    err_unaligned = (warp(match_contrast(fixed, moving), disp) - fixed)[0, 0][inner].abs().mean()
+    assert err_aligned < 0.06 and err_aligned < 0.7 * err_unaligned
+
+
+def test_a_table_for_each_sample_of_a_batch():
+    f1, _ = phantom((0.0, 0.2, 0.6, 1.0))
+    m1, _ = phantom((0.0, 0.5, 0.9, 0.7))
+    m2, _ = phantom((0.0, 1.0, 0.6, 0.2))  # inverted order
+    fixed, moving = torch.cat([f1, f1]), torch.cat([m1, m2])
+    cmap = estimate_contrast_map(fixed, moving)
+    assert cmap.table.shape[0] == 2
+    out = cmap(moving)
+    for b, m in enumerate((m1, m2)):
+        single = estimate_contrast_map(f1, m)(m)
+        assert torch.allclose(out[b:b + 1], single, atol=1e-5)
+
+
+class Zero(torch.nn.Module):
+    def forward(self, fixed, moving):
+        return torch.zeros(fixed.shape[0], 3, *fixed.shape[2:])
+
+
+def test_refinement_across_contrasts_registers_only_with_the_contrast_matched():
+    """An inverted-contrast moving image shifted by 1.5 voxels: NCC of the raw images pulls
+    the wrong way; against the matched image the refinement finds the shift."""
+    fixed, labels = phantom((0.0, 0.2, 0.6, 1.0))
+    moving, _ = phantom((0.0, 1.0, 0.6, 0.2), shift=(1.5, 0.0, 0.0))
+    truth, _ = phantom((0.0, 0.2, 0.6, 1.0), shift=(1.5, 0.0, 0.0))  # the moving in the fixed contrast
+    model = RegistrationModel(Zero(), refine_iterations=40).eval()
+    model.refine_options = {"window": 0, "lr": 0.1}
+    inner = (slice(None), slice(None)) + (slice(8, -8),) * 3
+    results = {}
+    for matched in (False, True):
+        model.refine_match_contrast = matched
+        with torch.inference_mode():
+            disp = model.predict_field(fixed, moving)
+        results[matched] = global_ncc(warp(truth, disp, padding="border")[inner], fixed[inner]).item()
+    before = global_ncc(truth[inner], fixed[inner]).item()
+    assert results[True] > before + 0.5 * (1 - before)
+    assert results[True] > results[False]
