@@ -72,6 +72,12 @@ class Grid:
     affine: np.ndarray  # output voxel -> RAS mm
 
 
+def _extent(line: np.ndarray) -> tuple[int, int]:
+    """First and last index of the true values of a non-empty 1-D boolean array."""
+    nz = np.flatnonzero(line)
+    return int(nz[0]), int(nz[-1])
+
+
 @gin.configurable("preprocess", module="ddmr")
 @dataclass
 class Preprocess:
@@ -219,10 +225,12 @@ class Preprocess:
         crop_box = tuple(slice(0, n) for n in shape)
         if self.crop_labels is not None:
             mask = self._crop_mask(seg, image, name, crop)
-            idx = np.argwhere(mask)
+            # the mask's bounding box from its projection on each axis (np.argwhere would
+            # list every voxel of a 1 mm brain: millions of index triples)
+            first, last = zip(*(_extent(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)))
             margin = np.ceil(self.crop_margin / spacing).astype(int)
-            lo = np.maximum(idx.min(0) - margin, 0)
-            hi = np.minimum(idx.max(0) + 1 + margin, shape)
+            lo = np.maximum(np.asarray(first) - margin, 0)
+            hi = np.minimum(np.asarray(last) + 1 + margin, shape)
             crop_box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             shift = np.eye(4)
             shift[:3, 3] = lo
