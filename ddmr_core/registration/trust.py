@@ -6,16 +6,17 @@ normalised mutual information before and after, and the folding of the field.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+
+from ..spatial.refine import sub_lattice_stride
 
 #: folding above this share of voxels (%) marks a result untrustworthy
 MAX_FOLDING_PCT = 1.0
 #: a pair already this similar (normalised MI) may rightly be left as it is
 ALIGNED_NMI = 0.98
-#: at most about this many voxels count towards the mutual information of the outputs
+#: about this many voxels count towards the mutual information of the outputs
+#: (:func:`~ddmr_core.spatial.refine.sub_lattice_stride`: every 3rd per axis at 1 mm)
 MI_VOXELS = 2 ** 18
 
 
@@ -69,10 +70,10 @@ def assess_outputs(fixed: np.ndarray, before: np.ndarray, warped: np.ndarray, di
 
     On the output images already made: the moving ones share the unregistered image's
     intensity scale, so the measure sees what the user gets (on every 2nd voxel per axis,
-    or every n-th so that at most :data:`MI_VOXELS` are counted: 32 bins of a histogram
+    or every n-th so that about :data:`MI_VOXELS` are counted: 32 bins of a histogram
     need no more, and a 1 mm brain holds 8.7M)."""
     lo, hi = float(np.min(before)), float(np.max(before))
-    step = max(2, math.ceil((before.size / MI_VOXELS) ** (1 / 3)))
+    step = max(2, sub_lattice_stride(before.shape, MI_VOXELS))
     sub = (slice(None, None, step),) * 3
     return assess(_unit(fixed[sub]), _unit(before[sub], lo, hi), disp[None], warped=_unit(warped[sub], lo, hi),
                   stride=1)

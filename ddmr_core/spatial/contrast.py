@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .fields import warp
 from .prealign import FOREGROUND_FRACTION, background_level, foreground_mask
+from .refine import sub_lattice_stride
 
 #: bins of the look-up table over the moving image's robust foreground range
 BINS = 64
@@ -97,10 +98,6 @@ class ContrastMap:
         return out.to(moving.dtype)
 
 
-def _stride(n: int) -> int:
-    return max(1, round((n / MAX_ESTIMATE_VOXELS) ** (1 / 3) + 0.499))
-
-
 def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_background: torch.Tensor | None = None,
                           fixed_background: torch.Tensor | None = None) -> ContrastMap:
     """The conditional mean of ``fixed`` given ``moving`` over the voxels where neither is
@@ -109,7 +106,7 @@ def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_back
     robust range cut into :data:`BINS` bins, each voxel counted in its two nearest bins
     (linear weights), the sums smoothed over :data:`SMOOTH_BINS` bins, bins with fewer
     than :data:`MIN_COUNT` voxels interpolated from their neighbours."""
-    s = _stride(fixed[0, 0].numel())
+    s = sub_lattice_stride(fixed.shape[2:], MAX_ESTIMATE_VOXELS)
     sub = (slice(None), slice(None)) + (slice(None, None, s),) * 3
     f, m = fixed[sub].float(), moving[sub].float()
     fb = background_mask(f) if fixed_background is None else fixed_background[sub]
