@@ -143,21 +143,24 @@ class Registrar:
         self.input_size = tuple(int(s) for s in size)
         #: check the estimated memory of each registration first (``--no-memory-check``)
         self.memory_check = True
+        #: the model's own refinement steps (its config's ``refine_iterations``), which
+        #: :meth:`set_refinement` overrides
+        self.model_refinement = int(self.model.refine_iterations)
         self.register_refinement = False
         self.set_refinement(refine)
 
     def auto_refinement(self) -> int:
         """``ddmr register``'s default number of refinement steps: the model's own when its
         config refines, else :data:`AUTO_REFINE_ITERATIONS` steps of global NCC on the
-        working grid (for a model whose card lists several contrasts, against the moving
-        image put into the fixed image's contrast, :attr:`match_contrast`)."""
-        return self.model.refine_iterations or AUTO_REFINE_ITERATIONS
+        working grid (for a model whose card lists several contrasts, with the pair put
+        into one contrast, :attr:`match_contrast`)."""
+        return self.model_refinement or AUTO_REFINE_ITERATIONS
 
     @property
     def match_contrast(self) -> bool:
-        """Whether the refinement compares the fixed image with the moving one put into
-        its contrast (:func:`ddmr_core.spatial.contrast.match_contrast`): for a model whose
-        card lists several contrasts, the pair may have two, and NCC assumes one."""
+        """Whether the refinement puts the pair into one contrast first
+        (:func:`ddmr_core.spatial.contrast.refine_across_contrasts`): for a model whose card
+        lists several contrasts, the pair may have two, and NCC assumes one."""
         return len((self.card or {}).get("contrasts") or []) > 1
 
     def set_refinement(self, refine) -> None:
@@ -171,7 +174,7 @@ class Registrar:
         #: the refinement's options are ddmr register's (:data:`AUTO_REFINE_OPTIONS`), not
         #: the model's own: the raw images' global NCC (on working grids of 1-2 mm a local
         #: normalisation over 5 voxels made the brain benchmark's Dice worse), nodes in mm
-        self.register_refinement = not self.model.refine_iterations
+        self.register_refinement = not self.model_refinement
         if self.register_refinement:
             self.model.refine_options = dict(AUTO_REFINE_OPTIONS)
         self.model.refine_iterations = int(refine)

@@ -168,3 +168,34 @@ def match_contrast(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
     with torch.no_grad():
         aligned = moving if disp is None else warp(moving, disp, mode="linear", padding="border")
         return estimate_contrast_map(fixed, aligned)(moving)
+
+
+def refine_across_contrasts(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
+                            **options) -> torch.Tensor:
+    """:func:`~ddmr_core.spatial.refine.refine_field` for a pair of two contrasts. Its NCC
+    needs one, so the pair is put into one both ways, through maps estimated from the
+    alignment ``disp`` gives: the fixed image into the moving one's contrast and the moving
+    image into the fixed one's (:func:`match_contrast`). The refinement then warps two
+    channels, the moving image and the moving image mapped, against the fixed image mapped
+    and the fixed image, under one NCC (both channels pooled).
+
+    Why both ways: a map goes well from the image whose intensity tells the tissues apart
+    to the other. A T1 orders CSF, grey and white matter, so a PD or FLAIR intensity is
+    nearly a function of the T1's, while the converse is not (in a PD scan CSF and a
+    grey/white-matter mixture share a value, and the conditional mean of the T1 there is
+    a blend that is neither). Which image that is depends on the pair (the fixed image
+    may be the T1 or the PD), and on the brain benchmark neither the maps' own fit (their
+    correlation ratios) nor the mutual information of the two results told it; pooled,
+    the two ways registered better than either alone on most contrasts, in both roles.
+
+    Tensors: ``(B, 1, D, H, W)`` images on one grid; ``disp`` ``(B, 3, D, H, W)`` pull field,
+    voxels; ``options``: :func:`~ddmr_core.spatial.refine.refine_field`'s. Returns the
+    refined field, ``(B, 3, D, H, W)``."""
+    from .refine import refine_field
+
+    with torch.no_grad():
+        aligned = warp(moving, disp, mode="linear", padding="border")
+        fixed_mapped = estimate_contrast_map(aligned, fixed)(fixed)     # into the moving one's contrast
+        moving_mapped = estimate_contrast_map(fixed, aligned)(moving)   # into the fixed one's
+    return refine_field(torch.cat([fixed_mapped, fixed], 1), torch.cat([moving, moving_mapped], 1), disp,
+                        **options)

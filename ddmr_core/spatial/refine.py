@@ -66,7 +66,9 @@ def refine_field(
     """Refine the pull field ``disp`` of ``(fixed, moving)`` by instance optimisation.
 
     Args:
-        fixed, moving: ``(B, 1, D, H, W)`` images on one grid.
+        fixed, moving: ``(B, C, D, H, W)`` images on one grid; with ``C > 1`` the NCC
+            pools the channels (channel ``c`` of ``moving`` warped against channel ``c`` of
+            ``fixed``: :func:`~ddmr_core.spatial.contrast.refine_across_contrasts`).
         disp: ``(B, 3, D, H, W)`` initial pull field, voxels of the fixed grid.
         iterations: Adam steps (0 returns ``disp`` unchanged).
         lr: Adam step, voxels of the coarse grid.

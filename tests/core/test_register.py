@@ -419,3 +419,18 @@ def test_checkpoint_grid_and_architecture_checks(tmp_path, stand_in):
     save_checkpoint(tmp_path / "other_arch.pt", ck)
     with pytest.raises(CheckpointError, match="other_arch.pt.*does not match"):
         Registrar(tmp_path / "other_arch.pt")
+
+
+def test_the_refinement_can_be_set_again(tmp_path, stand_in):
+    """set_refinement after construction: 'auto' is ddmr register's default (its steps and
+    options) whatever was set before; the model's own config does not refine here."""
+    from ddmr_core.registration.register import AUTO_REFINE_ITERATIONS, AUTO_REFINE_OPTIONS
+
+    ck = make_ckpt(tmp_path / "m.pt", smooth_field(GRID, 2.0), NO_RESAMPLING)
+    reg = Registrar(ck, refine=AUTO_REFINE_ITERATIONS + 40)
+    assert reg.model.refine_iterations == AUTO_REFINE_ITERATIONS + 40
+    reg.set_refinement("auto")
+    assert reg.model.refine_iterations == AUTO_REFINE_ITERATIONS and reg.register_refinement
+    assert reg.model.refine_options == AUTO_REFINE_OPTIONS
+    reg.set_refinement(0)
+    assert reg.model.refine_iterations == 0
