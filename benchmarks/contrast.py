@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--refined", action="store_true",
                     help="also each model as ddmr register runs it by default (refine='auto': 40 steps of NCC "
-                         "on the working grid, against the moving image in the fixed image's contrast for a "
-                         "model of several contrasts), as 'NAME+refine'")
+                         "on the working grid; for a model of several contrasts 80 finer steps with the pair put "
+                         "into one contrast both ways), as 'NAME+refine'")
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 

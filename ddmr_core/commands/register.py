@@ -36,6 +36,7 @@ from ..errors import DataError, DdmrError
 #: must not import the library's torch stack)
 DEFAULT_OUTPUTS = ("field", "warped", "results")
 AUTO_REFINE_ITERATIONS = 40
+CROSS_CONTRAST_REFINE_ITERATIONS = 80
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
 
@@ -77,8 +78,8 @@ def add_arguments(parser):
     parser.add_argument("--refine", metavar="N|auto", default="auto", type=_refine_steps,
                         help="instance optimisation steps on the working grid after the network (0: none); auto "
                              "(default): the model's own if its config refines, else "
-                             f"{AUTO_REFINE_ITERATIONS} steps of NCC (for a model of several contrasts, against the "
-                             "moving image put into the fixed image's contrast)")
+                             f"{AUTO_REFINE_ITERATIONS} steps of NCC (for a model of several contrasts, "
+                             f"{CROSS_CONTRAST_REFINE_ITERATIONS} steps with the pair put into one contrast both ways)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse images that do not look like what the model's card says it expects (e.g. CT "
                              "given to an MR model); default: one warning line, and register anyway")

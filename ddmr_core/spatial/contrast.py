@@ -1,14 +1,16 @@
-"""Bringing a moving image into the fixed image's contrast, from the pair itself.
+"""Bringing a pair of two contrasts into one, from the pair itself.
 
-A network trained on one contrast (brain-mr: T1 against T1) compares intensities. Given a
-T2, PD or FLAIR scan against a T1 template, each tissue keeps its own intensity in each
-image, only the values differ: the intensity of the fixed image is (nearly) a function of
-the moving image's. Once the two images are roughly aligned, that function is estimated
-as the conditional mean of the fixed intensities given the moving ones over the voxels
-the two images' foregrounds share, and the moving image passed through it looks like
-the fixed one (the intensity correction of Guimond et al., "Three-dimensional multimodal
-brain warping using the demons algorithm and adaptive intensity corrections", IEEE TMI
-2001). Re-estimated after a better alignment, the function sharpens.
+A network trained on one contrast (brain-mr: T1 against T1), and the refinement's NCC,
+compare intensities. Given a T2, PD or FLAIR scan against a T1 template, each tissue keeps
+its own intensity in each image, only the values differ: the intensity of one image is
+(nearly) a function of the other's. Once the two images are roughly aligned, that function
+is estimated as the conditional mean of the target intensities given the source ones over
+the voxels the two images' foregrounds share, and the source image passed through it
+looks like the target (the intensity correction of Guimond et al., "Three-dimensional
+multimodal brain warping using the demons algorithm and adaptive intensity corrections",
+IEEE TMI 2001). :func:`match_contrast` maps the moving image into the fixed one's
+contrast; :func:`refine_across_contrasts` maps both ways and refines with the two pairs
+pooled, since which way works depends on which image tells the tissues apart.
 
 The background is kept apart: in an inverted T1 the white matter is as dark as the air
 around the head, and one function of intensity cannot send both to their T1 values. The
@@ -67,7 +69,7 @@ def background_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) 
 
 @dataclass
 class ContrastMap:
-    """A per-sample intensity map of the moving image into the fixed image's contrast.
+    """A per-sample intensity map of one image (called moving here) into another's (fixed).
 
     ``table`` ``(B, BINS)``: the fixed intensity for each bin centre of the moving range
     ``[lo, hi]`` (``(B,)`` each); ``background`` ``(B,)``: the value the moving image's
@@ -184,9 +186,9 @@ def refine_across_contrasts(fixed: torch.Tensor, moving: torch.Tensor, disp: tor
     nearly a function of the T1's, while the converse is not (in a PD scan CSF and a
     grey/white-matter mixture share a value, and the conditional mean of the T1 there is
     a blend that is neither). Which image that is depends on the pair (the fixed image
-    may be the T1 or the PD), and on the brain benchmark neither the maps' own fit (their
-    correlation ratios) nor the mutual information of the two results told it; pooled,
-    the two ways registered better than either alone on most contrasts, in both roles.
+    may be the T1 or the PD), and neither the maps' own fit (their correlation ratios) nor
+    the mutual information of the two results told it reliably (docs/models.md); pooled,
+    no way has to be chosen.
 
     Tensors: ``(B, 1, D, H, W)`` images on one grid; ``disp`` ``(B, 3, D, H, W)`` pull field,
     voxels; ``options``: :func:`~ddmr_core.spatial.refine.refine_field`'s. Returns the

@@ -106,10 +106,11 @@ def test_loading_a_model_for_inference_imports_no_monai_or_dynamo():
 
 
 def test_register_command_defaults_match_the_library():
-    """commands/register.py restates two defaults so that `ddmr register --help` need not
+    """commands/register.py restates three defaults so that `ddmr register --help` need not
     import the library: they must stay the library's."""
     from ddmr_core.commands import register as command
     from ddmr_core.registration import output, register
 
     assert command.DEFAULT_OUTPUTS == output.DEFAULT_OUTPUTS
     assert command.AUTO_REFINE_ITERATIONS == register.AUTO_REFINE_ITERATIONS
+    assert command.CROSS_CONTRAST_REFINE_ITERATIONS == register.CROSS_CONTRAST_REFINE_ITERATIONS
