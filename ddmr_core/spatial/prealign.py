@@ -115,23 +115,11 @@ def fit_affine(
             if int(steps) <= 0:
                 continue
             f, m = pyramid[int(factor)]
-            f = f.flatten(1) - f.flatten(1).mean(1, keepdim=True)
-            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            # homogeneous normalised xyz coordinates of the level's voxels, (N, 4)
-            ident = torch.eye(3, 4, device=f0.device)[None]
-            coords = F.affine_grid(ident, (1, 1, *m.shape[2:]), align_corners=True).reshape(-1, 3)
-            coords = torch.cat([coords, torch.ones_like(coords[:, :1])], 1)
+            f, coords = _level_inputs(f, m)
             ncc, grad, hess = _ncc_system(f, m, theta, coords)
             lam = torch.full((b,), float(damping), device=f0.device, dtype=torch.float64)
             for _ in range(int(steps)):
-                diag = torch.diagonal(hess, dim1=1, dim2=2)
-                # the ridge keeps a degenerate system (a constant image: all zeros) solvable;
-                # its gradient is zero too, so the step is zero
-                ridge = 1e-12 * diag.mean(1, keepdim=True) + 1e-30
-                step, failed = torch.linalg.solve_ex(hess + torch.diag_embed(lam[:, None] * diag + ridge),
-                                                     grad[..., None])
-                step = torch.where((failed != 0).view(b, 1), 0.0, step[..., 0].nan_to_num(0.0, 0.0, 0.0))
-                trial = theta + step.to(theta.dtype).view(b, 3, 4)
+                trial = theta + _damped_step(hess, grad, lam).to(theta.dtype).view(b, 3, 4)
                 # every singular value lies within |A - I|_F of 1 (Weyl): the SVD of
                 # clamp_scales is needed only beyond that
                 if inside is not None and float(torch.linalg.matrix_norm(trial[:, :, :3] - eye).max()) > inside:
@@ -144,6 +132,28 @@ def fit_affine(
                 hess = torch.where(better.view(b, 1, 1), t_hess, hess)
                 lam = torch.where(better, lam / 10, lam * 10)
         return theta
+
+
+def _level_inputs(f: torch.Tensor, m: torch.Tensor):
+    """One pyramid level's constants for :func:`fit_affine`: the fixed image ``f``
+    (``(B, 1, D, H, W)``) centred and scaled to unit norm, ``(B, N)``, and the homogeneous
+    normalised xyz coordinates of the level's voxels, ``(N, 4)``."""
+    f = f.flatten(1) - f.flatten(1).mean(1, keepdim=True)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ident = torch.eye(3, 4, device=f.device)[None]
+    coords = F.affine_grid(ident, (1, 1, *m.shape[2:]), align_corners=True).reshape(-1, 3)
+    return f, torch.cat([coords, torch.ones_like(coords[:, :1])], 1)
+
+
+def _damped_step(hess: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """The Levenberg-Marquardt step ``(H + lambda diag H)^-1 g`` per sample (``(B, 12, 12)``,
+    ``(B, 12)``, ``(B,)``): ``(B, 12)``, zero where the system cannot be solved."""
+    diag = torch.diagonal(hess, dim1=1, dim2=2)
+    # the ridge keeps a degenerate system (a constant image: all zeros) solvable; its
+    # gradient is zero too, so the step is zero
+    ridge = 1e-12 * diag.mean(1, keepdim=True) + 1e-30
+    step, failed = torch.linalg.solve_ex(hess + torch.diag_embed(lam[:, None] * diag + ridge), grad[..., None])
+    return torch.where((failed != 0).view(-1, 1), 0.0, step[..., 0].nan_to_num(0.0, 0.0, 0.0))
 
 
 def background_level(image: torch.Tensor) -> torch.Tensor:
