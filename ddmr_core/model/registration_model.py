@@ -84,7 +84,7 @@ class RegistrationModel(nn.Module):
         #: further keyword arguments of :func:`~ddmr_core.spatial.refine.refine_field` (not
         #: configured: set at inference, e.g. by :class:`ddmr_core.registration.register.Registrar`)
         self.refine_options: dict = {}
-        #: refine with the pair put into one contrast (both ways, the better result kept:
+        #: refine with the pair put into one contrast (both ways, pooled:
         #: :func:`~ddmr_core.spatial.contrast.refine_across_contrasts`): the refinement's
         #: NCC assumes one contrast, so a model for pairs of two refines only this way
         #: (set at inference, like refine_options)
