@@ -158,17 +158,6 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
     from .report import write_report
     from ..data.guards import check_inputs_outside
 
-    from ..progress import bar, write
-
-    counter = None  # the progress bar of the method/pair runs, when no ``progress`` is given
-
-    def say(line: str, run_done: bool = False) -> None:
-        if progress is not None:
-            progress(line)
-        elif run_done:
-            counter.update(1)
-        else:
-            write(line, counter)
     if not models and not baselines:
         raise DdmrError("nothing to evaluate: give at least one --model CKPT or --baseline NAME")
     out = check_output_folder(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate")
@@ -183,60 +172,112 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                                                  key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
     metric_objs = {n: make("metrics", n) for n in names}
     methods = build_methods(models, baselines, device, registry, make, unrefined=unrefined)
+    report = _Progress(progress)
     if original_resolution and not tset.has_original:
-        say("note: the test set records no original grids (manifest columns fixed_original, "
-            "moving_original); scoring on the test grid")
+        report.say("note: the test set records no original grids (manifest columns fixed_original, "
+                   "moving_original); scoring on the test grid")
     # the report folder is written whole or not at all (replacing an earlier report)
     with atomic_dir(out, "--out", replaceable=is_evaluation_output, what="ddmr evaluate") as tmp:
         writer = ResultsWriter(tmp / "per_pair.csv", names)
-        method_errors = _prepare_methods(methods, say)
-        slices: dict = {}
+        method_errors = _prepare_methods(methods, report.say)
+        slices: dict | None = {} if figures else None
         failures = 0
         pair_names = tset.names()
-        total, step = len(pair_names) * len(methods), 0
-        counter = bar(total, "evaluate", "run") if progress is None else None
+        report.start(len(pair_names) * len(methods))
         for i, pname in enumerate(pair_names):
             pair, pair_error = None, None
             try:
                 pair = tset.load(i, original=original_resolution)
             except Exception as exc:
                 pair_error = _message(exc)
-                say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
+                report.say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
             for m in methods:
-                step += 1
-                row = {"method": m.name, "kind": m.kind, "pair": pname, "error": ""}
-                error = method_errors.get(m.name) or pair_error
-                if counter is not None:
-                    counter.set_postfix_str(f"{m.name} on {pname}", refresh=False)
-                if error is None:
-                    try:
-                        values, record, seconds, metric_errors = _score(m, pair, pname, metric_objs,
-                                                                        tset.labels or None, original_resolution)
-                        row.update(values)
-                        row["error"] = "; ".join(metric_errors)
-                        failures += bool(metric_errors)
-                        if figures:
-                            slices[(m.name, pname)] = figure_slices(record)
-                        key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
-                        shown = f"{key} {values[key]:.3f}, " if key else ""
-                        say(f"[{step}/{total}] {m.name} on {pname}: {shown}{seconds:.2f} s", run_done=True)
-                    except Exception as exc:
-                        error = _message(exc)
-                if error is not None:
-                    row["error"] = error
-                    failures += 1
-                    say(f"[{step}/{total}] {m.name} on {pname}: FAILED ({error})")
-                    if counter is not None:
-                        counter.update(1)
+                row = _run(m, pair, pname, method_errors.get(m.name) or pair_error, metric_objs, tset,
+                           original_resolution, slices, report)
+                failures += bool(row["error"])
                 writer.add(row)
-        if counter is not None:
-            counter.close()
-            counter = None
+        report.close()
         write_report(tmp, writer.rows, [m.name for m in methods], names, *_metric_labels(metric_objs, names),
-                     slices if figures else None, tset, models=_models_used(methods))
-    say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
-        + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
+                     slices, tset, models=_models_used(methods))
+    report.say(f"results: {out / 'per_pair.csv'}, {out / 'summary.md'}"
+               + (f"; {failures} failed method/pair run(s) recorded in the error column" if failures else ""))
     return EvaluationResult(writer.rows, out, failures, [m.name for m in methods])
+
+
+class _Progress:
+    """An evaluation's messages: to ``progress`` when given (one line per method/pair run
+    and the other messages), else printed, with the runs counted by a progress bar on
+    stderr (:func:`ddmr_core.progress.bar`: on a terminal only)."""
+
+    def __init__(self, progress: Callable[[str], Any] | None):
+        self.progress = progress
+        self.counter = None  # the bar, between start() and close()
+        self.total = self.done = 0
+
+    def start(self, total: int) -> None:
+        from ..progress import bar
+
+        self.total = total
+        if self.progress is None:
+            self.counter = bar(total, "evaluate", "run")
+
+    def say(self, line: str) -> None:
+        from ..progress import write
+
+        if self.progress is not None:
+            self.progress(line)
+        else:
+            write(line, self.counter)
+
+    def running(self, what: str) -> str:
+        """Note the next method/pair run; its ``[k/total]`` prefix."""
+        self.done += 1
+        if self.counter is not None:
+            self.counter.set_postfix_str(what, refresh=False)
+        return f"[{self.done}/{self.total}] {what}"
+
+    def finished(self, line: str) -> None:
+        """A run's line: given to ``progress``, or counted by the bar (not printed)."""
+        if self.progress is not None:
+            self.progress(line)
+        elif self.counter is not None:
+            self.counter.update(1)
+
+    def failed(self, line: str) -> None:
+        self.say(line)
+        if self.counter is not None:
+            self.counter.update(1)
+
+    def close(self) -> None:
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
+
+
+def _run(method, pair, pname: str, error: str | None, metric_objs: dict, tset, original_resolution: bool,
+         slices: dict | None, report: _Progress) -> dict:
+    """One method on one pair: its ``per_pair.csv`` row (``error`` set when it failed,
+    with ``error`` given when the method or the pair could not be prepared)."""
+    row = {"method": method.name, "kind": method.kind, "pair": pname, "error": ""}
+    prefix = report.running(f"{method.name} on {pname}")
+    if error is None:
+        try:
+            values, record, seconds, metric_errors = _score(method, pair, pname, metric_objs,
+                                                            tset.labels or None, original_resolution)
+        except Exception as exc:
+            error = _message(exc)
+        else:
+            row.update(values)
+            row["error"] = "; ".join(metric_errors)
+            if slices is not None:
+                slices[(method.name, pname)] = figure_slices(record)
+            key = "dsc" if not math.isnan(values.get("dsc", float("nan"))) else next(iter(values), None)
+            shown = f"{key} {values[key]:.3f}, " if key else ""
+            report.finished(f"{prefix}: {shown}{seconds:.2f} s")
+            return row
+    row["error"] = error
+    report.failed(f"{prefix}: FAILED ({error})")
+    return row
 
 
 def _components(registry, gin_files, gin_bindings):

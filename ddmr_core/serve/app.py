@@ -21,7 +21,7 @@ message, never a dead server: a :class:`~ddmr_core.errors.DdmrError` is a 400, a
 over the limit a 413 (``MAX_CONTENT_LENGTH``), an unknown or expired result a 404;
 anything else is a 500 with its message (and the server goes on).
 
-Flask is imported inside :func:`create_app`: ``ddmr --help`` and the rest of the library
+Flask is imported inside the functions that build the app: ``ddmr --help`` and the rest of the library
 never import it.
 """
 
@@ -59,14 +59,10 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
     Raises:
         DdmrError: a model that does not load.
     """
-    # One function over ~80 lines by design: Flask's routes are closures over this app's
-    # server and result store, declared together so the page's whole API reads in one place.
     import flask
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-    from .server import MAX_VOXELS, ROLES, Server
+    from .server import MAX_VOXELS, Server
     from .store import ResultStore
-    from .view import VIEWS
 
     if server is None:
         store = ResultStore(max_results=max_results, ttl_s=result_ttl_s)
@@ -80,9 +76,25 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2 ** 20)
     app.config["DDMR_MAX_UPLOAD_MB"] = max_upload_mb
     app.extensions["ddmr"] = server
+    _error_handlers(app, max_upload_mb)
+    _routes(app, server, max_upload_mb)
+    _guards(app)
+    return app
 
-    def error(message: str, status: int):
-        return flask.jsonify(error=message), status
+
+def _error(message: str, status: int):
+    """A JSON error response: ``{"error": message}`` with HTTP ``status``."""
+    import flask
+
+    return flask.jsonify(error=message), status
+
+
+def _error_handlers(app, max_upload_mb: float) -> None:
+    """Every failure answers one JSON line naming the problem: the client's with 4xx,
+    a bug with 500 (logged; the server goes on)."""
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+    error = _error
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
@@ -103,6 +115,17 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
     def unexpected(exc):  # a bug, not the client's fault: logged, reported, the server goes on
         log.exception("ddmr serve: unexpected error")
         return error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+def _routes(app, server, max_upload_mb: float) -> None:
+    """The page and its JSON API (README "ddmr serve"): models, register, results, slices
+    and downloads; closures over this app's ``server`` and its result store."""
+    import flask
+
+    from .server import ROLES
+    from .view import VIEWS
+
+    error = _error
 
     def result_or_404(rid: str):
         view = server.store.get(rid)
@@ -157,18 +180,21 @@ def create_app(models=("brain-mr",), *, device="cpu", max_upload_mb: float = MAX
             return error(f"no file {name!r} here; available: {', '.join(res.available_downloads())}", 404)
         return flask.send_file(path, as_attachment=True, download_name=path.name, max_age=0)
 
+
+def _guards(app) -> None:
+    """Checks of every request and headers of every response."""
+    import flask
+
     @app.before_request
     def same_origin_only():
         # another web site open in the same browser may send forms to 127.0.0.1 too: a
         # request that says it comes from elsewhere does not run a registration
         origin = flask.request.headers.get("Origin")
         if flask.request.method == "POST" and origin and urlsplit(origin).netloc != flask.request.host:
-            return error(f"cross-site request from {origin!r} refused", 403)
+            return _error(f"cross-site request from {origin!r} refused", 403)
         return None
 
     @app.after_request
     def no_sniffing(resp):
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         return resp
-
-    return app

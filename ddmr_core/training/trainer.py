@@ -66,6 +66,28 @@ class _ListSampler(Sampler):
         return len(self.indices)
 
 
+def _check_options(*, batch_size, accumulate, max_epochs, max_nonfinite, lr, weighting_lr, max_steps,
+                   max_time, warmup_steps, patience_after_steps, lr_schedule) -> None:
+    """Raise ConfigError naming the binding (or option) of a :class:`Trainer` option out of range."""
+    for name, value, low in (("batch_size", batch_size, 1), ("accumulate", accumulate, 1),
+                             ("max_epochs", max_epochs, 0), ("max_nonfinite", max_nonfinite, 1)):
+        if int(value) < low:
+            raise ConfigError(f"ddmr.Trainer.{name} must be >= {low}, got {value}")
+    if lr <= 0:
+        raise ConfigError(f"ddmr.Trainer.lr must be positive, got {lr}")
+    if weighting_lr is not None and not weighting_lr > 0:
+        raise ConfigError(f"ddmr.Trainer.weighting_lr must be positive or None, got {weighting_lr!r}")
+    if max_steps is not None and max_steps < 0:
+        raise ConfigError(f"--max-steps must be >= 0, got {max_steps}")
+    if max_time is not None and not max_time > 0:
+        raise ConfigError(f"--max-time must be positive, got {max_time}")
+    for name, value in (("warmup_steps", warmup_steps), ("patience_after_steps", patience_after_steps)):
+        if int(value) != value or value < 0:
+            raise ConfigError(f"ddmr.Trainer.{name} must be a non-negative integer, got {value!r}")
+    if lr_schedule not in ("plateau", "cosine"):
+        raise ConfigError(f"ddmr.Trainer.lr_schedule must be 'plateau' or 'cosine', got {lr_schedule!r}")
+
+
 @gin.configurable(module="ddmr")
 class Trainer:
     """Gradient-accumulating trainer. ``run_dir``, ``device``, ``max_steps`` and ``resume``
@@ -165,26 +187,12 @@ class Trainer:
         find_unused_parameters: bool = False,
         memory_check: bool = True,
     ):
-        for name, value, low in (("batch_size", batch_size, 1), ("accumulate", accumulate, 1),
-                                 ("max_epochs", max_epochs, 0), ("max_nonfinite", max_nonfinite, 1)):
-            if int(value) < low:
-                raise ConfigError(f"ddmr.Trainer.{name} must be >= {low}, got {value}")
-        if lr <= 0:
-            raise ConfigError(f"ddmr.Trainer.lr must be positive, got {lr}")
-        if weighting_lr is not None and not weighting_lr > 0:
-            raise ConfigError(f"ddmr.Trainer.weighting_lr must be positive or None, got {weighting_lr!r}")
-        if max_steps is not None and max_steps < 0:
-            raise ConfigError(f"--max-steps must be >= 0, got {max_steps}")
-        if max_time is not None and not max_time > 0:
-            raise ConfigError(f"--max-time must be positive, got {max_time}")
-        for name, value in (("warmup_steps", warmup_steps), ("patience_after_steps", patience_after_steps)):
-            if int(value) != value or value < 0:
-                raise ConfigError(f"ddmr.Trainer.{name} must be a non-negative integer, got {value!r}")
+        _check_options(batch_size=batch_size, accumulate=accumulate, max_epochs=max_epochs, max_nonfinite=max_nonfinite,
+                       lr=lr, weighting_lr=weighting_lr, max_steps=max_steps, max_time=max_time,
+                       warmup_steps=warmup_steps, patience_after_steps=patience_after_steps, lr_schedule=lr_schedule)
         self.run_dir = Path(run_dir)
         self.resume, self.max_steps, self.max_time = resume, max_steps, max_time
         self.warmup_steps = int(warmup_steps)
-        if lr_schedule not in ("plateau", "cosine"):
-            raise ConfigError(f"ddmr.Trainer.lr_schedule must be 'plateau' or 'cosine', got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
         self.batch_size, self.accumulate, self.max_epochs = int(batch_size), int(accumulate), int(max_epochs)
         self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
