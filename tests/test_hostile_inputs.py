@@ -542,7 +542,9 @@ def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_
     def step_then_signal(loop, *a, **k):
         loss = step(loop, *a, **k)
         if loop.run is t and t.counters["optimizer_steps"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step's critical section
+            # to this thread (the main one): os.kill's process-wide signal may be handed to a
+            # torch worker thread and reach Python only after the run has gone on
+            signal.raise_signal(signal.SIGINT)  # arrives inside the step's critical section
         return loss
 
     monkeypatch.setattr(TrainingLoop, "_optimizer_step", step_then_signal)

@@ -229,12 +229,14 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_workspace, tmp_path, sig, rc, word)
     assert _register(tiny_workspace, out, segs=False) == 0
     before = _files(out)
     code = f"""
-        import os, sys
+        import signal, sys
         import ddmr_core.registration.output as ro
         real = ro.write_into
         def write_then_signal(result, folder, *rest):
             real(result, folder, *rest)  # everything written into the temporary folder
-            os.kill(os.getpid(), {int(sig)})
+            # to this thread: os.kill's process-wide signal may be handed to a torch worker
+            # thread and reach Python only after the output folder has been put in place
+            signal.raise_signal({int(sig)})
         ro.write_into = write_then_signal
         from ddmr_core.cli import main
         sys.exit(main(sys.argv[1:]))
