@@ -3,6 +3,7 @@
     python benchmarks/contrast.py                                   # brain-mr and brain-mr-any, 8 pairs each
     python benchmarks/contrast.py --model runs/any/best.pt --pairs 2 --no-ants   # smoke test
     python benchmarks/contrast.py --refined        # also as ddmr register runs them (refined)
+    python benchmarks/contrast.py --refined --swapped   # the roles swapped: T1 onto a T2/PD/... template
 
 The pairs. Fixed: the MNI ICBM152 2009a T1 template that ships inside nilearn, on a
 ``--spacing`` mm grid (default 2 mm, the whole template's field of view). Moving: the same
@@ -20,6 +21,10 @@ the four made from the template's tissue probability maps (``c_csf p_csf + c_gm 
 c_wm p_wm``, tissue values jittered by 0.05 per pair, 1 % noise): a different remap from
 the one ddmr's ``synth_contrast`` augmenter trains with (a random curve of the T1
 intensities mixed with label-constant values).
+
+With ``--swapped`` the roles are swapped: the template in the other contrast is the fixed
+image and the T1 copy moves (T1 -> T2, ...), as when a T1 scan is registered to a template
+or a scan of another contrast; the same pairs, the same label maps.
 
 Every method gets the two arrays with their affine and no label maps (as a user runs
 ``ddmr register``); Dice per label (CSF/other, grey, white matter) is the moving label map
@@ -81,6 +86,8 @@ def main(argv=None) -> int:
                     help="also each model as ddmr register runs it by default (refine='auto': 40 steps of NCC "
                          "on the working grid; for a model of several contrasts 80 finer steps with the pair put "
                          "into one contrast both ways), as 'NAME+refine'")
+    ap.add_argument("--swapped", action="store_true",
+                    help="swap the roles: the image in the other contrast is fixed, the T1 copy moves")
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 
@@ -107,7 +114,8 @@ def main(argv=None) -> int:
     if not args.no_ants:
         reg = Registry(bind_gin=False)
         baselines = {n: reg.create("baselines", n) for n in ("ants_syn", "ants_syncc")}
-    print(f"fixed: MNI T1 at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; torch threads "
+    roles = "fixed: the contrast below, moving: MNI T1" if args.swapped else "fixed: MNI T1, moving: the contrast below"
+    print(f"{roles}; at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; torch threads "
           f"{torch.get_num_threads()}")
 
     def score(disp, moving_lab):
@@ -121,13 +129,16 @@ def main(argv=None) -> int:
         for i in range(args.pairs):
             rng = np.random.default_rng([args.seed, ALL.index(contrast), i])
             src = moving_contrast(contrast, t1, tissues, rng)
+            fixed = t1
+            if args.swapped:  # the same images, the other way round
+                fixed, src = src, t1.copy()
             moving, moving_lab = warp_pair(t1.shape, affine, [src, fixed_lab], rng, [False, True])
             moving_lab = moving_lab.astype(np.uint8)
             before = dice_tre(fixed_lab, moving_lab, affine, (1, 2, 3))["dice_mean"]
             row = {"contrast": contrast, "pair": i, "before": before}
             for name, reg in methods.items():
                 t = time.perf_counter()
-                res = reg.register(t1, moving, fixed_affine=affine, moving_affine=affine, original_resolution=True)
+                res = reg.register(fixed, moving, fixed_affine=affine, moving_affine=affine, original_resolution=True)
                 row[f"{name}_s"] = time.perf_counter() - t
                 row[name], per, row[f"{name}_fold"] = score(res.disp, moving_lab)
                 row[f"{name}_labels"] = per
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
                 if name == "ants_syncc" and contrast != "T1":
                     continue
                 t = time.perf_counter()
-                disp = base.register(t1, moving, spacing)
+                disp = base.register(fixed, moving, spacing)
                 row[f"{name}_s"] = time.perf_counter() - t
                 row[name], per, row[f"{name}_fold"] = score(disp, moving_lab)
                 row[f"{name}_labels"] = per
@@ -164,7 +175,7 @@ def main(argv=None) -> int:
             print(f"{'':<9} {n:<14} {s['dice']:>6.3f}±{s['dice_sd']:.3f} {'/'.join(f'{v:.2f}' for v in per):>17} "
                   f"{s['runtime_s']:>10.2f} {s['folding_pct']:>9.3f}")
     (work / "results.json").write_text(json.dumps({"spacing_mm": args.spacing, "pairs": args.pairs,
-                                                   "summary": summary}, indent=2))
+                                                   "swapped": args.swapped, "summary": summary}, indent=2))
     with open(work / "pairs.csv", "w", newline="") as fh:
         flat = [{k: v for k, v in r.items() if not k.endswith("_labels")} for r in rows]
         w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
