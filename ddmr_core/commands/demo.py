@@ -45,7 +45,7 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(threads)
-        print(f"demo: {threads} CPU thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+        print(f"demo: {threads} CPU thread(s) (the free ones of {os.cpu_count()} cores; "
               "set OMP_NUM_THREADS to choose)", flush=True)
     timings = spec.run()
     out = Path(spec.out)

@@ -109,16 +109,45 @@ class Demo:
 
 
 def free_cores() -> int | None:
-    """CPU threads for the demo's training and inference: the cores not already busy (by the
-    1-minute load average), at least 1; None (PyTorch's default) when ``OMP_NUM_THREADS`` is
-    set or the load is unknown. On a shared 2-core machine, 2 threads with one core taken by
-    another process ran a training step 5x slower than 1 thread (OpenMP threads waiting
-    for each other, docs/training_notes.md)."""
+    """CPU threads for the demo's training and inference: the cores not already busy, at
+    least 1; None (PyTorch's default) when ``OMP_NUM_THREADS`` is set or the load is unknown.
+    Busy is the smaller of the 1-minute load average and the cores in use over the next
+    second (:func:`busy_cores`): a core counts as taken only when both say so, so the
+    load that ``make demo``'s own install leaves in the average (about 1 for a minute) does
+    not halve the demo's threads, while another process that keeps a core busy does take
+    one. On a shared 2-core machine, 2 threads with one core taken by another process ran a
+    training step 5x slower than 1 thread (OpenMP threads waiting for each other,
+    docs/training_notes.md)."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+    now = busy_cores()
+    if now is not None:
+        busy = min(busy, now)
     cores = os.cpu_count() or 1
     return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores in use (all processes) over the next ``seconds``, from the CPU time counters
+    of Linux's ``/proc/stat`` (the non-idle share of all CPUs' time, times their number);
+    None where there is no such file."""
+    import time
+
+    def counters() -> tuple[int, int]:
+        with open("/proc/stat") as fh:  # "cpu  user nice system idle iowait irq softirq steal ..."
+            values = [int(v) for v in fh.readline().split()[1:9]]
+        return sum(values), values[3] + values[4]  # all time, idle time (idle + iowait)
+
+    try:
+        total0, idle0 = counters()
+        time.sleep(seconds)
+        total1, idle1 = counters()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)

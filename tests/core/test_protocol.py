@@ -285,12 +285,37 @@ def test_an_unknown_design_is_refused_before_any_work(tmp_path):
 
 
 def test_demo_trains_on_the_cores_that_are_free(monkeypatch):
+    """A core is taken when both the load average and the cores in use now say so: the
+    load an install has just left in the average does not count once the CPU is idle."""
     from ddmr_core.experiments import demo
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
-    for load, threads in ((0.2, 2), (1.0, 1), (3.7, 1)):
+    for load, now, threads in ((0.2, 0.1, 2), (1.0, 1.0, 1), (3.7, 2.0, 1), (1.2, 0.05, 2), (0.1, 1.9, 2),
+                               (1.0, None, 1), (0.2, None, 2)):
         monkeypatch.setattr(demo.os, "getloadavg", lambda load=load: (load, load, load))
-        assert demo.free_cores() == threads
+        monkeypatch.setattr(demo, "busy_cores", lambda now=now: now)
+        assert demo.free_cores() == threads, (load, now)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert demo.free_cores() is None  # the user's choice is left alone
+
+
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    """busy_cores against a known load: a child process spinning on one core for the
+    whole window shows as about one core more than the idle measure around it."""
+    import subprocess
+    import sys
+    import time
+
+    from ddmr_core.experiments import demo
+
+    if demo.busy_cores(0.2) is None:
+        pytest.skip("no /proc/stat on this system")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        time.sleep(0.5)  # the interpreter started and spinning
+        busy = demo.busy_cores(1.0)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy >= 0.7, busy  # its core (other processes may add, never take away)
