@@ -548,8 +548,14 @@ def test_sigint_mid_step_saves_the_completed_step_and_resume_matches_a_straight_
         return loss
 
     monkeypatch.setattr(TrainingLoop, "_optimizer_step", step_then_signal)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    # Ctrl-C as in a terminal: a process started in the background by a shell without job
+    # control (`make test &`) inherits SIGINT ignored, and Python keeps it so
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            t.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert saved["counters"]["optimizer_steps"] == 3
     assert saved["counters"]["batch_in_epoch"] == 3 * 2  # 2 micro-batches a step: the step's end

@@ -230,6 +230,8 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_workspace, tmp_path, sig, rc, word)
     before = _files(out)
     code = f"""
         import signal, sys
+        # Ctrl-C as in a terminal: a background job (`make test &`) inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import ddmr_core.registration.output as ro
         real = ro.write_into
         def write_then_signal(result, folder, *rest):
