@@ -192,8 +192,8 @@ def evaluate(testset: str | Path, models: Sequence[str] = (), baselines: Sequenc
                 pair_error = _message(exc)
                 report.say(f"pair {pname}: cannot be loaded, recorded for every method: {pair_error}")
             for m in methods:
-                row = _run(m, pair, pname, method_errors.get(m.name) or pair_error, metric_objs, tset,
-                           original_resolution, slices, report)
+                row = _run(m, pair, pname, method_errors.get(m.name) or pair_error, metric_objs,
+                           tset.labels or None, original_resolution, slices, report)
                 failures += bool(row["error"])
                 writer.add(row)
         report.close()
@@ -254,7 +254,7 @@ class _Progress:
             self.counter = None
 
 
-def _run(method, pair, pname: str, error: str | None, metric_objs: dict, tset, original_resolution: bool,
+def _run(method, pair, pname: str, error: str | None, metric_objs: dict, labels, original_resolution: bool,
          slices: dict | None, report: _Progress) -> dict:
     """One method on one pair: its ``per_pair.csv`` row (``error`` set when it failed,
     with ``error`` given when the method or the pair could not be prepared)."""
@@ -262,8 +262,8 @@ def _run(method, pair, pname: str, error: str | None, metric_objs: dict, tset, o
     prefix = report.running(f"{method.name} on {pname}")
     if error is None:
         try:
-            values, record, seconds, metric_errors = _score(method, pair, pname, metric_objs,
-                                                            tset.labels or None, original_resolution)
+            values, record, seconds, metric_errors = _score(method, pair, pname, metric_objs, labels,
+                                                            original_resolution)
         except Exception as exc:
             error = _message(exc)
         else:

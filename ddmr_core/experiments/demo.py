@@ -23,6 +23,7 @@ Every network row is the network alone: no instance optimisation at inference.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -135,8 +136,6 @@ def busy_cores(seconds: float = 1.0) -> float | None:
     """Cores in use (all processes) over the next ``seconds``, from the CPU time counters
     of Linux's ``/proc/stat`` (the non-idle share of all CPUs' time, times their number);
     None where there is no such file."""
-    import time
-
     def counters() -> tuple[int, int]:
         with open("/proc/stat") as fh:  # "cpu  user nice system idle iowait irq softirq steal ..."
             values = [int(v) for v in fh.readline().split()[1:9]]

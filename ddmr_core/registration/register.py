@@ -55,7 +55,7 @@ from .working_grid import crop_mode, working_grids
 __all__ = ["Registrar", "register", "RegistrationResult", "read_volume", "reorient_like", "image_ncc", "dice_tre",
            "assess", "MAX_FOLDING_PCT", "ALIGNED_NMI", "AUTO_REFINE_ITERATIONS", "AUTO_REFINE_OPTIONS",
            "AUTO_REFINE_NODE_MM", "CROSS_CONTRAST_REFINE_ITERATIONS", "CROSS_CONTRAST_NODE_MM",
-           "CROSS_CONTRAST_SMOOTHNESS"]
+           "CROSS_CONTRAST_SMOOTHNESS", "CROSS_CONTRAST_REFINE_OPTIONS"]
 
 
 # ------------------------------------------------------------- registrar
@@ -83,6 +83,8 @@ CROSS_CONTRAST_NODE_MM = 2.0
 #: fixed, T1 moving 0.798 -> 0.830 (0.849); T1 fixed, inverted moving 0.846 -> 0.833 (0.839).
 #: At 0.3 the first reached 0.841 but the second fell to 0.822
 CROSS_CONTRAST_SMOOTHNESS = 0.2
+#: the refinement options of a model of several contrasts
+CROSS_CONTRAST_REFINE_OPTIONS = {**AUTO_REFINE_OPTIONS, "smoothness": CROSS_CONTRAST_SMOOTHNESS}
 
 
 @contextmanager
@@ -195,9 +197,8 @@ class Registrar:
         #: normalisation over 5 voxels made the brain benchmark's Dice worse), nodes in mm
         self.register_refinement = not self.model_refinement
         if self.register_refinement:
-            self.model.refine_options = dict(AUTO_REFINE_OPTIONS)
-            if self.match_contrast:
-                self.model.refine_options["smoothness"] = CROSS_CONTRAST_SMOOTHNESS
+            self.model.refine_options = dict(CROSS_CONTRAST_REFINE_OPTIONS if self.match_contrast
+                                             else AUTO_REFINE_OPTIONS)
         self.model.refine_iterations = int(refine)
         self.model.refine_match_contrast = self.match_contrast
 

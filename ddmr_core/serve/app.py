@@ -94,27 +94,26 @@ def _error_handlers(app, max_upload_mb: float) -> None:
     a bug with 500 (logged; the server goes on)."""
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-    error = _error
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
-        return error(f"the upload is larger than this server's limit of {max_upload_mb:g} MB "
+        return _error(f"the upload is larger than this server's limit of {max_upload_mb:g} MB "
                      "(ddmr serve --max-upload-mb)", 413)
 
     @app.errorhandler(DdmrError)
     def bad_input(exc):
         from ..cli import one_line
 
-        return error(one_line(exc), 400)
+        return _error(one_line(exc), 400)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        return error(exc.description or exc.name, exc.code or 500)
+        return _error(exc.description or exc.name, exc.code or 500)
 
     @app.errorhandler(Exception)
     def unexpected(exc):  # a bug, not the client's fault: logged, reported, the server goes on
         log.exception("ddmr serve: unexpected error")
-        return error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
 
 
 def _routes(app, server, max_upload_mb: float) -> None:
@@ -125,7 +124,6 @@ def _routes(app, server, max_upload_mb: float) -> None:
     from .server import ROLES
     from .view import VIEWS
 
-    error = _error
 
     def result_or_404(rid: str):
         view = server.store.get(rid)
@@ -162,11 +160,11 @@ def _routes(app, server, max_upload_mb: float) -> None:
     def slice_png(rid, view, axis, index):
         res = result_or_404(rid)
         if view not in VIEWS:
-            return error(f"unknown view {view!r}; one of {', '.join(VIEWS)}", 400)
+            return _error(f"unknown view {view!r}; one of {', '.join(VIEWS)}", 400)
         try:
             res.check_slice(axis, index)
         except ValueError as exc:
-            return error(str(exc), 400)
+            return _error(str(exc), 400)
         labels = flask.request.args.get("labels", "0") in ("1", "true", "on")
         resp = flask.Response(res.slice_png(view, axis, index, labels), mimetype="image/png")
         resp.headers["Cache-Control"] = "private, max-age=3600"  # a result never changes
@@ -177,7 +175,7 @@ def _routes(app, server, max_upload_mb: float) -> None:
         res = result_or_404(rid)
         path = res.download_path(name)
         if path is None:
-            return error(f"no file {name!r} here; available: {', '.join(res.available_downloads())}", 404)
+            return _error(f"no file {name!r} here; available: {', '.join(res.available_downloads())}", 404)
         return flask.send_file(path, as_attachment=True, download_name=path.name, max_age=0)
 
 
