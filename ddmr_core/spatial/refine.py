@@ -25,8 +25,8 @@ import torch
 
 from .optim import Adam
 from .similarity import box_mean, global_ncc
-from .fields import grid_sample, resize_field
-from .grids import identity_grid, linear_weights, normalised_scale, to_normalised
+from .fields import resize_field, sample_linear_border
+from .grids import linear_weights
 
 
 def local_normalise(image: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
@@ -103,33 +103,38 @@ def refine_field(
             f, m = local_normalise(torch.cat([fixed, moving], 1), int(window)).split(1, 1)
         else:
             f, m = fixed.clone(), moving.clone()
-        # per sub-lattice, everything but the correction, in grid_sample's normalised
-        # (x, y, z) coordinates: built once, so a step is one interpolation of the small
-        # correction, one grid_sample and its gradient
-        to_norm = normalised_scale(shape, dev, dt).view(1, 3, 1, 1, 1)
-        # coarse-voxel vectors -> normalised units (resize_field's rescaling, then to_norm)
-        c_scale = torch.tensor([n / k for n, k in zip(shape, coarse)], device=dev, dtype=dt).view(1, 3, 1, 1, 1) * to_norm
+        # per sub-lattice, everything but the correction, in voxel coordinates: built
+        # once, so a step is one interpolation of the small correction, one trilinear
+        # sampling of the points and its gradient
+        # coarse-voxel vectors -> full-grid voxels (resize_field's rescaling)
+        c_scale = torch.tensor([n / k for n, k in zip(shape, coarse)], device=dev, dtype=dt).view(1, 3, 1, 1, 1)
         lattices = []
         for offset in list(itertools.product(range(stride), repeat=3))[: int(iterations)]:
             sub = (Ellipsis,) + tuple(slice(o, None, stride) for o in offset)
-            pos = identity_grid(shape, dev, dt)[sub] + disp[sub]
             lattices.append((
-                to_normalised(pos, shape),
-                f[sub].contiguous(),
+                (_sub_grid(shape, offset, stride, dev, dt) + disp[sub]).flatten(2),
+                f[sub].flatten(2),
                 [_axis_weights(n, k, o, stride, dev, dt) for n, k, o in zip(shape, coarse, offset)],
             ))
         c = torch.zeros(disp.shape[0], 3, *coarse, device=dev, dtype=dt, requires_grad=True)
         opt = Adam([c], lr=lr)
         for it in range(int(iterations)):
             base, target, weights = lattices[it % len(lattices)]
-            grid = (base + _coarse_at(c, weights, c_scale).flip(1)).movedim(1, -1)
-            warped = grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            warped = sample_linear_border(m, base + _coarse_at(c, weights, c_scale).flatten(2))
             smooth = sum(c.diff(dim=k).square().flatten(1).mean(1) for k in (2, 3, 4))
             loss = (smoothness * smooth - global_ncc(warped, target)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         return (disp + resize_field(c.detach(), shape)).detach()
+
+
+def _sub_grid(shape, offset, stride: int, device, dtype) -> torch.Tensor:
+    """Voxel coordinates ``(1, 3, ...)`` of the sub-lattice ``offset[i], offset[i] +
+    stride, ...`` of a ``shape`` grid (the identity grid's ``[..., o0::s, o1::s, o2::s]``,
+    built without the full grid)."""
+    axes = [torch.arange(int(o), int(n), stride, device=device, dtype=dtype) for o, n in zip(offset, shape)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)[None]
 
 
 def _axis_weights(n_full: int, n_coarse: int, start: int, stride: int, device, dtype) -> torch.Tensor:

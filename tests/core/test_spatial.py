@@ -331,3 +331,54 @@ def test_field_folding_percentage_in_slabs_equals_the_whole_field():
     assert 1.0 < whole < 60.0
     for rows in (1, 2, 5, 21, 40):
         assert field_folding_percentage(disp, rows=rows) == pytest.approx(whole, abs=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(10, 11, 12), (1, 9, 8), (6, 1, 1)])
+def test_sample_linear_border_equals_grid_sample_values_and_gradients(shape):
+    # the refinement's gather sampler against torch's grid_sample (border padding):
+    # points inside and outside the grid, two channels, a batch of two sharing the points,
+    # and axes of one voxel
+    torch.manual_seed(1)
+    vol = torch.rand(2, 2, *shape, dtype=torch.float64, requires_grad=True)
+    span = torch.tensor([n + 3.0 for n in shape], dtype=torch.float64).view(1, 3, 1)
+    coords = (torch.rand(1, 3, 200, dtype=torch.float64) * span - 1.5).requires_grad_()
+    got = spatial.sample_linear_border(vol, coords)
+    ref = spatial.sample_at(vol, coords[..., None, None], padding="border")[..., 0, 0]
+    assert got.shape == ref.shape == (2, 2, 200)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(got, [vol, coords], g), torch.autograd.grad(ref, [vol, coords], g)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_carry_field_between_axis_aligned_grids_matches_scipy():
+    # ddmr register's grids: the working grid is a crop and resampling of the fixed
+    # image's (the separable path), the moving grid is rotated (a full 3x3 map after it);
+    # reference: scipy's linear interpolation of the field at the target's voxels
+    rng = np.random.default_rng(4)
+    disp = smooth_field((12, 14, 10), 20, amplitude=2.0)
+    source = np.diag([1.5, 1.2, 2.0, 1.0])
+    source[:3, 3] = (-4.0, 3.0, 1.5)
+    target = np.eye(4)
+    c, s = np.cos(0.3), np.sin(0.3)
+    moving = np.eye(4)
+    moving[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.diag([1.1, 0.9, 1.3])
+    moving[:3, 3] = rng.normal(size=3)
+    shape = (20, 21, 22)
+
+    def reference(source):
+        y = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+        to_source = np.linalg.inv(source) @ target
+        x = np.einsum("ij,j...->i...", to_source[:3, :3], y) + to_source[:3, 3].reshape(3, 1, 1, 1)
+        clamped = np.stack([np.clip(x[i], 0, disp.shape[1 + i] - 1) for i in range(3)])  # border padding
+        u = np.stack([ndimage.map_coordinates(disp[i].astype(np.float64), clamped, order=1) for i in range(3)])
+        to_target = np.linalg.inv(target) @ moving
+        return np.einsum("ij,j...->i...", to_target[:3, :3], x + u) + to_target[:3, 3].reshape(3, 1, 1, 1) - y
+
+    got = spatial.carry_field(disp, source, moving, target, shape, dtype=torch.float64)
+    np.testing.assert_allclose(got, reference(source), atol=1e-9)
+    # a source grid rotated against the target takes the general path (grid_sample)
+    rot = np.eye(4)
+    rot[:3, :3] = moving[:3, :3] / np.array([1.1, 0.9, 1.3])
+    got = spatial.carry_field(disp, rot @ source, moving, target, shape, dtype=torch.float64)
+    np.testing.assert_allclose(got, reference(rot @ source), atol=1e-9)
