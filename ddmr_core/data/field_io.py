@@ -64,12 +64,14 @@ def _as_affine(affine) -> np.ndarray:
 
 
 def voxel_to_lps_mm(disp, affine) -> np.ndarray:
-    """Voxel field ``(3, D, H, W)`` -> LPS millimetre vectors ``(D, H, W, 3)``."""
+    """Voxel field ``(3, D, H, W)`` -> LPS millimetre vectors ``(D, H, W, 3)`` float32, in
+    Fortran order (the order NIfTI stores it, so writing it copies nothing more)."""
     disp = _as_numpy_field(disp)
     m = RAS_TO_LPS @ _as_affine(affine)[:3, :3]
     # one output component at a time, in float32: no float64 copies of a field that
-    # holds 100 MB at 1 mm (the matrix in float64, each product rounded once)
-    out = np.empty(disp.shape[1:] + (3,), np.float32)
+    # holds 100 MB at 1 mm (the matrix in float64, each product rounded once); each
+    # component is transposed into the Fortran-ordered result as it is stored
+    out = np.empty(disp.shape[1:] + (3,), np.float32, order="F")
     for i in range(3):
         acc = np.zeros(disp.shape[1:], np.float64 if disp.dtype == np.float64 else np.float32)
         for j in range(3):

@@ -1,6 +1,7 @@
 """NIfTI reading/writing: axes and affine kept, uint8 label maps, one clear error per bad file."""
 
 import gzip
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -164,3 +165,26 @@ def test_read_volume_of_arrays_tensors_and_nibabel_images():
         read_volume(labels - 1, name="seg", label=True)
     with pytest.raises(DataError, match="image.*singular or invalid affine"):
         read_volume(labels.astype(np.float32), np.zeros((4, 4)))
+
+
+def test_compressed_nifti_is_one_standard_gzip_stream_of_the_uncompressed_file(tmp_path, monkeypatch):
+    # .nii.gz is compressed in blocks on several threads: Python's own gzip must read it
+    # back as exactly the bytes of the .nii, for C- and Fortran-ordered arrays alike
+    import ddmr_core.data.io as io_mod
+
+    monkeypatch.setattr(io_mod, "GZIP_BLOCK", 1 << 16)  # several blocks for a small volume
+    monkeypatch.setattr(io_mod, "gzip_threads", lambda: 3)
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(40, 50, 30)).astype(np.float32)
+    affine = oblique_affine()
+    for name, array in (("c", image), ("f", np.asfortranarray(image))):
+        save_image(tmp_path / f"{name}.nii.gz", array, affine)
+        save_image(tmp_path / f"{name}.nii", array, affine)
+        raw = (tmp_path / f"{name}.nii").read_bytes()
+        with gzip.open(tmp_path / f"{name}.nii.gz", "rb") as fh:
+            assert fh.read() == raw
+        one = zlib.decompressobj(31)  # a single gzip member holds it all
+        assert one.decompress((tmp_path / f"{name}.nii.gz").read_bytes()) == raw and one.eof and not one.unused_data
+        back = nib.load(str(tmp_path / f"{name}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(back.dataobj), image)
+    assert (tmp_path / "c.nii").read_bytes() == (tmp_path / "f.nii").read_bytes()
