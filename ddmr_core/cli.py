@@ -131,8 +131,21 @@ def _progress_off(off: bool):
             os.environ[ENV] = before
 
 
+#: environment set for a ``ddmr`` process before anything imports torch (a variable the
+#: user set wins): PyTorch's CPU allocator backs its blocks of 2 MB and more with
+#: transparent huge pages. A 1 mm registration allocates and frees volumes of ~100 MB
+#: (each mapped anew, :func:`ddmr_core.data.guards.release_large_blocks`); touching one
+#: in 4 kB pages cost ~45 ms on this project's machine, in 2 MB pages ~8 ms, and the whole
+#: ``ddmr register --original-resolution`` process at 1 mm went from ~10 s to ~8.5 s
+#: (``benchmarks/register_end_to_end.py``). Linux only; elsewhere PyTorch ignores it.
+PROCESS_ENVIRONMENT = {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "torch" not in sys.modules:  # read once, when torch's allocator starts
+        for key, value in PROCESS_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
     debug = "--debug" in argv
     try:
         with _sigterm_as_interrupt(), _warnings_as_lines():

@@ -114,3 +114,17 @@ def test_register_command_defaults_match_the_library():
     assert command.DEFAULT_OUTPUTS == output.DEFAULT_OUTPUTS
     assert command.AUTO_REFINE_ITERATIONS == register.AUTO_REFINE_ITERATIONS
     assert command.CROSS_CONTRAST_REFINE_ITERATIONS == register.CROSS_CONTRAST_REFINE_ITERATIONS
+
+
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_a_ddmr_process_backs_torch_allocations_with_huge_pages_unless_told_otherwise(preset):
+    # set before torch is imported (the allocator reads it once); a value the user set wins
+    import os
+
+    code = ("import os, sys\nfrom ddmr_core.cli import main\nassert 'torch' not in sys.modules\n"
+            "main([])\nprint(os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert proc.stdout.strip().splitlines()[-1] == (preset or "1")
