@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spatial.fields import apply_field, carry_field
+from ..spatial.fields import apply_field, apply_field_to_all, carry_field
 
 
 def resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):
@@ -49,10 +49,13 @@ def resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpola
             return np.asarray(volume, np.uint8 if labels else np.float32)
         return apply_field(None, T, volume, affine, shape=shape, labels=labels, device=dev)
 
-    out["warped"] = apply_field(w, T, m0, M0, device=dev)
+    # the moving image and its label map share a grid: sampled at the same positions
+    moving = [m0] if ms0 is None else [m0, ms0]
+    warped = apply_field_to_all(w, T, moving, M0, labels=[False, True][:len(moving)], device=dev)
+    out["warped"] = warped[0]
     out["before"] = on_grid(m0, M0)
     out["fixed"] = on_grid(f0, F0)
-    out["warped_seg"] = None if ms0 is None else apply_field(w, T, ms0, M0, labels=True, device=dev)
+    out["warped_seg"] = None if ms0 is None else warped[1]
     out["before_seg"] = None if ms0 is None else on_grid(ms0, M0, labels=True)
     out["fixed_seg"] = None if fs0 is None else on_grid(fs0, F0, labels=True)
     return out

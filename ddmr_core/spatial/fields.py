@@ -440,20 +440,53 @@ def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool
 
     Returns a ``(D, H, W)`` array (float32, or uint8 for label maps); computed in
     ``dtype`` on ``device``, in slabs of :data:`CHUNK_VOXELS` voxels. ``ddmr warp``,
-    ``ddmr register`` and ``ddmr evaluate --original-resolution`` apply fields here."""
+    ``ddmr register`` and ``ddmr evaluate --original-resolution`` apply fields here
+    (several volumes of one grid at once: :func:`apply_field_to_all`)."""
+    return apply_field_to_all(disp, affine, [volume], volume_affine, shape=shape, labels=[labels],
+                              padding=padding, device=device, dtype=dtype)[0]
+
+
+def apply_field_to_all(disp, affine, volumes, volume_affine, *, shape=None, labels=None,
+                       padding: str = "zeros", device="cpu", dtype=torch.float32) -> list:
+    """:func:`apply_field` for several volumes on one grid (``volume_affine``), e.g. an
+    image and its label map: the sampling positions are computed once per slab.
+    ``labels``: one flag per volume (default: none is a label map). Returns one array
+    per volume."""
     if disp is None and shape is None:
         raise ValueError("apply_field: give disp or the grid's shape")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    labels = [False] * len(volumes) if labels is None else [bool(v) for v in labels]
     shape = tuple(int(n) for n in (shape if disp is None else disp.shape[1:]))
     dev = torch.device(device)
-    vol = _as_tensor(volume, dev)[None, None].to(dtype)  # label values 0..255 are exact in float
+    # label values 0..255 are exact in float
+    vols = [_as_tensor(v, dev)[None, None].to(dtype) for v in volumes]
+    grids = {tuple(v.shape[2:]) for v in vols}
+    if len(grids) != 1:
+        raise ValueError(f"apply_field_to_all: the volumes' shapes differ: {sorted(grids)}")
     d = None if disp is None else _as_tensor(disp, dev).to(dtype)
+    # output voxel -> grid_sample's normalised coordinates of the volumes (xyz order,
+    # align_corners=True): one affine map, so a slab's positions cost one 3x3 product
+    # with the field and three broadcast ramps
     to_volume = np.linalg.inv(volume_affine) @ np.asarray(affine, dtype=np.float64)
-    out = np.zeros(shape, np.uint8 if labels else np.float32)
+    scale = np.array([2.0 / max(n - 1, 1) for n in vols[0].shape[2:]])
+    G = (np.diag(np.append(scale, 1.0)) @ to_volume)[:3]
+    G[:, 3] -= 1.0
+    G = G[::-1].copy()  # rows in xyz order
+    lin = torch.as_tensor(G[:, :3], dtype=dtype, device=dev)
+    outs = [np.zeros(shape, np.uint8 if lab else np.float32) for lab in labels]
     for a, b in _slabs(shape):
-        y = voxel_grid((b - a,) + shape[1:], dev, dtype, start=(a, 0, 0))
-        if d is not None:
-            y = y + d[:, a:b]
-        z = apply_affine(to_volume, y)
-        value = sample_at(vol, z[None], "nearest" if labels else "linear", padding)[0, 0]
-        out[a:b] = (value.round().to(torch.uint8) if labels else value.float()).cpu().numpy()
-    return out
+        rows = (b - a,) + shape[1:]
+        g = torch.einsum("kj,j...->k...", lin, d[:, a:b]) if d is not None else torch.zeros((3,) + rows, device=dev,
+                                                                                            dtype=dtype)
+        ramps = [torch.arange(start, start + n, device=dev, dtype=torch.float64) for start, n in zip((a, 0, 0), rows)]
+        for k in range(3):  # G y + G[:, 3]: the first two axes' plane, then the last axis' ramp
+            plane = (G[k, 0] * ramps[0] + G[k, 3]).view(-1, 1, 1) + (G[k, 1] * ramps[1]).view(1, -1, 1)
+            g[k] += plane.to(dtype)
+            g[k] += (G[k, 2] * ramps[2]).to(dtype).view(1, 1, -1)
+        grid = g.permute(1, 2, 3, 0)[None]  # channels last, a view
+        for vol, lab, out in zip(vols, labels, outs):
+            value = grid_sample(vol, grid, mode="nearest" if lab else "bilinear", padding_mode=padding,
+                                align_corners=True)[0, 0]
+            out[a:b] = (value.round().to(torch.uint8) if lab else value.float()).cpu().numpy()
+    return outs
