@@ -256,7 +256,8 @@ class Preprocess:
 
     # ---------------------------------------------------------------- running
     def apply(self, image: np.ndarray, affine: np.ndarray, seg: np.ndarray | None = None,
-              name: str = "image", crop: str = "labels") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+              name: str = "image", crop: str = "labels",
+              resample_seg: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Preprocess one volume.
 
         Args:
@@ -268,6 +269,8 @@ class Preprocess:
                 label map ``seg``, which it then needs) or ``"foreground"`` (the image's,
                 :meth:`foreground`; ``seg`` is only resampled). Inference on images
                 without label maps uses ``"foreground"``.
+            resample_seg: False: ``seg`` only chooses the crop, and None is returned in
+                its place (``ddmr register`` never uses the working grid's label maps).
 
         Returns:
             ``(image float32 (D', H', W') in [0, 1], seg uint8 or None, affine float64)``.
@@ -287,7 +290,7 @@ class Preprocess:
                 )
         g = self.grid(image.shape, affine, seg, name, crop=crop, image=image)
         image = np.asarray(image[g.crop], dtype=np.float32)
-        seg = None if seg is None else np.asarray(seg[g.crop])
+        seg = None if seg is None or not resample_seg else np.asarray(seg[g.crop])
         identity = np.allclose(g.scale, 1) and np.allclose(g.offset, 0) and tuple(image.shape) == g.shape
         if not identity:
             src = image
@@ -315,7 +318,18 @@ class Preprocess:
 
 
 def _zoom(volume: np.ndarray, g: Grid, order: int) -> np.ndarray:
-    """``out[o] = volume[scale * o + offset]`` (a diagonal matrix: scipy's fast path)."""
+    """``out[o] = volume[scale * o + offset]``, values beyond the edges replicated: linear
+    (``order=1``) as three 1-D passes in torch (:func:`~ddmr_core.spatial.fields.
+    resample_separable`, on the CPU's threads: a 1 mm brain in 0.05 s instead of scipy's
+    0.2 s), nearest (``order=0``, label maps) by scipy's diagonal fast path."""
+    if order == 1:
+        import torch
+
+        from ..spatial.fields import resample_separable
+
+        positions = [torch.arange(n, dtype=torch.float64) * k + c for n, k, c in zip(g.shape, g.scale, g.offset)]
+        vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+        return resample_separable(vol, positions)[0].numpy()
     with warnings.catch_warnings():
         # scipy warns that a 1-D matrix means a diagonal one since 0.18: that is intended
         warnings.simplefilter("ignore", UserWarning)

@@ -49,7 +49,8 @@ def to_working_grid(preprocess: Preprocess, image, seg, affine, name, crop: str,
     pre = preprocess.replace(size=None if shape is None else tuple(int(n) for n in shape))
     if spacing is not None:
         pre = pre.replace(spacing=spacing)
-    img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground")
+    img, _, aff = pre.apply(image, affine, seg, name=name, crop="labels" if crop == "labels" else "foreground",
+                            resample_seg=False)
     return img, aff
 
 

@@ -373,7 +373,7 @@ def carry_field(disp, source_affine, moving_affine, target_affine, shape, interp
         if axes is not None:
             pos = [torch.arange(o, o + n, device=dev, dtype=torch.float64) * k + c
                    for o, n, (k, c) in zip(start, (b - a,) + shape[1:], axes)]
-            v = _lerp_separable(d, pos)
+            v = resample_separable(d, pos)
             for i, p in enumerate(pos):  # v = x + u
                 v[i] += p.to(dtype).view([-1 if j == i else 1 for j in range(3)])
         else:
@@ -400,7 +400,7 @@ def _axis_aligned(matrix, tol: float = 1e-9):
     return [(float(lin[i, i]), float(m[i, 3])) for i in range(3)]
 
 
-def _lerp_separable(volume: torch.Tensor, positions) -> torch.Tensor:
+def resample_separable(volume: torch.Tensor, positions) -> torch.Tensor:
     """``volume (C, D, H, W)`` sampled at the grid ``positions[0] x positions[1] x
     positions[2]`` (float64 voxel coordinates per axis, clamped: border padding) by linear
     interpolation along one axis after the other -> ``(C, len(p0), len(p1), len(p2))``:
