@@ -168,6 +168,7 @@ def dice(a, b, dims: Sequence[int] | None = None) -> torch.Tensor:
     shape), summed over ``dims`` (default: every axis), as float64; NaN where both masks
     are empty (nothing to score)."""
     a, b = _mask(a), _mask(b)
+    dims = None if dims is None else tuple(dims)  # a range or generator is fine too
     if dims is None or tuple(sorted(dims)) == tuple(range(a.dim())):
         # one count over everything: count_nonzero is >10x faster than a boolean sum on the
         # CPU (a 1 mm brain label map: 7 ms against 100 ms)

@@ -65,6 +65,9 @@ def test_dice_by_hand_and_per_label():
     stack_b = torch.stack([torch.stack([tb, ta, torch.zeros_like(ta)])])
     got = dice(stack_a, stack_b, dims=(2, 3, 4))
     assert got.shape == (1, 3) and got[0, 0] == pytest.approx(0.5) and got[0, 1] == 1.0 and torch.isnan(got[0, 2])
+    # the axes may come as any iterable (training's validation passes a range)
+    torch.testing.assert_close(dice(stack_a, stack_b, dims=range(2, 5)), got, equal_nan=True)
+    assert dice(a, b, dims=range(3)).item() == pytest.approx(0.5)
 
 
 def test_centroids_and_their_distance_through_an_affine():
