@@ -93,7 +93,8 @@ def main(argv=None) -> int:
 
     from ddmr_core.registration.register import Registrar, dice_tre
     from ddmr_core.plugins.registry import Registry
-    from ddmr_core.spatial.fields import apply_field, folding_percentage, jacobian_determinant
+    from ddmr_core.spatial.fields import folding_percentage, jacobian_determinant
+    from ddmr_core.spatial.regrid import apply_field
 
     import torch
 

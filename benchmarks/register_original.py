@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     from ddmr_core.data.io import load_image, load_label_map
     from ddmr_core.registration.register import Registrar, dice_tre
-    from ddmr_core.spatial.fields import apply_field
+    from ddmr_core.spatial.regrid import apply_field
     from ddmr_core.plugins.registry import Registry
     from ddmr_plugins.datasets.mni_brain import CSF, GREY_MATTER, WHITE_MATTER, LABEL_NAMES
 

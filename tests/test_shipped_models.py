@@ -75,7 +75,8 @@ def measure(name: str, work: Path, pair=None) -> dict:
     from ddmr_core.data.io import load_image, load_label_map
     from ddmr_core.spatial.prealign import prealign_field
     from ddmr_core.registration.register import Registrar, dice_tre
-    from ddmr_core.spatial.fields import apply_field, warp
+    from ddmr_core.spatial.fields import warp
+    from ddmr_core.spatial.regrid import apply_field
 
     path = resolve_model(name)
     size = Path(path).stat().st_size

@@ -7,7 +7,7 @@ The field is one ``ddmr register`` wrote (``field.nii.gz``, ITK/ANTs: LPS millim
 ``field.npz``: voxels), or any ITK/ANTs displacement field. The output lies on the field's
 grid (the fixed image's); the moving volume may lie on any grid: output voxel ``y`` takes
 its value at the world point ``A (y + u(y))`` (``A`` the field's affine), as ITK's
-``DisplacementFieldTransform`` does (:func:`ddmr_core.spatial.fields.apply_field`). Images are
+``DisplacementFieldTransform`` does (:func:`ddmr_core.spatial.regrid.apply_field`). Images are
 interpolated linearly (float32 output), label maps (``--labels``) by nearest neighbour
 (uint8); outside the moving volume the value is 0. The output is written atomically: an
 existing file is replaced only by a complete one.
@@ -34,7 +34,7 @@ def run(args) -> int:
     from ..data.guards import check_not_input, check_spacing
     from ..data.io import check_field, check_finite, load_image, load_label_map, save_image, save_label_map
     from ..data.files import check_output_file
-    from ..spatial.fields import apply_field
+    from ..spatial.regrid import apply_field
 
     out = check_output_file(args.out)  # before any work
     check_not_input(out, {"field": args.field, "moving image": args.moving})

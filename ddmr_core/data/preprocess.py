@@ -325,7 +325,7 @@ def _zoom(volume: np.ndarray, g: Grid, order: int) -> np.ndarray:
     if order == 1:
         import torch
 
-        from ..spatial.fields import resample_separable
+        from ..spatial.regrid import resample_separable
 
         positions = [torch.arange(n, dtype=torch.float64) * k + c for n, k, c in zip(g.shape, g.scale, g.offset)]
         vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]

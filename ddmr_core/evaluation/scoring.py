@@ -12,7 +12,7 @@ import torch
 
 from ..data.io import spacing_from_affine
 from ..data.testset import Pair
-from ..spatial.fields import apply_field, carry_field
+from ..spatial.regrid import apply_field, carry_field
 from .methods import warp_array
 
 
@@ -24,9 +24,9 @@ def to_original_grid(disp: np.ndarray, affine: np.ndarray, fixed0_shape, fixed0_
     linearly, border padding), the world point ``q = A (x + u(x))`` (fixed and moving test
     images share the affine ``A``). Returns the pull field on the original fixed grid in
     its voxel units, ``v(y) = A0^-1 q - y`` (``(3, *S0)`` float64), which
-    :func:`ddmr_core.spatial.fields.apply_field` applies to the original moving image: the
+    :func:`ddmr_core.spatial.regrid.apply_field` applies to the original moving image: the
     geometry of ``ddmr register --original-resolution``
-    (:func:`ddmr_core.spatial.fields.carry_field`)."""
+    (:func:`ddmr_core.spatial.regrid.carry_field`)."""
     return carry_field(disp, affine, affine, fixed0_affine, fixed0_shape, dtype=torch.float64)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spatial.fields import apply_field, apply_field_to_all, carry_field
+from ..spatial.regrid import apply_field, apply_field_to_all, carry_field
 
 
 def resample_outputs(disp, Fw, Mw, T, shape, f0, fs0, F0, m0, ms0, M0, interpolate_field):

@@ -149,7 +149,7 @@ def test_original_resolution_rescales_the_field(tmp_path, stand_in, monkeypatch)
     np.testing.assert_allclose(res.disp[1], 2.0, atol=1e-4)
     np.testing.assert_allclose(res.disp[[0, 2]], 0.0, atol=1e-4)
     # resampling in slabs (as for large CT volumes) changes nothing
-    import ddmr_core.spatial.fields as spatial
+    import ddmr_core.spatial.regrid as spatial
 
     monkeypatch.setattr(spatial, "CHUNK_VOXELS", 100)
     sliced = reg.register(img, img, original_resolution=True)

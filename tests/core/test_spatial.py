@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from ddmr_core.spatial import fields as spatial
-from ddmr_core.spatial import grids
+from ddmr_core.spatial import grids, regrid
 
 
 def smooth_volume(shape, seed, sigma=3.0):
@@ -375,12 +375,12 @@ def test_carry_field_between_axis_aligned_grids_matches_scipy():
         to_target = np.linalg.inv(target) @ moving
         return np.einsum("ij,j...->i...", to_target[:3, :3], x + u) + to_target[:3, 3].reshape(3, 1, 1, 1) - y
 
-    got = spatial.carry_field(disp, source, moving, target, shape, dtype=torch.float64)
+    got = regrid.carry_field(disp, source, moving, target, shape, dtype=torch.float64)
     np.testing.assert_allclose(got, reference(source), atol=1e-9)
     # a source grid rotated against the target takes the general path (grid_sample)
     rot = np.eye(4)
     rot[:3, :3] = moving[:3, :3] / np.array([1.1, 0.9, 1.3])
-    got = spatial.carry_field(disp, rot @ source, moving, target, shape, dtype=torch.float64)
+    got = regrid.carry_field(disp, rot @ source, moving, target, shape, dtype=torch.float64)
     np.testing.assert_allclose(got, reference(rot @ source), atol=1e-9)
 
 
@@ -397,10 +397,10 @@ def test_apply_field_to_all_equals_one_volume_at_a_time_and_scipy():
     vol_affine = np.eye(4)
     c, s = np.cos(0.2), np.sin(0.2)
     vol_affine[:3, :3] = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.diag([0.9, 1.0, 1.1])
-    both = spatial.apply_field_to_all(disp, affine, [image, labels], vol_affine, labels=[False, True],
+    both = regrid.apply_field_to_all(disp, affine, [image, labels], vol_affine, labels=[False, True],
                                       dtype=torch.float64)
-    alone = [spatial.apply_field(disp, affine, image, vol_affine, dtype=torch.float64),
-             spatial.apply_field(disp, affine, labels, vol_affine, labels=True, dtype=torch.float64)]
+    alone = [regrid.apply_field(disp, affine, image, vol_affine, dtype=torch.float64),
+             regrid.apply_field(disp, affine, labels, vol_affine, labels=True, dtype=torch.float64)]
     np.testing.assert_array_equal(both[0], alone[0])
     np.testing.assert_array_equal(both[1], alone[1])
     assert both[1].dtype == np.uint8
