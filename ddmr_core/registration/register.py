@@ -61,12 +61,16 @@ __all__ = ["Registrar", "register", "RegistrationResult", "read_volume", "reorie
 # ------------------------------------------------------------- registrar
 
 #: ``ddmr register``'s refinement steps for a model whose config has none (:meth:`Registrar.auto_refinement`)
-AUTO_REFINE_ITERATIONS = 40
+AUTO_REFINE_ITERATIONS = 32
 #: and their options (:func:`ddmr_core.spatial.refine.refine_field`): the raw images' global NCC,
-#: about 48^3 voxels scored per step (a sub-lattice of the working grid)
-AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3}
+#: about 48^3 voxels scored per step (a sub-lattice of the working grid), the step annealed
+#: to 0. Brain benchmark, 8 pairs (Dice; benchmarks/register_end_to_end.py's pairs): at 1 mm,
+#: 40 steps at a constant step 0.929, annealed 0.944, 32 annealed 0.942, 60 annealed 0.950
+#: (ANTs SyN 0.931); at 2 mm 0.928, 0.931, 0.929 (ANTs 0.922). 32: the speed of 1 mm
+AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3, "anneal": True}
 #: ... and a correction with a node every this many mm (4 voxels at 1 mm, 2 at 2 mm; on
-#: the 1 mm brain benchmark, nodes every 2 mm gained 0.0013 Dice for 2.6x the time)
+#: the 1 mm brain benchmark, 40 annealed steps, nodes every 3 mm gave 0.941 and every 2 mm
+#: 0.942 for 1.8x the time, against 4 mm's 0.944)
 AUTO_REFINE_NODE_MM = 4.0
 #: for a model whose card lists several contrasts (:attr:`Registrar.match_contrast`): twice
 #: the steps on a correction twice as fine. The network leaves more to do on such pairs
@@ -83,8 +87,11 @@ CROSS_CONTRAST_NODE_MM = 2.0
 #: fixed, T1 moving 0.798 -> 0.830 (0.849); T1 fixed, inverted moving 0.846 -> 0.833 (0.839).
 #: At 0.3 the first reached 0.841 but the second fell to 0.822
 CROSS_CONTRAST_SMOOTHNESS = 0.2
-#: the refinement options of a model of several contrasts
-CROSS_CONTRAST_REFINE_OPTIONS = {**AUTO_REFINE_OPTIONS, "smoothness": CROSS_CONTRAST_SMOOTHNESS}
+#: the options of a model of several contrasts: a constant step (same benchmark, lr 0.4 annealed
+#: / 0.2 constant: T2 0.861 / 0.858, PD 0.877 / 0.884, inverted 0.832 / 0.834, PD fixed 0.829 /
+#: 0.831, inverted fixed 0.895 / 0.892; lr 0.2 annealed: T2 0.849)
+CROSS_CONTRAST_REFINE_OPTIONS = {**AUTO_REFINE_OPTIONS, "smoothness": CROSS_CONTRAST_SMOOTHNESS,
+                                 "anneal": False}
 
 
 @contextmanager

@@ -438,8 +438,8 @@ def test_the_refinement_can_be_set_again(tmp_path, stand_in):
 
 def test_a_model_of_several_contrasts_gets_the_refinement_across_contrasts(tmp_path, stand_in):
     """ddmr register's default for a model whose card lists several contrasts: the pair put
-    into one contrast, more steps, nodes every 2 mm and a stiffer correction; a model of
-    one contrast keeps the plain refinement."""
+    into one contrast, more steps, nodes every 2 mm, a stiffer correction at a constant
+    step; a model of one contrast keeps the plain (annealed) refinement."""
     from ddmr_core.registration import register as R
 
     ck = make_ckpt(tmp_path / "m.pt", smooth_field(GRID, 2.0), NO_RESAMPLING)
@@ -447,7 +447,8 @@ def test_a_model_of_several_contrasts_gets_the_refinement_across_contrasts(tmp_p
     reg.card = {"contrasts": ["T1", "T2"]}
     reg.set_refinement("auto")
     assert reg.model.refine_match_contrast and reg.model.refine_iterations == R.CROSS_CONTRAST_REFINE_ITERATIONS
-    assert reg.model.refine_options == {**R.AUTO_REFINE_OPTIONS, "smoothness": R.CROSS_CONTRAST_SMOOTHNESS}
+    assert reg.model.refine_options == {**R.AUTO_REFINE_OPTIONS, "smoothness": R.CROSS_CONTRAST_SMOOTHNESS,
+                                        "anneal": False}
     reg.card = {"contrasts": ["T1"]}
     reg.set_refinement("auto")
     assert not reg.model.refine_match_contrast and reg.model.refine_iterations == R.AUTO_REFINE_ITERATIONS
