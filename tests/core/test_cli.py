@@ -128,3 +128,38 @@ def test_a_ddmr_process_backs_torch_allocations_with_huge_pages_unless_told_othe
         env["THP_MEM_ALLOC_ENABLE"] = preset
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert proc.stdout.strip().splitlines()[-1] == (preset or "1")
+
+
+def _entry_process(tmp_path, body: str, argv) -> subprocess.CompletedProcess:
+    """A process that runs ``body`` and then the ``ddmr`` console script on ``argv``."""
+    code = (f"import atexit, sys, threading, time, weakref\nfrom pathlib import Path\nT = Path({str(tmp_path)!r})\n{body}\n"
+            f"sys.argv = ['ddmr', *{list(argv)!r}]\nfrom ddmr_core.cli import entry\nentry()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_the_console_script_ends_with_exit_handlers_run_and_streams_flushed(tmp_path):
+    """`ddmr` skips Python's module teardown at exit, but nothing a user relies on: the
+    exit handlers and finalizers (temporary folders' removal) run, the whole output
+    reaches a pipe, and the exit status is the command's."""
+    body = ("atexit.register(lambda: (T / 'atexit').write_text('ran'))\n"
+            "class Box: pass\nbox = Box()\nweakref.finalize(box, lambda: (T / 'finalize').write_text('ran'))\n")
+    proc = _entry_process(tmp_path, body, ["models"])
+    assert proc.returncode == 0, proc.stderr
+    assert "brain-mr" in proc.stdout and proc.stdout.endswith("\n")
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "finalize").read_text() == "ran"
+    bad = _entry_process(tmp_path, "", ["register", "--fixed", str(tmp_path / "no.nii.gz"),
+                                        "--moving", str(tmp_path / "no.nii.gz"), "--model", "brain-mr",
+                                        "--out", str(tmp_path / "out")])
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("ddmr: error: ")
+
+
+def test_the_console_script_waits_for_a_running_thread(tmp_path):
+    """With a (non-daemon) thread still running when the command returns, `ddmr` exits the
+    normal way, which waits for it, instead of cutting it off."""
+    # the thread writes once the main thread has finished (whenever the command returns)
+    body = ("def late():\n    while threading.main_thread().is_alive():\n        time.sleep(0.01)\n"
+            "    time.sleep(0.2)\n    (T / 'thread').write_text('done')\n"
+            "threading.Thread(target=late).start()\n")
+    proc = _entry_process(tmp_path, body, ["models"])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "thread").read_text() == "done"
