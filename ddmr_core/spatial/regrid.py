@@ -98,13 +98,20 @@ def resample_separable(volume: torch.Tensor, positions) -> torch.Tensor:
     positions[2]`` (float64 voxel coordinates per axis, clamped: border padding) by linear
     interpolation along one axis after the other -> ``(C, len(p0), len(p1), len(p2))``:
     trilinear interpolation (a tensor product of 1-D ones) at the cost of three 1-D
-    passes."""
+    passes. An axis whose positions are all whole voxels (a crop or padding of the grid,
+    as ``ddmr register``'s working grid is of a 1 mm scan's) is one gather, without
+    interpolation."""
     out = volume
     # the last axis, gathered voxel by voxel, before the middle one, gathered in rows:
     # while the upsampling has widened one axis only
     for axis in (0, 2, 1):
         pos, n = positions[axis], out.shape[1 + axis]
         p = pos.clamp(0, n - 1)
+        if bool((p == p.round()).all()):
+            index = p.round().long()
+            out = (out.reshape(-1, n)[:, index].view(out.shape[:3] + (len(index),)) if axis == 2
+                   else out.index_select(1 + axis, index))
+            continue
         i0 = p.floor().clamp(max=max(n - 2, 0))
         frac = (p - i0).to(out.dtype).view([-1 if j == axis else 1 for j in range(3)])
         i0 = i0.long()

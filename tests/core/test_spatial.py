@@ -377,6 +377,12 @@ def test_carry_field_between_axis_aligned_grids_matches_scipy():
 
     got = regrid.carry_field(disp, source, moving, target, shape, dtype=torch.float64)
     np.testing.assert_allclose(got, reference(source), atol=1e-9)
+    # a crop of the target grid (whole-voxel positions, with border padding past its
+    # edges) on two axes, a resampling on the third: gathers and an interpolation
+    crop = np.diag([1.0, 1.0, 1.5, 1.0])
+    crop[:3, 3] = (3.0, -2.0, 1.5)
+    got = regrid.carry_field(disp, crop, moving, target, shape, dtype=torch.float64)
+    np.testing.assert_allclose(got, reference(crop), atol=1e-9)
     # a source grid rotated against the target takes the general path (grid_sample)
     rot = np.eye(4)
     rot[:3, :3] = moving[:3, :3] / np.array([1.1, 0.9, 1.3])
