@@ -209,10 +209,10 @@ def entry() -> None:
     2-core machine, longer than reading a 1 mm image pair). The exit handlers
     (:mod:`atexit`, which also runs :class:`weakref.finalize` callbacks such as temporary
     folders' removal) run and the standard streams are flushed first; every output file is
-    closed by then. While a thread other than the main one runs (a normal exit waits for
-    it), or when flushing fails (a closed pipe), the process exits the normal way."""
+    closed by then. While a thread that a normal exit waits for (not a daemon) runs, or
+    when flushing fails (a closed pipe), the process exits the normal way."""
     code = main()
-    if threading.active_count() == 1:
+    if all(t.daemon or t is threading.main_thread() for t in threading.enumerate()):
         try:
             atexit._run_exitfuncs()  # they run once: the call clears them
             sys.stdout.flush()

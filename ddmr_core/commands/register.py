@@ -166,6 +166,10 @@ def _print(pair, res):
 
 
 def run(args) -> int:
+    if not args.pairs:  # read while the library's imports (torch) take their second
+        from ..data.prefetch import prefetch
+
+        prefetch([args.fixed, args.moving, args.fixed_seg, args.moving_seg])
     from ..data.locks import output_lock
     from ..registration.output import check_out
 

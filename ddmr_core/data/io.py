@@ -66,12 +66,17 @@ def _read_nifti(path: Path, what: str):
 
 def _load_gz_nifti(path: Path):
     """A ``.nii.gz`` file as a nibabel image held in memory, decompressed by ISA-L (faster
-    than the zlib that ``nib.load`` uses); None when its header is neither NIfTI-1 nor NIfTI-2 (``nib.load`` then
+    than the zlib that ``nib.load`` uses; or already, by :mod:`.prefetch`); None when its header is neither NIfTI-1 nor NIfTI-2 (``nib.load`` then
     reads it and says what is wrong)."""
     import nibabel as nib
-    from isal import igzip
 
-    raw = igzip.decompress(path.read_bytes())
+    from .prefetch import take
+
+    raw = take(path)
+    if raw is None:
+        from isal import igzip
+
+        raw = igzip.decompress(path.read_bytes())
     kinds = {348: nib.Nifti1Image, 540: nib.Nifti2Image}  # by sizeof_hdr, either byte order
     head = raw[:4]
     kind = kinds.get(int.from_bytes(head, "little")) or kinds.get(int.from_bytes(head, "big"))

@@ -211,3 +211,39 @@ def test_compressed_files_read_as_nibabel_reads_them(tmp_path, kind):
     got, got_affine = load_image(path)
     np.testing.assert_allclose(got, np.asarray(reference.dataobj), rtol=1e-6)
     np.testing.assert_allclose(got_affine, reference.affine)
+
+
+def test_a_prefetched_file_reads_as_nibabel_reads_it_once_and_never_stale(tmp_path):
+    """ddmr register reads its inputs in the background while torch imports
+    (ddmr_core.data.prefetch): the reader gets what nibabel reads from the file; a file
+    rewritten after its prefetch is read again, not served from the stale copy; a
+    prefetched file is handed out once; a missing or corrupt file still gets the reader's
+    own error."""
+    import os
+
+    from ddmr_core.data import prefetch
+
+    rng = np.random.default_rng(3)
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    save_image(a, rng.random((9, 8, 7)).astype(np.float32), oblique_affine())
+    save_image(b, rng.random((9, 8, 7)).astype(np.float32), np.eye(4))
+    prefetch.prefetch([a, None, b, tmp_path / "missing.nii.gz"])
+    raw = prefetch.take(a)
+    assert raw == gzip.decompress(a.read_bytes())
+    assert prefetch.take(a) is None  # once
+    img, aff = load_image(a)  # read again from the file, the same
+    np.testing.assert_array_equal(img, nib.load(a).get_fdata(dtype=np.float32))
+    # b rewritten (another size and time) after its prefetch: the new content is read
+    new = rng.random((5, 6, 7)).astype(np.float32)
+    save_image(b, new, np.eye(4))
+    os.utime(b, ns=(1, 1))
+    got, _ = load_image(b)
+    np.testing.assert_array_equal(got, new)
+    prefetch.discard()
+    # a corrupt file, prefetched: the reader's message, not a prefetch failure
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    prefetch.prefetch([bad])
+    with pytest.raises(DataError, match="cannot be read as NIfTI"):
+        load_image(bad)
+    prefetch.discard()
