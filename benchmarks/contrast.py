@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=31)
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--refined", action="store_true",
-                    help="also each model as ddmr register runs it by default (refine='auto': 32 annealed steps of NCC "
+                    help="also each model as ddmr register runs it by default (refine='auto': 24 annealed steps of NCC "
                          "on the working grid; for a model of several contrasts 80 finer, smoother steps with the "
                          "pair put into one contrast both ways), as 'NAME+refine'")
     ap.add_argument("--swapped", action="store_true",

@@ -35,7 +35,7 @@ from ..errors import DataError, DdmrError
 #: as ddmr_core.registration.output and ddmr_core.registration.register say (kept here: ``ddmr --help``
 #: must not import the library's torch stack)
 DEFAULT_OUTPUTS = ("field", "warped", "results")
-AUTO_REFINE_ITERATIONS = 32
+AUTO_REFINE_ITERATIONS = 24
 CROSS_CONTRAST_REFINE_ITERATIONS = 80
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
