@@ -253,6 +253,7 @@ def _run(args, out: Path, pairs) -> int:
             write_into(res, sub, outputs, not args.uncompressed)
             rows.append(_flat(item["pair"], res))
             _print(item["pair"], res)
+            del res  # written: the next pair's peak memory is then its own, not both pairs' outputs
         summary = {
             "model": str(args.model),
             "model_info": reg.model_info,
