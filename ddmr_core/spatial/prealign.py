@@ -180,7 +180,9 @@ def foreground_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) 
     p = FOREGROUND_PERCENTILE / 100.0
     q = torch.quantile(flat, torch.tensor([1.0 - p, p], device=flat.device), dim=1)
     rng = q[1] - q[0]
-    rng = torch.where(rng > 0, rng, flat.amax(1) - flat.amin(1)).view(-1, 1, 1, 1, 1)
+    if not bool((rng > 0).all()):  # the whole range only where it is needed: two passes over the subsample
+        rng = torch.where(rng > 0, rng, flat.amax(1) - flat.amin(1))
+    rng = rng.view(-1, 1, 1, 1, 1)
     bg = background_level(x).view(-1, 1, 1, 1, 1)
     return ((x - bg).abs() > fraction * rng).float()
 

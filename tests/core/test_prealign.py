@@ -254,3 +254,18 @@ def test_foreground_mask_is_the_same_for_an_image_and_its_inversion():
     mask = prealign.foreground_mask(img)
     torch.testing.assert_close(prealign.foreground_mask(1 - img), mask)
     torch.testing.assert_close(mask, (img > 0.05).float())  # the blob, on its zero background
+
+
+def test_foreground_mask_of_a_small_object_on_a_flat_background():
+    """An object of fewer voxels than the robust range leaves out (0.5 % per side) makes the
+    two percentiles meet; the mask then uses the whole range: the object, without the faint
+    stray voxels beside it. The other image of the batch keeps its own robust range."""
+    flat = torch.zeros(1, 1, 24, 24, 24)
+    flat[0, 0, 10:12, 11:13, 9:11] = 3.0  # 8 voxels of 13824
+    obj = (flat > 0).float()
+    flat[0, 0, 2, 3:8, 20] = 0.2  # faint stray voxels: below a tenth of the whole range
+    other = blob_image(seed=4)
+    other = torch.nn.functional.interpolate(other, size=(24, 24, 24), mode="trilinear")
+    mask = prealign.foreground_mask(torch.cat([flat, other]))
+    torch.testing.assert_close(mask[:1], obj)
+    torch.testing.assert_close(mask[1:], prealign.foreground_mask(other))
