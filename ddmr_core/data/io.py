@@ -66,8 +66,9 @@ def _read_nifti(path: Path, what: str):
 
 def _load_gz_nifti(path: Path):
     """A ``.nii.gz`` file as a nibabel image held in memory, decompressed by ISA-L (faster
-    than the zlib that ``nib.load`` uses; or already, by :mod:`.prefetch`); None when its header is neither NIfTI-1 nor NIfTI-2 (``nib.load`` then
-    reads it and says what is wrong)."""
+    than the zlib that ``nib.load`` uses), or already by :mod:`.prefetch`; None when its
+    header is neither NIfTI-1 nor NIfTI-2 (``nib.load`` then reads it and says what is
+    wrong)."""
     import nibabel as nib
 
     from .prefetch import take

@@ -108,23 +108,23 @@ def resample_separable(volume: torch.Tensor, positions) -> torch.Tensor:
         pos, n = positions[axis], out.shape[1 + axis]
         p = pos.clamp(0, n - 1)
         if bool((p == p.round()).all()):
-            index = p.round().long()
-            out = (out.reshape(-1, n)[:, index].view(out.shape[:3] + (len(index),)) if axis == 2
-                   else out.index_select(1 + axis, index))
+            out = _gather(out, axis, p.round().long())
             continue
         i0 = p.floor().clamp(max=max(n - 2, 0))
         frac = (p - i0).to(out.dtype).view([-1 if j == axis else 1 for j in range(3)])
         i0 = i0.long()
         i1 = (i0 + 1).clamp(max=n - 1)
-        if axis == 2:  # voxel by voxel: faster as rows of a matrix than by index_select
-            rows = out.reshape(-1, n)
-            lo, hi = rows[:, i0], rows[:, i1]
-            shape = out.shape[:3] + (len(i0),)
-            out = torch.lerp(lo.view(shape), hi.view(shape), frac)
-        else:
-            out = torch.lerp(out.index_select(1 + axis, i0), out.index_select(1 + axis, i1), frac)
+        out = torch.lerp(_gather(out, axis, i0), _gather(out, axis, i1), frac)
     return out
 
+
+def _gather(volume: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+    """``volume (C, D, H, W)`` at ``index`` along array ``axis`` (0-2). The last axis is
+    gathered as the rows of a matrix: faster voxel by voxel than by ``index_select``."""
+    if axis == 2:
+        n = volume.shape[-1]
+        return volume.reshape(-1, n)[:, index].view(volume.shape[:3] + (len(index),))
+    return volume.index_select(1 + axis, index)
 
 def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
                 padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
