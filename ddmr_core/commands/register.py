@@ -166,10 +166,17 @@ def _print(pair, res):
 
 
 def run(args) -> int:
-    if not args.pairs:  # read while the library's imports (torch) take their second
-        from ..data.prefetch import prefetch
+    from ..data import prefetch
 
-        prefetch([args.fixed, args.moving, args.fixed_seg, args.moving_seg])
+    if not args.pairs:  # read while the library's imports (torch) take their second
+        prefetch.prefetch([args.fixed, args.moving, args.fixed_seg, args.moving_seg])
+    try:
+        return _checked_run(args)
+    finally:
+        prefetch.discard()  # what a failed run did not read is not kept by a longer-lived caller
+
+
+def _checked_run(args) -> int:
     from ..data.locks import output_lock
     from ..registration.output import check_out
 

@@ -3,7 +3,7 @@
 A ``ddmr register`` process spends its first ~1.5 s importing torch, on one core: the
 files it is about to read can be read and decompressed meanwhile on another.
 :func:`prefetch` starts that (a daemon thread; ``.nii.gz`` files only, whose
-decompression is most of a read), and the reader (:func:`ddmr_core.data.io.read_image`
+decompression is most of a read), and the reader (:func:`ddmr_core.data.io.load_image`
 and the like) takes the bytes with :func:`take` instead of reading the file again.
 
 Nothing here decides what a read returns: a file that changed since it was prefetched
@@ -78,6 +78,8 @@ def take(path) -> bytes | None:
 
 
 def discard() -> None:
-    """Drop every prefetched file not taken (the thread finishes its current read)."""
+    """Drop every prefetched file not taken (the thread finishes its current read): the
+    command that prefetched them calls this when it ends, so that a caller running
+    commands in-process (:func:`ddmr_core.cli.run`, tests) keeps no bytes of a failed run."""
     with _lock:
         _pending.clear()

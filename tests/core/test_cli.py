@@ -163,3 +163,25 @@ def test_the_console_script_waits_for_a_running_thread(tmp_path):
     proc = _entry_process(tmp_path, body, ["models"])
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_a_failed_register_keeps_no_prefetched_inputs(tmp_path):
+    """ddmr register reads its inputs in the background from the start; a run that fails
+    before reading them (here: an --out folder holding someone else's file) drops those
+    bytes, so a process running commands in-process does not keep them."""
+    import numpy as np
+
+    from ddmr_core.cli import main
+    from ddmr_core.data import prefetch
+    from ddmr_core.data.io import save_image
+
+    image = tmp_path / "f.nii.gz"
+    save_image(image, np.random.default_rng(0).random((8, 9, 10)).astype(np.float32), np.eye(4))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = main(["register", "--fixed", str(image), "--moving", str(image), "--model", "brain-mr",
+                 "--out", str(out)])
+    assert code != 0
+    assert prefetch._pending == {}
+    assert (out / "notes.txt").read_text() == "mine"
