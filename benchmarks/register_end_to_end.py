@@ -22,7 +22,9 @@ bytecode caches in use as in a user's shell (:func:`process_env`):
   (``--rerun-ants`` runs it again: do, when timing on a machine that was busy before).
 
 Dice: the label map each process wrote (``warped_seg.nii.gz``) against the fixed one, per
-label and mean; folding: % of non-positive Jacobian determinants of ddmr's field.nii.gz.
+label and mean; folding: % of non-positive Jacobian determinants of ddmr's field.nii.gz;
+for ddmr also its phases as its results.json times them (read, preprocess, predict, apply)
+and its minor page faults.
 Then one ``ddmr register --pairs`` process over all pairs of a grid (start-up and model
 load paid once): its wall time per pair. Prints a table with the ratios and writes
 ``results.json`` to ``--work``.
@@ -57,7 +59,8 @@ with open(sys.argv[1], "w") as log:
     proc = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024.0, "rc": os.waitstatus_to_exitcode(status)}))
+print(json.dumps({"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024.0, "page_faults": usage.ru_minflt,
+                  "rc": os.waitstatus_to_exitcode(status)}))
 """
 
 
@@ -75,7 +78,8 @@ def process_env() -> dict:
 def run_process(cmd: list[str], log: Path) -> dict:
     """Run ``cmd`` (through :data:`LAUNCHER`, in :func:`process_env`), return ``{"wall_s",
     "peak_mb", "rc"}``: its wall time from start to exit and its peak resident memory
-    (``ru_maxrss``). Its output goes to ``log``."""
+    (``ru_maxrss``), and its minor page faults (``ru_minflt``: memory touched anew, in 4 kB
+    or 2 MB pages). Its output goes to ``log``."""
     out = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(log), *cmd], capture_output=True, text=True,
                          check=True, env=process_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -158,6 +162,9 @@ def main(argv=None) -> int:
                 print((out / "ddmr.log").read_text())
                 raise SystemExit(f"ddmr register failed on {p['pair']}")
             row["ddmr"] = {**r, **score(p["fixed_seg"], str(d_out / "warped_seg.nii.gz"))}
+            # the process's own account of its phases (results.json), for where the time went
+            if (d_out / "results.json").is_file():
+                row["ddmr"]["phases_s"] = json.loads((d_out / "results.json").read_text()).get("timings_s", {})
             if (d_out / "field.nii.gz").is_file():
                 row["ddmr"]["folding_pct"] = folding(str(d_out / "field.nii.gz"))
             if not args.no_ants:
@@ -189,6 +196,11 @@ def main(argv=None) -> int:
                            "peak_mb": max(g["peak_mb"] for g in got)}
                 if m == "ddmr" and all("folding_pct" in g for g in got):
                     grid[m]["folding_pct"] = statistics.mean(g["folding_pct"] for g in got)
+                if m == "ddmr":
+                    grid[m]["page_faults"] = statistics.median(g["page_faults"] for g in got)
+                    phases = [g.get("phases_s", {}) for g in got]
+                    grid[m]["phases_s"] = {k: statistics.median(ph[k] for ph in phases)
+                                           for k in phases[0] if all(k in ph for ph in phases)}
         if not args.no_batch:
             csv_path = work / f"pairs_{spacing:g}mm.csv"
             with open(csv_path, "w", newline="") as fh:
@@ -212,6 +224,10 @@ def main(argv=None) -> int:
                 g = grid[m]
                 fold = f"{g['folding_pct']:>9.3f}" if "folding_pct" in g else ""
                 print(f"{key:<6} {m:<11} {g['dice']:>6.3f}±{g['dice_sd']:.3f} {g['wall_s']:>8.2f} {g['peak_mb']:>8.0f} {fold}")
+        if "ddmr" in grid:
+            g = grid["ddmr"]
+            print(f"{key:<6} ddmr phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in g["phases_s"].items())
+                  + f"; minor page faults {g['page_faults']:.0f}")
         if "ddmr_batch" in grid:
             b = grid["ddmr_batch"]
             print(f"{key:<6} {'ddmr batch':<11} {'':>13} {b['per_pair_s']:>8.2f} {b['peak_mb']:>8.0f}   (per pair, "
