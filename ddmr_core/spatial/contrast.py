@@ -16,7 +16,10 @@ The background is kept apart: in an inverted T1 the white matter is as dark as t
 around the head, and one function of intensity cannot send both to their T1 values. The
 background is the voxels of the background's level connected to the volume's border
 (:func:`background_mask`), which no tissue inside the head is; it takes the fixed image's
-background level, and the function is estimated and applied inside the head only.
+background level, and the function is estimated and applied inside the head only. So is
+the rim between them (:data:`RIM_VOXELS`): a voxel half bright CSF, half dark air in a T2
+has the intensity of grey matter, and mapped with the interior's table it would become a
+bright halo around a T1. The rim has a table of its own, estimated over the rim.
 
 Tensors: images ``(B, 1, D, H, W)`` on one grid (any intensity range; the pair's own,
 ``[0, 1]`` in the models); look-up tables :class:`ContrastMap`.
@@ -47,6 +50,12 @@ MIN_COUNT = 5.0
 #: images above this many voxels are subsampled (regular stride) to find the background
 #: and to estimate the table: a 1 mm brain (9M voxels) needs a fraction for 64 bins
 MAX_ESTIMATE_VOXELS = 2 ** 21
+#: the rim: foreground voxels within this many voxels (chessboard distance) of the
+#: background. Their intensity is a partial-volume mix of tissue and background, which a
+#: map of intensity alone sends to the wrong tissue (see :meth:`ContrastMap.__call__`);
+#: the table is estimated without them. Two voxels: one of partial volume, one more
+#: for the interpolation of a resampled or warped image.
+RIM_VOXELS = 2
 
 
 def background_mask(image: torch.Tensor, fraction: float = FOREGROUND_FRACTION) -> torch.Tensor:
@@ -72,32 +81,50 @@ class ContrastMap:
     """A per-sample intensity map of one image (called moving here) into another's (fixed).
 
     ``table`` ``(B, BINS)``: the fixed intensity for each bin centre of the moving range
-    ``[lo, hi]`` (``(B,)`` each); ``background`` ``(B,)``: the value the moving image's
-    background (:func:`background_mask`) takes."""
+    ``[lo, hi]`` (``(B,)`` each), for the moving image's interior; ``rim_table``
+    ``(B, BINS)``: the same for its rim (:data:`RIM_VOXELS`); ``background`` ``(B,)``:
+    the value the moving image's background (:func:`background_mask`) takes."""
 
     table: torch.Tensor
+    rim_table: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
     background: torch.Tensor
 
     def __call__(self, moving: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
         """``moving`` ``(B, 1, D, H, W)`` in the fixed image's contrast: each voxel through
-        the table (linear between bin centres, clamped at the ends), the background
-        (``background``: a precomputed :func:`background_mask` of ``moving``) set to the
-        fixed background's level."""
+        the table (linear between bin centres, clamped at the ends), the rim's voxels
+        through the rim's table, the background (``background``: a precomputed
+        :func:`background_mask` of ``moving``) set to the fixed background's level."""
         if background is None:
             background = background_mask(moving)
-        b, bins = self.table.shape
-        lo, hi = self.lo.view(b, 1, 1, 1, 1), self.hi.view(b, 1, 1, 1, 1)
-        pos = ((moving.float() - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
-        i0 = pos.floor().long().clamp(max=bins - 2)
-        frac = pos - i0
-        flat = i0.flatten(1)
-        t0 = torch.gather(self.table, 1, flat).view_as(pos)
-        t1 = torch.gather(self.table, 1, flat + 1).view_as(pos)
-        out = t0 + frac * (t1 - t0)
+        b = self.table.shape[0]
+        x = moving.float()
+        out = _look_up(self.table, x, self.lo, self.hi)
+        rim = _near_background(background, RIM_VOXELS) & ~background
+        out = torch.where(rim, _look_up(self.rim_table, x, self.lo, self.hi), out)
         out = torch.where(background, self.background.view(b, 1, 1, 1, 1).to(out.dtype), out)
         return out.to(moving.dtype)
+
+
+def _look_up(table: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, 1, D, H, W)`` through ``table`` ``(B, BINS)`` over ``[lo, hi]`` (``(B,)``):
+    linear between bin centres, clamped at the ends."""
+    b, bins = table.shape
+    lo, hi = lo.view(b, 1, 1, 1, 1), hi.view(b, 1, 1, 1, 1)
+    pos = ((x - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
+    i0 = pos.floor().long().clamp(max=bins - 2)
+    frac = pos - i0
+    flat = i0.flatten(1)
+    t0 = torch.gather(table, 1, flat).view_as(pos)
+    t1 = torch.gather(table, 1, flat + 1).view_as(pos)
+    return t0 + frac * (t1 - t0)
+
+
+def _near_background(background: torch.Tensor, voxels: int) -> torch.Tensor:
+    """``(B, 1, D, H, W)`` bool: the background dilated by ``voxels`` (a cube)."""
+    k = 2 * voxels + 1
+    return F.max_pool3d(background.float(), k, stride=1, padding=voxels) > 0
 
 
 def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_background: torch.Tensor | None = None,
@@ -107,18 +134,26 @@ def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_back
     (the better the alignment, the sharper the map). Per sample: the moving foreground's
     robust range cut into :data:`BINS` bins, each voxel counted in its two nearest bins
     (linear weights), the sums smoothed over :data:`SMOOTH_BINS` bins, bins with fewer
-    than :data:`MIN_COUNT` voxels interpolated from their neighbours."""
+    than :data:`MIN_COUNT` voxels interpolated from their neighbours.
+
+    Two tables: the interior's, over the voxels inside both foregrounds and off both rims,
+    and the moving rim's, over its rim voxels whatever the fixed image holds there
+    (background included: a rim voxel is part background). A rim too thin to fill the
+    bins takes the interior's table."""
     s = sub_lattice_stride(fixed.shape[2:], MAX_ESTIMATE_VOXELS)
     sub = (slice(None), slice(None)) + (slice(None, None, s),) * 3
     f, m = fixed[sub].float(), moving[sub].float()
     fb = background_mask(f) if fixed_background is None else fixed_background[sub]
     mb = background_mask(m) if moving_background is None else moving_background[sub]
+    rim_voxels = max(1, round(RIM_VOXELS / s))  # the rim's width on the subsampled grid
+    near_f, near_m = _near_background(fb, rim_voxels), _near_background(mb, rim_voxels)
     b = f.shape[0]
-    tables, los, his, bgs = [], [], [], []
-    centres = np.linspace(0.0, 1.0, BINS)
+    tables, rim_tables, los, his, bgs = [], [], [], [], []
     for i in range(b):
         fg_f, fg_m = ~fb[i, 0], ~mb[i, 0]
-        both = fg_f & fg_m
+        both = fg_f & fg_m & ~near_f[i, 0] & ~near_m[i, 0]  # the interiors
+        if int(both.sum()) < BINS:  # objects too thin for an interior: the rims too
+            both = fg_f & fg_m
         if int(both.sum()) < BINS:  # no overlap: fall back on the foregrounds' own voxels
             both = fg_m
         mv, fv = m[i, 0][both], f[i, 0][both]
@@ -129,29 +164,38 @@ def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_back
         lo, hi = float(q[0]), float(q[1])
         if not hi > lo:
             lo, hi = float(mv.min()), float(mv.max()) + 1e-6
-        pos = ((mv - lo) / (hi - lo) * (BINS - 1)).clamp(0, BINS - 1)
-        i0 = pos.floor().long().clamp(max=BINS - 2)
-        frac = pos - i0
-        count = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
-        total = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
-        for idx, w in ((i0, 1 - frac), (i0 + 1, frac)):
-            count.index_add_(0, idx, w.double())
-            total.index_add_(0, idx, (w * fv).double())
-        count, total = _smooth(count), _smooth(total)
-        ok = (count >= MIN_COUNT).cpu().numpy()
-        means = (total / count.clamp_min(1e-12)).cpu().numpy()
-        if not ok.any():
-            table = np.full(BINS, float(fv.mean()))
-        else:
-            table = np.interp(centres, centres[ok], means[ok])
+        table = _conditional_mean(mv, fv, lo, hi)
+        rim = fg_m & near_m[i, 0]
+        rim_table = _conditional_mean(m[i, 0][rim], f[i, 0][rim], lo, hi) if int(rim.sum()) >= BINS else None
         tables.append(torch.as_tensor(table, dtype=torch.float32))
+        rim_tables.append(torch.as_tensor(table if rim_table is None else rim_table, dtype=torch.float32))
         los.append(lo)
         his.append(hi)
         bg_f = f[i, 0][fb[i, 0]]
         bgs.append(float(bg_f.median()) if bg_f.numel() else float(background_level(f[i:i + 1])[0]))
     dev = fixed.device
-    return ContrastMap(torch.stack(tables).to(dev), torch.tensor(los, device=dev), torch.tensor(his, device=dev),
-                       torch.tensor(bgs, device=dev))
+    return ContrastMap(torch.stack(tables).to(dev), torch.stack(rim_tables).to(dev), torch.tensor(los, device=dev),
+                       torch.tensor(his, device=dev), torch.tensor(bgs, device=dev))
+
+
+def _conditional_mean(mv: torch.Tensor, fv: torch.Tensor, lo: float, hi: float) -> np.ndarray:
+    """``(BINS,)``: the mean of ``fv`` per bin of ``mv`` over ``[lo, hi]`` (1-D tensors,
+    one value per voxel), as :func:`estimate_contrast_map` says."""
+    pos = ((mv - lo) / (hi - lo) * (BINS - 1)).clamp(0, BINS - 1)
+    i0 = pos.floor().long().clamp(max=BINS - 2)
+    frac = pos - i0
+    count = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
+    total = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
+    for idx, w in ((i0, 1 - frac), (i0 + 1, frac)):
+        count.index_add_(0, idx, w.double())
+        total.index_add_(0, idx, (w * fv).double())
+    count, total = _smooth(count), _smooth(total)
+    ok = (count >= MIN_COUNT).cpu().numpy()
+    means = (total / count.clamp_min(1e-12)).cpu().numpy()
+    centres = np.linspace(0.0, 1.0, BINS)
+    if not ok.any():
+        return np.full(BINS, float(fv.mean()))
+    return np.interp(centres, centres[ok], means[ok])
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:

@@ -155,3 +155,28 @@ def test_refinement_across_contrasts_treats_each_sample_of_a_batch_alone():
         # equal up to float summation order (the two samples' fields differ by ~1 voxel)
         diff = (both[b:b + 1] - alone).abs()
         assert diff.mean() < 1e-3 and diff.max() < 0.05
+
+
+def test_the_rim_of_partial_volume_maps_to_the_mix_not_to_a_tissue_of_its_intensity():
+    # a T2-like moving image against a T1-like fixed one, partial volumes blurred over a
+    # voxel: where the bright shell meets the dark background the moving image passes
+    # through the middle tissue's value (0.6). The interior's table would send those
+    # voxels to that tissue's T1 value (a bright halo around the fixed image's dark rim);
+    # the rim's own table sends them to the mix of shell and background they are
+    fixed, labels = phantom((0.0, 0.3, 0.6, 1.0), blur=1.0)
+    moving, _ = phantom((0.0, 1.0, 0.6, 0.2), noise=0.005, blur=1.0)
+    cmap = estimate_contrast_map(fixed, moving)
+    out = cmap(moving)[0, 0].numpy()
+    f = fixed[0, 0].numpy()
+    bg = background_mask(moving)[0, 0].numpy()
+    rim = ndimage.binary_dilation(bg, iterations=2) & ~bg
+    halfway = rim & (np.abs(moving[0, 0].numpy() - 0.6) < 0.1)  # the rim at the middle tissue's value
+    assert halfway.sum() > 200
+    assert np.abs(out - f)[rim].mean() < 0.05
+    assert np.abs(out - f)[halfway].mean() < 0.08
+    # the interior's table on the same voxels: the halo
+    interior_only = type(cmap)(cmap.table, cmap.table, cmap.lo, cmap.hi, cmap.background)(moving)[0, 0].numpy()
+    assert (interior_only - f)[halfway].mean() > 0.3
+    # and the interior is mapped as before
+    inner = ndimage.binary_erosion(labels > 0, iterations=3)
+    assert np.abs(out - f)[inner].mean() < 0.05
