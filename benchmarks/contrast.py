@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     for m in models:
         try:
             methods[m] = Registrar(m)
+            if methods[m].second is not None:  # the first network alone, for comparison
+                methods[f"{m}:first"] = Registrar(m, second_pass=None)
             if args.refined:
                 methods[f"{m}+refine"] = Registrar(m, refine="auto")
         except Exception as exc:  # a model not shipped in this checkout: say so and go on

@@ -80,6 +80,9 @@ def add_arguments(parser):
                              "(default): the model's own if its config refines, else "
                              f"{AUTO_REFINE_ITERATIONS} steps of NCC (for a model of several contrasts, "
                              f"{CROSS_CONTRAST_REFINE_ITERATIONS} steps with the pair put into one contrast both ways)")
+    parser.add_argument("--no-second-pass", action="store_true",
+                        help="the model's own field only: no second network on the pair put into one contrast, "
+                             "for a model whose card names one (brain-mr-any names brain-mr)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse images that do not look like what the model's card says it expects (e.g. CT "
                              "given to an MR model); default: one warning line, and register anyway")
@@ -226,13 +229,16 @@ def _run(args, out: Path, pairs) -> int:
     check_inputs_outside(out, inputs)  # the folder is replaced as a whole
     release_large_blocks()  # peak memory: the largest phase's, not their sum
     outputs = parse_outputs(args.outputs)
-    reg = Registrar(args.model, device=args.device, strict=args.strict, refine=args.refine)
+    reg = Registrar(args.model, device=args.device, strict=args.strict, refine=args.refine,
+                    second_pass=None if args.no_second_pass else "auto")
     reg.memory_check = not args.no_memory_check
     ref = reg.model_info.get("ref") or args.model
     source = "" if reg.name == args.model else f" ({reg.name})"
     sha = reg.model_info.get("sha256")
     print(f"model {ref}{source}{f' sha256 {sha[:12]}' if sha else ''} loaded in {reg.load_time:.2f} s (network grid {reg.input_size}, "
           f"device {reg.device}, refinement {reg.model.refine_iterations} steps)")
+    if reg.second is not None:
+        print(f"second network {reg.second.model_info.get('ref') or reg.second.name} on the pair put into one contrast")
     hint = _suitability(reg, ref)
     if hint:
         print(hint)

@@ -192,7 +192,7 @@ class RegistrationModel(nn.Module):
             field, matrix = pre
             residual = self.backbone(fixed, warp(moving, field, mode="linear", padding="border"))
             disp = compose_affine(field, matrix, residual)
-        return self._refine(fixed, moving, disp, refine)
+        return self.refine_on_grid(fixed, moving, disp, refine)
 
     def predict_on_grid(self, fixed: torch.Tensor, moving: torch.Tensor, size=None,
                         refine: bool | None = None) -> torch.Tensor:
@@ -214,9 +214,12 @@ class RegistrationModel(nn.Module):
             return self.predict_field(fixed, moving, refine=refine)
         size = tuple(int(n) for n in size)
         disp = self.predict_field(resize_image(fixed, size), resize_image(moving, size), refine=False)
-        return self._refine(fixed, moving, resize_field(disp, grid), refine)
+        return self.refine_on_grid(fixed, moving, resize_field(disp, grid), refine)
 
-    def _refine(self, fixed, moving, disp, refine: bool | None) -> torch.Tensor:
+    def refine_on_grid(self, fixed, moving, disp, refine: bool | None = None) -> torch.Tensor:
+        """``disp`` ``(B, 3, D, H, W)`` (voxels of the images' grid) after the model's
+        refinement, if it has one and ``refine`` (``None``: when not training) allows;
+        images ``(B, 1, D, H, W)`` on that grid."""
         if refine is None:
             refine = not self.training
         if self.refine_iterations and refine:

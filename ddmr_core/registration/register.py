@@ -49,49 +49,16 @@ from .resample import resample_outputs
 from .result import RegistrationResult
 from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, assess, assess_outputs
 from .working_grid import crop_mode, working_grids
+from .refine_defaults import (AUTO_REFINE_ITERATIONS, AUTO_REFINE_NODE_MM, AUTO_REFINE_OPTIONS,
+                              CROSS_CONTRAST_NODE_MM, CROSS_CONTRAST_REFINE_ITERATIONS,
+                              CROSS_CONTRAST_REFINE_OPTIONS, CROSS_CONTRAST_SMOOTHNESS)
 
 #: the registrar, and the public names of the modules register.py was split into (inputs,
-#: metrics, result, trust), which callers, docs and benchmarks import from here
+#: metrics, result, trust, refine_defaults), which callers, docs and benchmarks import from here
 __all__ = ["Registrar", "register", "RegistrationResult", "read_volume", "reorient_like", "image_ncc", "dice_tre",
            "assess", "MAX_FOLDING_PCT", "ALIGNED_NMI", "AUTO_REFINE_ITERATIONS", "AUTO_REFINE_OPTIONS",
            "AUTO_REFINE_NODE_MM", "CROSS_CONTRAST_REFINE_ITERATIONS", "CROSS_CONTRAST_NODE_MM",
            "CROSS_CONTRAST_SMOOTHNESS", "CROSS_CONTRAST_REFINE_OPTIONS"]
-
-
-# ------------------------------------------------------------- registrar
-
-#: ``ddmr register``'s refinement steps for a model whose config has none (:meth:`Registrar.auto_refinement`)
-AUTO_REFINE_ITERATIONS = 24
-#: and their options (:func:`ddmr_core.spatial.refine.refine_field`): the raw images' global NCC,
-#: about 48^3 voxels scored per step (a sub-lattice of the working grid), the step annealed
-#: to 0, twice refine_field's smoothness penalty. Brain benchmark, 8 pairs (Dice;
-#: benchmarks/register_end_to_end.py's pairs; ANTs SyN 0.931 at 1 mm, 0.922 at 2 mm): 40
-#: steps at a constant step 0.929 / 0.928; annealed, penalty 0.1: 40 steps 0.944 / 0.931, 32
-#: 0.942 / 0.929, 24 0.934 / 0.926; penalty 0.2: 32 0.944 / 0.933, 24 0.938 / 0.930 (0.3: 0.937
-#: / 0.931). 24: the 1 mm speed target. 32^3 voxels a step did worse (0.915 at 1 mm, 40 steps)
-AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3, "anneal": True, "smoothness": 0.2}
-#: ... and a correction with a node every this many mm (4 voxels at 1 mm, 2 at 2 mm; on
-#: the 1 mm brain benchmark, 40 annealed steps, nodes every 3 mm gave 0.941 and every 2 mm
-#: 0.942 for 1.8x the time, against 4 mm's 0.944)
-AUTO_REFINE_NODE_MM = 4.0
-#: for a model whose card lists several contrasts (:attr:`Registrar.match_contrast`): twice
-#: the steps on a correction twice as fine. The network leaves more to do on such pairs
-#: (brain benchmark at 2 mm, brain-mr-any, 3 pairs per contrast: inverted T1 0.809 ->
-#: 0.849, T2 0.844 -> 0.853, T1 0.931 -> 0.936, PD and FLAIR within 0.003; 3.6 s instead
-#: of 1.0 s a pair)
-CROSS_CONTRAST_REFINE_ITERATIONS = 80
-CROSS_CONTRAST_NODE_MM = 2.0
-#: ... under a smoothness penalty twice refine_field's default (0.1). The two ways of putting
-#: the pair into one contrast are pooled, and the way that maps from the image that cannot
-#: tell the tissues apart shows structure that is not there (a PD-like fixed image mapped to
-#: T1: CSF and a grey/white-matter mix share a value); a correction that fine and that free
-#: fits it. Brain benchmark at 2 mm, 8 pairs each (Dice; ANTs SyN with MI): PD fixed, T1 moving
-#: 0.798 -> 0.830 (0.849); T1 fixed, inverted moving 0.846 -> 0.833 (0.839); at 0.3 0.841, 0.822
-CROSS_CONTRAST_SMOOTHNESS = 0.2
-#: ... at a constant step (lr 0.4 annealed / 0.2 constant: T2 0.861 / 0.858, PD 0.877 / 0.884,
-#: inverted 0.832 / 0.834, PD fixed 0.829 / 0.831, inverted fixed 0.895 / 0.892)
-CROSS_CONTRAST_REFINE_OPTIONS = {**AUTO_REFINE_OPTIONS, "smoothness": CROSS_CONTRAST_SMOOTHNESS,
-                                 "anneal": False}
 
 
 @contextmanager
@@ -119,6 +86,10 @@ class Registrar:
             (``refine_iterations`` of its config, what ``ddmr evaluate`` measures), an
             integer that many steps (0: none), ``"auto"`` (``ddmr register``'s default,
             :meth:`auto_refinement`).
+        second_pass: a second network after this one, on the pair put into one contrast
+            (:mod:`.second_pass`): ``"auto"`` (the default) the model the card names under
+            ``second_pass`` (none when it names none), ``None`` none, or a model name or
+            checkpoint. Its field replaces this model's before the refinement.
 
     Raises:
         CheckpointError: missing/unreadable file, not a ddmr checkpoint, a checkpoint
@@ -128,7 +99,8 @@ class Registrar:
             names a version that is not shipped).
     """
 
-    def __init__(self, model, device="cpu", registry=None, strict: bool = False, refine=None):
+    def __init__(self, model, device="cpu", registry=None, strict: bool = False, refine=None,
+                 second_pass="auto"):
         from ..model import zoo
         from ..model.checkpoint import describe, load_model, resolve_model
         from ..data.preprocess import Preprocess
@@ -173,6 +145,15 @@ class Registrar:
         self.model_refinement = int(self.model.refine_iterations)
         self.register_refinement = False
         self.set_refinement(refine)
+        if second_pass == "auto":
+            second_pass = ((self.card or {}).get("second_pass") or {}).get("model")
+        #: the second network (a :class:`Registrar` without refinement), or None
+        self.second = None
+        if second_pass:
+            self.second = Registrar(second_pass, device=self.device, registry=registry, second_pass=None)
+            self.model_info["second_pass"] = dict(self.second.model_info)
+        #: what the last :meth:`predict` measured of the second pass (:func:`.second_pass.second_pass`)
+        self.second_pass_info = None
 
     def auto_refinement(self) -> int:
         """``ddmr register``'s default number of refinement steps: the model's own when its
@@ -250,8 +231,21 @@ class Registrar:
         grid (:meth:`ddmr_core.model.registration_model.RegistrationModel.predict_on_grid`).
 
         The one inference path: ``ddmr register`` and ``ddmr evaluate`` both predict here,
-        so a pair gives the same field in both."""
-        return self.model.predict_on_grid(fixed.to(self.device), moving.to(self.device), self.input_size)
+        so a pair gives the same field in both.
+
+        With a second network (:attr:`second`), this model's field (unrefined) is where
+        its contrast maps come from, the second network's field on the pair put into one
+        contrast (:func:`.second_pass.second_pass`) is the one refined."""
+        fixed, moving = fixed.to(self.device), moving.to(self.device)
+        if self.second is None:
+            return self.model.predict_on_grid(fixed, moving, self.input_size)
+        from .second_pass import second_pass
+
+        first = self.model.predict_on_grid(fixed, moving, self.input_size, refine=False)
+        net = self.second
+        disp, self.second_pass_info = second_pass(
+            lambda f, m: net.model.predict_on_grid(f, m, net.input_size, refine=False), fixed, moving, first)
+        return self.model.refine_on_grid(fixed, moving, disp)
 
     @torch.no_grad()
     def register(
@@ -377,6 +371,8 @@ class Registrar:
             metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
             metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
         metrics["trust"] = assess_outputs(outs["fixed"], outs["before"], outs["warped"], disp)
+        if self.second is not None and self.second_pass_info is not None:
+            metrics["second_pass"] = dict(self.second_pass_info)
         return metrics
 
     @staticmethod
