@@ -154,6 +154,8 @@ class Registrar:
             self.model_info["second_pass"] = dict(self.second.model_info)
         #: what the last :meth:`predict` measured of the second pass (:func:`.second_pass.second_pass`)
         self.second_pass_info = None
+        #: the working grid's axis nearest the world's left-right (:meth:`register` sets it): the second pass's mirror
+        self.mirror_axis = None
 
     def auto_refinement(self) -> int:
         """``ddmr register``'s default number of refinement steps: the model's own when its
@@ -243,8 +245,9 @@ class Registrar:
 
         first = self.model.predict_on_grid(fixed, moving, self.input_size, refine=False)
         net = self.second
+        mirror = self.mirror_axis if (self.card or {}).get("second_pass", {}).get("mirror") else None
         disp, self.second_pass_info = second_pass(
-            lambda f, m: net.model.predict_on_grid(f, m, net.input_size, refine=False), fixed, moving, first)
+            lambda f, m: net.model.predict_on_grid(f, m, net.input_size, refine=False), fixed, moving, first, mirror)
         return self.model.refine_on_grid(fixed, moving, disp)
 
     @torch.no_grad()
@@ -293,6 +296,7 @@ class Registrar:
             step = float(np.min(spacing_from_affine(Fw)))
             node_mm = CROSS_CONTRAST_NODE_MM if self.match_contrast else AUTO_REFINE_NODE_MM
             self.model.refine_options["nodes"] = max(1, round(node_mm / step))
+        self.mirror_axis = int(np.argmax(np.abs(np.asarray(Fw)[0, :3])))  # RAS x: left-right
         what = f"checkpoint {self.name!r} on {fix.name!r} and {mov.name!r}"
         with _timed(timings, "predict"):
             disp = self._predict_field(f_w, m_w, what)  # (3, D, H, W) voxels of the fixed working grid

@@ -14,13 +14,11 @@ not say which image is the T1, so both ways are predicted and the one whose fiel
 second network *inverts consistently* is kept: the network is run on the mapped pair
 both ways round, and the field that, composed with its reverse, comes back closer to the
 identity over the fixed image's foreground wins. A network given images like those it was
-trained on is inverse-consistent; given others, its two directions disagree (brain
-benchmark, 2 mm, 2 pairs each of T1, T2, PD, FLAIR and inverted, both roles: the rule
-picked the better way in all 18 pairs, the loser's consistency error 1.5-2.3x the
-winner's; between two T1 images both ways are within 0.01 Dice).
+trained on is inverse-consistent; given others, its two directions disagree (how often
+the rule picks the better way: docs/models.md).
 
 No optimisation runs: the maps are conditional means, the rest are forward passes (five
-of a network at its own grid, plus the maps on the working grid), so this is still the
+of a network at its own grid, six with the mirrored pass, plus the maps on the working grid), so this is still the
 "network alone" of a model (an affine start and networks, no instance optimisation).
 
 Tensors: images ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid; fields
@@ -48,14 +46,29 @@ def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, mask: tor
     return float((err * w).sum() / w.sum().clamp_min(1.0))
 
 
-def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def mirrored(predict, fixed: torch.Tensor, moving: torch.Tensor, axis: int) -> torch.Tensor:
+    """``predict``'s field for the pair mirrored along voxel ``axis`` (0-2), mirrored back:
+    the same pull field ``(B, 3, D, H, W)`` as ``predict(fixed, moving)`` would be for a
+    network without a side (its component along ``axis`` negated, its values flipped)."""
+    dim = 2 + axis
+    disp = predict(fixed.flip(dim), moving.flip(dim)).flip(dim).clone()
+    disp[:, axis] = -disp[:, axis]
+    return disp
+
+
+def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch.Tensor,
+                mirror_axis: int | None = None) -> tuple[torch.Tensor, dict]:
     """The second network's field for the pair put into one contrast, the way it inverts
     most consistently, and what was measured: ``(disp, info)``.
 
     ``predict(fixed, moving)``: the second network's pull field for two images of one grid
     (a model's ``predict_on_grid`` without refinement); ``first``: the first network's
-    field, the alignment the contrast maps are estimated from. ``info``: ``way`` (one of
-    :data:`WAYS`) and ``inverse_consistency`` (voxels, per way)."""
+    field, the alignment the contrast maps are estimated from. ``mirror_axis``: the voxel
+    axis across which the anatomy is (nearly) symmetric (a brain's left-right); the way
+    kept is then predicted once more with the pair mirrored, and the two fields averaged
+    (:func:`mirrored`: a network's errors on a brain and on its mirror image are partly
+    independent, docs/models.md). ``info``: ``way`` (one of :data:`WAYS`),
+    ``inverse_consistency`` (voxels, per way) and ``mirror_axis``."""
     with torch.no_grad():
         aligned = warp(moving, first, mode="linear", padding="border")
         moving_mapped = estimate_contrast_map(fixed, aligned)(moving).clamp(0, 1)
@@ -66,5 +79,9 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
         for way, (f, m) in pairs.items():
             fields[way] = predict(f, m)
             errors[way] = inverse_consistency(fields[way], predict(m, f), mask)
-    way = min(errors, key=errors.get)
-    return fields[way], {"way": way, "inverse_consistency": {k: round(v, 4) for k, v in errors.items()}}
+        way = min(errors, key=errors.get)
+        disp = fields[way]
+        if mirror_axis is not None:
+            disp = 0.5 * (disp + mirrored(predict, *pairs[way], mirror_axis))
+    return disp, {"way": way, "inverse_consistency": {k: round(v, 4) for k, v in errors.items()},
+                  "mirror_axis": mirror_axis}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core.registration.second_pass import inverse_consistency, second_pass
+from ddmr_core.registration.second_pass import inverse_consistency, mirrored, second_pass
 
 from conftest import smooth_field
 from test_contrast import phantom  # the three-tissue head of the contrast maps' tests
@@ -28,6 +28,34 @@ def test_inverse_consistency_of_a_shift_and_its_reverse():
     assert inverse_consistency(fwd, torch.zeros_like(fwd), mask) == pytest.approx(2.5, abs=1e-5)
     # the same shift both ways (a network that ignores which image is which): twice its length
     assert inverse_consistency(fwd, fwd, mask) == pytest.approx(5.0, abs=1e-5)
+
+
+def test_the_mirrored_prediction_cancels_a_bias_to_one_side():
+    # a "network" that finds a pair's shift from the images' centroids but adds a bias of
+    # 0.6 voxels towards +axis 0 (a side it prefers). Mirrored along axis 0, the pair's
+    # shift along that axis changes sign and the bias does not: mirrored back, the field
+    # is the shift minus the bias, and the mean of the two is the shift, on every axis
+    fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
+    shift = (1.5, -1.0, 0.5)
+    moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
+
+    def centroid(img):
+        w = img[0, 0].double()
+        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in w.shape], indexing="ij")
+        return [float((g * w).sum() / w.sum()) for g in grids]
+
+    def biased(f, m):
+        d = [b - a for a, b in zip(centroid(f), centroid(m))]
+        d[0] += 0.6
+        return shift_field(f.shape[2:], d)
+
+    found = biased(fixed, moving)[0, :, 0, 0, 0]
+    back = mirrored(biased, fixed, moving, 0)[0, :, 0, 0, 0]
+    assert found.tolist() == pytest.approx([2.1, -1.0, 0.5], abs=0.02)
+    assert back.tolist() == pytest.approx([0.9, -1.0, 0.5], abs=0.02)
+    assert (0.5 * (found + back)).tolist() == pytest.approx(list(shift), abs=0.02)
+    # along another axis the bias stays: mirroring cancels only what the mirror flips
+    assert mirrored(biased, fixed, moving, 1)[0, 0, 0, 0, 0].item() == pytest.approx(2.1, abs=0.02)
 
 
 def t1_like(image: torch.Tensor, labels: np.ndarray) -> bool:
