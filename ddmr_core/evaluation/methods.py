@@ -61,7 +61,7 @@ class ModelMethod:
         m = torch.from_numpy(moving)[None, None].to(self.device)
         synchronize(self.device)
         start = time.perf_counter()
-        disp = self.registrar.predict(f, m)
+        disp = self.registrar.predict(f, m)  # no left_right: a test set has no orientation, nothing is mirrored
         warped = warp(m, disp, mode="linear", padding="border")  # on the device: part of the runtime
         synchronize(self.device)
         seconds = time.perf_counter() - start

@@ -86,10 +86,9 @@ class Registrar:
             (``refine_iterations`` of its config, what ``ddmr evaluate`` measures), an
             integer that many steps (0: none), ``"auto"`` (``ddmr register``'s default,
             :meth:`auto_refinement`).
-        second_pass: a second network after this one, on the pair put into one contrast
-            (:mod:`.second_pass`): ``"auto"`` (the default) the model the card names under
-            ``second_pass`` (none when it names none), ``None`` none, or a model name or
-            checkpoint. Its field replaces this model's before the refinement.
+        second_pass: a second network on the pair put into one contrast (:mod:`.second_pass`),
+            whose field replaces this model's before the refinement: ``"auto"`` the card's
+            ``second_pass`` (if any), ``None`` none, or a model name or checkpoint.
 
     Raises:
         CheckpointError: missing/unreadable file, not a ddmr checkpoint, a checkpoint
@@ -150,12 +149,13 @@ class Registrar:
         #: the second network (a :class:`Registrar` without refinement), or None
         self.second = None
         if second_pass:
-            self.second = Registrar(second_pass, device=self.device, registry=registry, second_pass=None)
+            try:
+                self.second = Registrar(second_pass, device=self.device, registry=registry, second_pass=None)
+            except DdmrError as exc:
+                raise type(exc)(f"{self.model_info.get('ref') or self.name!r}'s second network {second_pass!r}: {exc}") from exc
             self.model_info["second_pass"] = dict(self.second.model_info)
         #: what the last :meth:`predict` measured of the second pass (:func:`.second_pass.second_pass`)
         self.second_pass_info = None
-        #: the working grid's axis nearest the world's left-right (:meth:`register` sets it): the second pass's mirror
-        self.mirror_axis = None
 
     def auto_refinement(self) -> int:
         """``ddmr register``'s default number of refinement steps: the model's own when its
@@ -226,7 +226,7 @@ class Registrar:
         return notes
 
     @torch.inference_mode()
-    def predict(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, left_right: int | None = None) -> torch.Tensor:
         """The pull field ``(1, 3, D, H, W)`` for fixed and moving images ``(1, 1, D, H, W)``
         in [0, 1] on one grid, in voxels of that grid: the network on its own grid
         (``input_size``), the instance optimisation, if the model has one, on the images'
@@ -235,9 +235,9 @@ class Registrar:
         The one inference path: ``ddmr register`` and ``ddmr evaluate`` both predict here,
         so a pair gives the same field in both.
 
-        With a second network (:attr:`second`), this model's field (unrefined) is where
-        its contrast maps come from, the second network's field on the pair put into one
-        contrast (:func:`.second_pass.second_pass`) is the one refined."""
+        With a second network (:attr:`second`), its field on the pair put into one contrast
+        (:func:`.second_pass.second_pass`, from this model's unrefined field) is the one refined,
+        mirrored across voxel axis ``left_right`` when the card asks (None: not mirrored)."""
         fixed, moving = fixed.to(self.device), moving.to(self.device)
         if self.second is None:
             return self.model.predict_on_grid(fixed, moving, self.input_size)
@@ -245,7 +245,7 @@ class Registrar:
 
         first = self.model.predict_on_grid(fixed, moving, self.input_size, refine=False)
         net = self.second
-        mirror = self.mirror_axis if (self.card or {}).get("second_pass", {}).get("mirror") else None
+        mirror = left_right if (self.card or {}).get("second_pass", {}).get("mirror") else None
         disp, self.second_pass_info = second_pass(
             lambda f, m: net.model.predict_on_grid(f, m, net.input_size, refine=False), fixed, moving, first, mirror)
         return self.model.refine_on_grid(fixed, moving, disp)
@@ -296,10 +296,9 @@ class Registrar:
             step = float(np.min(spacing_from_affine(Fw)))
             node_mm = CROSS_CONTRAST_NODE_MM if self.match_contrast else AUTO_REFINE_NODE_MM
             self.model.refine_options["nodes"] = max(1, round(node_mm / step))
-        self.mirror_axis = int(np.argmax(np.abs(np.asarray(Fw)[0, :3])))  # RAS x: left-right
         what = f"checkpoint {self.name!r} on {fix.name!r} and {mov.name!r}"
         with _timed(timings, "predict"):
-            disp = self._predict_field(f_w, m_w, what)  # (3, D, H, W) voxels of the fixed working grid
+            disp = self._predict_field(f_w, m_w, what, Fw)  # (3, D, H, W) voxels of the fixed working grid
 
         T = fix.affine if original_resolution else Fw
         shape = tuple(fix.image.shape) if original_resolution else tuple(f_w.shape)
@@ -347,14 +346,15 @@ class Registrar:
         image, seg, affine = reorient_like(mov.image, mov.seg, mov.affine, fix.affine)
         return fix, mov._replace(image=image, seg=seg, affine=affine)
 
-    def _predict_field(self, f_w: np.ndarray, m_w: np.ndarray, what: str) -> torch.Tensor:
+    def _predict_field(self, f_w: np.ndarray, m_w: np.ndarray, what: str, affine: np.ndarray) -> torch.Tensor:
         """The model's field ``(3, D, H, W)`` float32, in voxels of the fixed working grid,
         for the working images ``(D, H, W)`` (:meth:`predict`); a field that is not finite,
         or absurdly large (:func:`~ddmr_core.data.io.check_field`), is a
         :class:`~ddmr_core.errors.DataError` naming ``what``."""
         fx = torch.from_numpy(np.ascontiguousarray(f_w, dtype=np.float32))[None, None]
         mv = torch.from_numpy(np.ascontiguousarray(m_w, dtype=np.float32))[None, None]
-        disp = self.predict(fx, mv)[0].float()
+        left_right = int(np.argmax(np.abs(np.asarray(affine)[0, :3])))  # the axis nearest world x (RAS: L-R)
+        disp = self.predict(fx, mv, left_right)[0].float()
         check_field(what, disp)
         synchronize(self.device)  # so that the "predict" timing holds the device's work
         return disp

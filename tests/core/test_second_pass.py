@@ -173,3 +173,11 @@ def test_ddmr_register_runs_the_second_pass_the_card_names_unless_told_not_to(tm
         assert ("second_pass" in results["metrics"]) is second
         if second:
             assert results["metrics"]["second_pass"]["way"] in ("moving_to_fixed", "fixed_to_moving")
+
+
+def test_a_second_network_that_is_not_there_is_named_with_the_model_that_asked_for_it():
+    from ddmr_core.errors import UnknownNameError
+    from ddmr_core.registration.register import Registrar
+
+    with pytest.raises(UnknownNameError, match=r"'brain-mr-any@1'.*second network 'no-such-model'"):
+        Registrar("brain-mr-any", second_pass="no-such-model")

@@ -56,7 +56,7 @@ def test_register_warns_and_records_an_untrustworthy_result():
     # field that moves the moving image away from the fixed one
     reg = Registrar("brain-mr")
 
-    def away(f, m):
+    def away(f, m, left_right=None):
         d = torch.zeros(1, 3, *f.shape[2:])
         d[:, 1] = -6.0
         return d
