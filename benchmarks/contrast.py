@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--refined", action="store_true",
                     help="also each model as ddmr register runs it by default (refine='auto': 24 annealed steps of NCC "
-                         "on the working grid; for a model of several contrasts 80 finer, smoother steps with the "
+                         "on the working grid; for a model of several contrasts 40 finer, smoother steps with the "
                          "pair put into one contrast both ways), as 'NAME+refine'")
     ap.add_argument("--swapped", action="store_true",
                     help="swap the roles: the image in the other contrast is fixed, the T1 copy moves")

@@ -36,7 +36,7 @@ from ..errors import DataError, DdmrError
 #: must not import the library's torch stack)
 DEFAULT_OUTPUTS = ("field", "warped", "results")
 AUTO_REFINE_ITERATIONS = 24
-CROSS_CONTRAST_REFINE_ITERATIONS = 80
+CROSS_CONTRAST_REFINE_ITERATIONS = 40
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
 

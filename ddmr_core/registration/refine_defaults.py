@@ -18,12 +18,15 @@ AUTO_REFINE_OPTIONS = {"window": 0, "step_voxels": 48**3, "anneal": True, "smoot
 #: the 1 mm brain benchmark, 40 annealed steps, nodes every 3 mm gave 0.941 and every 2 mm
 #: 0.942 for 1.8x the time, against 4 mm's 0.944)
 AUTO_REFINE_NODE_MM = 4.0
-#: for a model whose card lists several contrasts (:attr:`~.register.Registrar.match_contrast`): twice
-#: the steps on a correction twice as fine. The network leaves more to do on such pairs
-#: (brain benchmark at 2 mm, brain-mr-any, 3 pairs per contrast: inverted T1 0.809 ->
-#: 0.849, T2 0.844 -> 0.853, T1 0.931 -> 0.936, PD and FLAIR within 0.003; 3.6 s instead
-#: of 1.0 s a pair)
-CROSS_CONTRAST_REFINE_ITERATIONS = 80
+#: for a model whose card lists several contrasts (:attr:`~.register.Registrar.match_contrast`): more
+#: steps on a correction twice as fine. The network left more to do on such pairs (brain
+#: benchmark at 2 mm, brain-mr-any's own field, 3 pairs per contrast, 80 steps against 40:
+#: inverted T1 0.809 -> 0.849, T2 0.844 -> 0.853, T1 0.931 -> 0.936, PD and FLAIR within
+#: 0.003). Since its second network (brain-mr) starts the refinement closer, 40 steps do
+#: as well at half the time (3 pairs each, 80 / 40 steps: T2 0.874 / 0.873, PD 0.863 /
+#: 0.861, inverted 0.841 / 0.841, PD fixed 0.855 / 0.851, T1 0.934 / 0.930); annealed, 40
+#: steps lost 0.006 on inverted and 0.009 with a PD fixed, 24 steps at 4 mm 0.02 on inverted
+CROSS_CONTRAST_REFINE_ITERATIONS = 40
 CROSS_CONTRAST_NODE_MM = 2.0
 #: ... under a smoothness penalty twice refine_field's default (0.1). The two ways of putting
 #: the pair into one contrast are pooled, and the way that maps from the image that cannot
