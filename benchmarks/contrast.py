@@ -30,7 +30,9 @@ Every method gets the two arrays with their affine and no label maps (as a user 
 ``ddmr register``); Dice per label (CSF/other, grey, white matter) is the moving label map
 warped by the returned field (nearest neighbour) against the fixed one on the fixed grid.
 ddmr: ``Registrar(model).register(..., original_resolution=True)``, the network alone (affine
-start and network), and with ``--refined`` also ``Registrar(model, refine="auto")``, what
+start and network, and the second network the model's card names, if any: brain-mr-any
+hands the pair to brain-mr; the first network alone is then also reported, ``NAME:first``),
+and with ``--refined`` also ``Registrar(model, refine="auto")``, what
 ``ddmr register`` runs by default (``NAME+refine``); ANTs: the ``ants_syn``
 baseline (affine + SyN, mutual information) for every contrast, and ``ants_syncc``
 (cross-correlation) for T1 to T1 only. Runtime: the registration call (model load apart).
