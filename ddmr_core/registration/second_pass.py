@@ -17,9 +17,10 @@ identity over the fixed image's foreground wins. A network given images like tho
 trained on is inverse-consistent; given others, its two directions disagree (how often
 the rule picks the better way: docs/models.md).
 
-No optimisation runs: the maps are conditional means, the rest are forward passes (five
-of a network at its own grid, six with the mirrored pass, plus the maps on the working grid), so this is still the
-"network alone" of a model (an affine start and networks, no instance optimisation).
+No optimisation runs: the maps are conditional means, the rest are forward passes (four
+of the second network at its own grid, five with the mirrored pass, plus the maps on the
+working grid), so this is still the "network alone" of a model (an affine start and
+networks, no instance optimisation).
 
 Tensors: images ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid; fields
 ``(1, 3, D, H, W)`` pull fields in voxels of that grid.
