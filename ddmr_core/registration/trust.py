@@ -15,6 +15,10 @@ from ..spatial.refine import sub_lattice_stride
 MAX_FOLDING_PCT = 1.0
 #: a pair already this similar (normalised MI) may rightly be left as it is
 ALIGNED_NMI = 0.98
+#: ... but not moved apart: below this after registration, it was. A network's field on a
+#: pair of two identical brains (2 mm MNI T1) leaves 0.92 (brain-mr), 0.94 (brain-mr-any),
+#: 0.97-0.98 refined: interpolation and a small residual motion, not a failure
+ALIGNED_FLOOR = 0.85
 #: about this many voxels count towards the mutual information of the outputs
 #: (:func:`~ddmr_core.spatial.refine.sub_lattice_stride`: every 3rd per axis at 1 mm)
 MI_VOXELS = 2 ** 18
@@ -33,7 +37,7 @@ def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, warped
     with a T1 against a T1) before and after warping, the share of folded voxels, and one
     flag per sign of failure: the registration did not raise the mutual information of a
     pair not already aligned (the images are of different things, or the field moved them
-    apart), or more than
+    apart), it moved an aligned pair apart (below :data:`ALIGNED_FLOOR`), or more than
     :data:`MAX_FOLDING_PCT` % of the voxels fold. The mutual information counts every
     ``stride``-th voxel per axis (1: the images are such a subsample already)."""
     from ..spatial.similarity import mutual_information
@@ -49,6 +53,9 @@ def assess(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, warped
     if not after > before and before < ALIGNED_NMI:
         flags.append(f"the registration did not raise the images' mutual information ({before:.3f} -> "
                      f"{after:.3f}): different anatomy, or a failed alignment")
+    elif before >= ALIGNED_NMI and after < ALIGNED_FLOOR:
+        flags.append(f"the registration moved an aligned pair apart (mutual information {before:.3f} -> "
+                     f"{after:.3f})")
     if folding > MAX_FOLDING_PCT:
         flags.append(f"{folding:.2f} % of the voxels fold (more than {MAX_FOLDING_PCT:g} %)")
     return {"nmi_before": before, "nmi_after": after, "folding_pct": folding, "flags": flags,

@@ -40,6 +40,11 @@ def test_assess_flags_a_field_that_moves_the_images_apart_and_one_that_folds():
     # an inverted moving image is no reason to distrust a right field: the measure is contrast-free
     inv = assess(T(fixed / fixed.max()), T(1 - moving / fixed.max()), right)
     assert inv["trusted"]
+    # a pair already aligned: a field that leaves it be is trusted, one that moves it apart is not
+    still = assess(T(fixed / fixed.max()), T(fixed / fixed.max()), torch.zeros_like(right))
+    assert still["trusted"] and still["nmi_before"] > 0.98
+    apart = assess(T(fixed / fixed.max()), T(fixed / fixed.max()), wrong)
+    assert not apart["trusted"] and "moved an aligned pair apart" in apart["flags"][0]
     folding = right.clone()
     folding[:, 1, :, ::2] += 1.5  # alternate rows cross each other
     folded = assess(T(fixed / fixed.max()), T(moving / fixed.max()), folding)
