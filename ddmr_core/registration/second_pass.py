@@ -4,7 +4,7 @@ A network trained on random contrasts (brain-mr-any) registers a T2 or PD scan t
 but less accurately than a network of one contrast (brain-mr) registers a T1 pair: it
 spends its capacity on not depending on the contrast. Its alignment is good enough to
 estimate how one image's intensities map to the other's
-(:func:`ddmr_core.spatial.contrast.estimate_contrast_map`), and through that map the pair
+(:func:`ddmr_core.spatial.contrast.map_both_ways`), and through that map the pair
 becomes a pair of one contrast, which the network of one contrast registers better.
 
 Which way to map matters. Into the fixed image's contrast when the fixed image is the T1,
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spatial.contrast import background_mask, estimate_contrast_map
+from ..spatial.contrast import map_both_ways
 from ..spatial.fields import warp
 
 #: the two ways: the moving image mapped into the fixed one's contrast, or the fixed into the moving one's
@@ -71,11 +71,10 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
     independent, docs/models.md). ``info``: ``way`` (one of :data:`WAYS`),
     ``inverse_consistency`` (voxels, per way) and ``mirror_axis``."""
     with torch.no_grad():
-        aligned = warp(moving, first, mode="linear", padding="border")
-        moving_mapped = estimate_contrast_map(fixed, aligned)(moving).clamp(0, 1)
-        fixed_mapped = estimate_contrast_map(aligned, fixed)(fixed).clamp(0, 1)
-        mask = ~background_mask(fixed)
-        pairs = {"moving_to_fixed": (fixed, moving_mapped), "fixed_to_moving": (fixed_mapped, moving)}
+        fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, first)
+        mask = ~background
+        # in [0, 1], as the network's inputs are
+        pairs = dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving))))
         fields, errors = {}, {}
         for way, (f, m) in pairs.items():
             fields[way] = predict(f, m)

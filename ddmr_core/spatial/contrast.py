@@ -216,12 +216,30 @@ def match_contrast(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
         return estimate_contrast_map(fixed, aligned)(moving)
 
 
+def map_both_ways(fixed: torch.Tensor, moving: torch.Tensor,
+                  disp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair put into one contrast both ways through maps estimated from the alignment
+    ``disp`` gives: ``(fixed_mapped, moving_mapped, fixed_background)``, the fixed image in
+    the moving one's contrast, the moving image in the fixed one's (each on its own grid,
+    as :func:`match_contrast` maps one way) and the fixed image's :func:`background_mask`.
+    Each image's background is found once for both maps.
+
+    Tensors: ``(B, 1, D, H, W)`` images on one grid; ``disp`` ``(B, 3, D, H, W)`` pull field,
+    voxels."""
+    with torch.no_grad():
+        aligned = warp(moving, disp, mode="linear", padding="border")
+        bf, ba, bm = background_mask(fixed), background_mask(aligned), background_mask(moving)
+        fixed_mapped = estimate_contrast_map(aligned, fixed, moving_background=bf, fixed_background=ba)(fixed, bf)
+        moving_mapped = estimate_contrast_map(fixed, aligned, moving_background=ba, fixed_background=bf)(moving, bm)
+    return fixed_mapped, moving_mapped, bf
+
+
 def refine_across_contrasts(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
                             **options) -> torch.Tensor:
     """:func:`~ddmr_core.spatial.refine.refine_field` for a pair of two contrasts. Its NCC
     needs one, so the pair is put into one both ways, through maps estimated from the
     alignment ``disp`` gives: the fixed image into the moving one's contrast and the moving
-    image into the fixed one's (:func:`match_contrast`). The refinement then warps two
+    image into the fixed one's (:func:`map_both_ways`). The refinement then warps two
     channels, the moving image and the moving image mapped, against the fixed image mapped
     and the fixed image, under one NCC (both channels pooled).
 
@@ -239,9 +257,6 @@ def refine_across_contrasts(fixed: torch.Tensor, moving: torch.Tensor, disp: tor
     refined field, ``(B, 3, D, H, W)``."""
     from .refine import refine_field
 
-    with torch.no_grad():
-        aligned = warp(moving, disp, mode="linear", padding="border")
-        fixed_mapped = estimate_contrast_map(aligned, fixed)(fixed)     # into the moving one's contrast
-        moving_mapped = estimate_contrast_map(fixed, aligned)(moving)   # into the fixed one's
+    fixed_mapped, moving_mapped, _ = map_both_ways(fixed, moving, disp)
     return refine_field(torch.cat([fixed_mapped, fixed], 1), torch.cat([moving, moving_mapped], 1), disp,
                         **options)

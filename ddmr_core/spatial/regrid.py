@@ -126,6 +126,7 @@ def _gather(volume: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tenso
         return volume.reshape(-1, n)[:, index].view(volume.shape[:3] + (len(index),))
     return volume.index_select(1 + axis, index)
 
+
 def apply_field(disp, affine, volume, volume_affine, *, shape=None, labels: bool = False,
                 padding: str = "zeros", device="cpu", dtype=torch.float32) -> np.ndarray:
     """Apply a voxel pull field to a volume on any grid, through world coordinates.
