@@ -463,6 +463,27 @@ def test_memory_estimate_grows_with_the_grids():
     assert training_bytes((128,) * 3, 2, 10) > training_bytes((128,) * 3, 1, 10) > training_bytes((64,) * 3, 1, 10)
 
 
+def test_the_memory_check_counts_a_coarse_scan_on_its_own_grid(monkeypatch):
+    """The working grid is never finer than the fixed image's own (a 3 mm scan is registered
+    on a 3 mm grid), so the memory estimate counts a coarse scan's voxels as they are, not
+    resampled to the recipe's 1 mm: a 3 mm scan with a wide field of view (200^3 voxels)
+    was refused as needing a 600^3 grid."""
+    from ddmr_core.data.guards import registration_bytes
+    from ddmr_core.errors import DataError
+    from ddmr_core.registration.register import Registrar
+
+    reg = Registrar("brain-mr")
+    assert reg.preprocess.spacing == (1.0, 1.0, 1.0)  # the recipe's spacing
+    shape, three_mm, half_mm = (200, 200, 200), np.diag([3.0, 3.0, 3.0, 1.0]), np.diag([0.5, 0.5, 0.5, 1.0])
+    need = registration_bytes(shape, shape, reg.input_size)
+    monkeypatch.setenv("DDMR_MEMORY_LIMIT", str(int(1.5 * need)))
+    reg.check_memory(shape, three_mm, original_resolution=True)  # fits on its own 3 mm grid
+    reg.check_memory(shape, half_mm, original_resolution=False)  # resampled to 1 mm: 100^3
+    monkeypatch.setenv("DDMR_MEMORY_LIMIT", str(int(0.5 * need)))
+    with pytest.raises(DataError, match=r"\(200, 200, 200\) voxels"):
+        reg.check_memory(shape, three_mm, original_resolution=False)
+
+
 def test_spacing_bounds(tmp_path):
     from ddmr_core.errors import DataError
     from ddmr_core.data.guards import check_spacing

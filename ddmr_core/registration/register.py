@@ -48,7 +48,7 @@ from .metrics import dice_tre, image_ncc
 from .resample import resample_outputs
 from .result import RegistrationResult
 from .trust import ALIGNED_NMI, MAX_FOLDING_PCT, assess, assess_outputs
-from .working_grid import crop_mode, working_grids
+from .working_grid import crop_mode, working_grids, working_spacing
 from .refine_defaults import (AUTO_REFINE_ITERATIONS, AUTO_REFINE_NODE_MM, AUTO_REFINE_OPTIONS,
                               CROSS_CONTRAST_NODE_MM, CROSS_CONTRAST_REFINE_ITERATIONS,
                               CROSS_CONTRAST_REFINE_OPTIONS, CROSS_CONTRAST_SMOOTHNESS)
@@ -194,11 +194,11 @@ class Registrar:
 
     def check_memory(self, shape, affine, original_resolution: bool) -> None:
         """Refuse a registration whose estimated memory (:func:`ddmr_core.data.guards.
-        registration_bytes`: the fixed image resampled to the recipe's spacing, uncropped,
+        registration_bytes`: the fixed image uncropped at its :func:`~.working_grid.working_spacing`,
         and the network grid) exceeds what is available, before anything is resampled."""
         from ..data.guards import check_memory, registration_bytes
 
-        spacing = self.preprocess.spacing
+        spacing = working_spacing(self.preprocess, affine)
         work = tuple(shape) if spacing is None else tuple(
             max(1, math.ceil(n * s / t)) for n, s, t in zip(shape, spacing_from_affine(affine), spacing))
         need = registration_bytes(work, tuple(shape) if original_resolution else work, self.input_size)
