@@ -363,9 +363,8 @@ class Registrar:
         """``results.json``'s ``metrics`` of the outputs ``outs``
         (:func:`~.resample.resample_outputs`) on the output grid ``T``: NCC before and after
         registration, with both label maps Dice and TRE per label (the model's labels, else
-        those found in the input label maps ``fix.seg``, ``mov.seg``), and the trust check
-        of the outputs and the model's field ``disp`` ``(3, d, h, w)``
-        (:func:`~.trust.assess_outputs`)."""
+        those found in the input label maps ``fix.seg``, ``mov.seg``), and the trust check of the
+        outputs, the inputs and the model's field ``disp`` ``(3, d, h, w)`` (:func:`~.trust.assess_outputs`)."""
         # "before": the unregistered images as they lie in the world, on the output grid
         metrics = {"before": {"ncc": image_ncc(outs["fixed"], outs["before"])},
                    "after": {"ncc": image_ncc(outs["fixed"], outs["warped"])}}
@@ -374,7 +373,8 @@ class Registrar:
             labels = self.labels or tuple(int(v) for v in np.union1d(np.unique(fix.seg), np.unique(mov.seg)) if v != 0)
             metrics["before"].update(dice_tre(fixed_seg_out, before_seg, T, labels))
             metrics["after"].update(dice_tre(fixed_seg_out, warped_seg, T, labels))
-        metrics["trust"] = assess_outputs(outs["fixed"], outs["before"], outs["warped"], disp)
+        metrics["trust"] = assess_outputs(outs["fixed"], outs["before"], outs["warped"], disp,
+                                          {"fixed image": fix.image, "moving image": mov.image})
         if self.second is not None and self.second_pass_info is not None:
             metrics["second_pass"] = dict(self.second_pass_info)
         return metrics

@@ -80,6 +80,40 @@ def test_register_warns_and_records_an_untrustworthy_result():
     assert res.metrics["trust"]["nmi_after"] > res.metrics["trust"]["nmi_before"]
 
 
+def test_structure_is_the_neighbours_correlation_along_the_best_axis():
+    from ddmr_core.registration.trust import structure
+
+    rng = np.random.default_rng(3)
+    # an AR(1) texture along axis 1: neighbours along it correlate at rho exactly (in
+    # expectation), along the other two axes not at all; inside a box on a dark background
+    rho = 0.6
+    x = rng.normal(size=(40, 60, 40))
+    for i in range(1, x.shape[1]):
+        x[:, i] = rho * x[:, i - 1] + np.sqrt(1 - rho ** 2) * x[:, i]
+    img = np.zeros((50, 70, 50), np.float32)
+    img[5:45, 5:65, 5:45] = 10 + x
+    assert structure(img) == pytest.approx(rho, abs=0.02)
+    assert structure(np.ascontiguousarray(img.transpose(2, 0, 1))) == pytest.approx(rho, abs=0.02)
+    assert abs(structure(rng.random((40, 40, 40)).astype(np.float32))) < 0.02  # noise
+    assert structure(head()) > 0.9
+    mask = (head() > 0).astype(np.float32)  # no texture: its outline is its structure
+    assert structure(mask) == 1.0
+
+
+def test_a_moving_image_of_noise_is_not_a_trusted_registration():
+    from ddmr_plugins.datasets.mni_brain import load_template
+
+    t1 = np.ascontiguousarray(load_template()[0][::3, ::3, ::3])
+    noise = np.random.default_rng(0).random(t1.shape).astype(np.float32)
+    with pytest.warns(RegistrationQualityWarning, match="moving image shows no structure"):
+        res = Registrar("brain-mr").register(t1, noise)
+    trust = res.metrics["trust"]
+    assert trust["trusted"] is False and trust["structure"]["moving image"] < 0.05
+    assert trust["structure"]["fixed image"] > 0.5
+    # the field raised the mutual information all the same: that sign alone would trust it
+    assert trust["nmi_after"] > trust["nmi_before"]
+
+
 def test_suitability_names_the_model_for_other_contrasts():
     t1 = {"modalities": ["MR"], "contrasts": ["T1"]}
     anyc = {"modalities": ["MR"], "contrasts": ["T1", "T2", "PD", "FLAIR", "inverted"]}
