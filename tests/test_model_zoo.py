@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -22,10 +23,11 @@ import torch
 import ddmr_plugins.models as builtin
 from ddmr_core.model.checkpoint import resolve_model
 from ddmr_core.cli import main
-from ddmr_core.errors import DataError
+from ddmr_core.errors import DataError, ModelInputWarning
 from ddmr_core.plugins.hookspecs import hookimpl
 from ddmr_core.model.card import CardError, input_mismatch, markdown_block, replace_block, validate_card
 from ddmr_core.model.publish import add_release, record_sha256
+from ddmr_core.registration.register import Registrar
 from ddmr_core.model.zoo import IntegrityError, Release, field_description, folder_models, read_sums
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +125,7 @@ def tiny_card(name: str, version: str, units: str = "arbitrary") -> dict:
     card.update(name=name, version=version, notices=[],
                 changelog=[{"version": version, "date": "2026-12-05", "changes": "test release"}])
     card["input"]["intensity_units"] = units
+    card["input"].pop("extent_mm")  # the tiny models are trained on the workspaces' 16^3 volumes, not brains
     card["modalities"], card["contrasts"] = (["CT"], ["CT"]) if units == "HU" else (["MR"], ["T1"])
     return card
 
@@ -281,6 +284,43 @@ def test_input_mismatch_heuristic():
     assert input_mismatch(ct, scan, "x", "c@1") is None
     assert "no values below -200" in input_mismatch(ct, brain, "x", "c@1")
     assert input_mismatch(None, scan, "x", "m") is None
+
+
+def test_extent_mismatch_flags_a_slab_and_a_wider_field_of_view():
+    from ddmr_core.model.card import extent_mismatch, foreground_extent_mm
+
+    img = np.zeros((60, 50, 40), np.float32)
+    img[10:50, 5:45, 12:20] = 1.0  # a box 40 x 40 x 8 voxels
+    affine = np.diag([2.0, 3.0, 0.5, 1.0])
+    assert foreground_extent_mm(img, affine) == pytest.approx([80.0, 120.0, 4.0])
+    brain = [153.0, 189.0, 159.0]
+    note = extent_mismatch(brain, img, affine, "moving image", "brain-mr@1")
+    assert "only 4 mm" in note and "153-189 mm" in note and "slab" in note
+    thick = np.diag([2.0, 3.0, 6.0, 1.0])  # the same box 48 mm thick: a partial brain, not warned
+    assert extent_mismatch(brain, img, thick, "moving image", "brain-mr@1") is None
+    wide = np.diag([20.0, 3.0, 6.0, 1.0])  # 800 mm along axis 0: more than 3 x 189
+    assert "spans 800 mm" in extent_mismatch(brain, img, wide, "moving image", "brain-mr@1")
+    # through input_mismatch, only for a card that gives the extent
+    card = tiny_card("m", "1", "arbitrary")
+    assert input_mismatch(card, img, "x", "m@1", affine) is None
+    card["input"]["extent_mm"] = brain
+    assert input_mismatch(card, img, "x", "m@1", affine).startswith("x spans only 4 mm")
+    assert input_mismatch(card, img, "x", "m@1") is None  # no affine, no extent check
+
+
+def test_register_warns_about_a_slab_of_a_brain(tmp_path, capsys):
+    from ddmr_plugins.datasets.mni_brain import load_template
+
+    t1, _, affine = load_template()
+    t1 = np.ascontiguousarray(t1[::3, ::3, ::3])
+    affine = affine @ np.diag([3.0, 3.0, 3.0, 1.0])
+    slab = np.ascontiguousarray(t1[:, :, 30:33])  # three 3 mm slices: 9 mm
+    with pytest.warns(ModelInputWarning, match="only 9 mm"):
+        res = Registrar("brain-mr").register(t1, slab, fixed_affine=affine, moving_affine=affine)
+    assert len(res.warnings) >= 1 and "moving image spans only 9 mm" in res.warnings[0]
+    with warnings.catch_warnings():  # the whole brain: no such warning
+        warnings.simplefilter("error", ModelInputWarning)
+        Registrar("brain-mr").register(t1, t1, fixed_affine=affine, moving_affine=affine)
 
 
 def test_ddmr_models_lists_and_shows_cards_third_party_path_models_too(zoo, capsys):

@@ -205,17 +205,17 @@ class Registrar:
         check_memory(need, f"registering on a working grid of {work} voxels", skip=not self.memory_check)
 
     def check_inputs(self, *images) -> list[str]:
-        """Compare ``(array, what)`` images with what the model's card says it expects
-        (:func:`ddmr_core.model.card.input_mismatch`: CT in Hounsfield units given to an
-        MR model, an MR scan given to a CT model). Each mismatch is one line, issued as a
-        :class:`~ddmr_core.errors.ModelInputWarning` and returned; with ``strict`` it is a
+        """Compare ``(array, affine, what)`` images with what the model's card says it expects
+        (:func:`ddmr_core.model.card.input_mismatch`: CT in HU given to an MR model, MR to a CT
+        model, a slab or a far wider field of view than it was trained on). Each mismatch is one
+        line, a :class:`~ddmr_core.errors.ModelInputWarning`, returned; with ``strict`` a
         :class:`~ddmr_core.errors.DataError` instead."""
         from ..errors import DataError, ModelInputWarning
         from ..model.card import input_mismatch
 
         notes = []
-        for image, what in images:
-            note = input_mismatch(self.card, image, what, self.model_info.get("ref") or self.name)
+        for image, affine, what in images:
+            note = input_mismatch(self.card, image, what, self.model_info.get("ref") or self.name, affine)
             if note is None:
                 continue
             if self.strict:
@@ -287,7 +287,7 @@ class Registrar:
         with _timed(timings, "read"):
             fix, mov = self._read(fixed, moving, fixed_seg, moving_seg, fixed_affine, moving_affine,
                                   original_resolution)
-            notes = self.check_inputs((fix.image, fix.named), (mov.image, mov.named))
+            notes = self.check_inputs((fix.image, fix.affine, fix.named), (mov.image, mov.affine, mov.named))
         with _timed(timings, "preprocess"):
             crop = crop_mode(self.preprocess, fix.seg, mov.seg)
             (f_w, Fw), (m_w, Mw) = working_grids(self.preprocess, fix, mov, crop)
