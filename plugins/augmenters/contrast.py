@@ -46,6 +46,7 @@ import numpy as np
 
 from ddmr_core.data.augment import check_non_negative, check_target
 from ddmr_core.errors import ConfigError
+from ddmr_core.spatial.filters import gaussian_blur
 
 from .normalize import min_max
 
@@ -61,29 +62,6 @@ def _own_generators(state, salt: int) -> list[torch.Generator]:
         seq = np.random.SeedSequence([int(g.initial_seed()) & 0xFFFFFFFFFFFFFFFF, 0x5C0A7, int(salt)])
         gens.append(torch.Generator(device="cpu").manual_seed(int(seq.generate_state(1, np.uint64)[0]) >> 1))
     return gens
-
-
-def _gaussian_blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur of ``(B, 1, D, H, W)`` with ``sigma`` ``(B,)``
-    voxels (0: unchanged); kernel radius ``ceil(3 sigma_max)``, reflect padding."""
-    smax = float(sigma.max())
-    if smax < 1e-3:
-        return img
-    r = max(1, int(3 * smax + 0.999))
-    x = torch.arange(-r, r + 1, device=img.device, dtype=img.dtype)
-    s = sigma.to(img.dtype).clamp_min(1e-3).view(-1, 1)
-    k = torch.exp(-0.5 * (x[None] / s) ** 2)
-    k = k / k.sum(1, keepdim=True)  # (B, 2r+1); sigma ~ 0 gives a delta
-    b = img.shape[0]
-    out = img.transpose(0, 1)  # (1, B, ...): one group per sample
-    for axis in range(3):
-        shape = [b, 1, 1, 1, 1]
-        shape[2 + axis] = 2 * r + 1
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
-        mode = "reflect" if min(out.shape[2:]) > r else "replicate"
-        out = F.conv3d(F.pad(out, pad, mode=mode), k.view(shape), groups=b)
-    return out.transpose(0, 1)
 
 
 def _class_map(segs: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -166,12 +144,12 @@ class SynthContrast(nn.Module):
             if n > class_values.shape[1]:
                 raise ConfigError(f"augmenter 'synth_contrast': at most {class_values.shape[1] - 1} labels, got {n - 1}")
             tissue = class_values[:, :n].gather(1, cls.flatten(1)).view_as(x).to(x.dtype)
-            tissue = _gaussian_blur(tissue, torch.ones(b, device=x.device))
+            tissue = gaussian_blur(tissue, torch.ones(b, device=x.device))
             m = mix.view(-1, 1, 1, 1, 1).to(x.dtype)
             out = m * out + (1 - m) * tissue
         # 3. the background: dark, or bright for an inverted image (a soft edge of a voxel)
         background = (cls == 0) if cls is not None else (x <= x.flatten(1).amin(1).view(-1, 1, 1, 1, 1) + 0.02)
-        weight = _gaussian_blur(background.to(x.dtype), torch.ones(b, device=x.device))
+        weight = gaussian_blur(background.to(x.dtype), torch.ones(b, device=x.device))
         level = torch.where(bright, 0.9 + 0.1 * bg_level, 0.1 * bg_level).view(-1, 1, 1, 1, 1).to(x.dtype)
         out = weight * level + (1 - weight) * out
         # 4. smooth multiplicative bias
@@ -179,7 +157,7 @@ class SynthContrast(nn.Module):
         field = F.interpolate(lattice, size=x.shape[2:], mode="trilinear", align_corners=True)
         out = out * torch.exp(field * (1 - weight))  # air has no signal for the coil to bias
         # 5. blur, then noise (noise after blur: scanners add it to the acquired image)
-        out = _gaussian_blur(out, blur * self.max_blur)
+        out = gaussian_blur(out, blur * self.max_blur)
         eps = draw(lambda g: torch.randn(x.shape[1:], generator=g), dtype=x.dtype)
         out = out + eps * (noise_sd * self.max_noise).view(-1, 1, 1, 1, 1).to(x.dtype)
         # 6. back to [0, 1]; images that keep their contrast are left as they were
