@@ -36,10 +36,13 @@ from ..spatial.fields import warp
 #: the two ways: the moving image mapped into the fixed one's contrast, or the fixed into the moving one's
 WAYS = ("moving_to_fixed", "fixed_to_moving")
 #: the moving image's map estimated from the pair smoothed by a Gaussian of this width
-#: (voxels of the working grid; :func:`~ddmr_core.spatial.contrast.map_both_ways`). 8 pairs
-#: at 2 mm, network alone: inverted -> T1 0.810 -> 0.848, T2-like -> T1 0.850 -> 0.860, T1
-#: unchanged; PD- and FLAIR-like maps are too ambiguous to be smoothed (docs/models.md)
-MAP_SMOOTHING = 0.8
+#: (:func:`~ddmr_core.spatial.contrast.map_both_ways`), in voxels of the first network's
+#: grid, whose alignment error it is there for: 0.6 of brain-mr-any's 64^3 voxels over a
+#: brain is ~1.6 mm, 0.8 voxel of a 2 mm working grid, 1.6 of a 1 mm one. 8 pairs at 2 mm,
+#: network alone: inverted -> T1 0.810 -> 0.848, T2-like -> T1 0.850 -> 0.860, T1
+#: unchanged; at 1 mm (2 pairs) 1.6 mm gained twice what 0.8 mm did; PD- and FLAIR-like
+#: maps are too ambiguous to be smoothed (docs/models.md)
+MAP_SMOOTHING = 0.6
 
 
 def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, mask: torch.Tensor) -> float:
@@ -63,7 +66,7 @@ def mirrored(predict, fixed: torch.Tensor, moving: torch.Tensor, axis: int) -> t
 
 
 def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch.Tensor,
-                mirror_axis: int | None = None) -> tuple[torch.Tensor, dict]:
+                mirror_axis: int | None = None, first_grid=None) -> tuple[torch.Tensor, dict]:
     """The second network's field for the pair put into one contrast, the way it inverts
     most consistently, and what was measured: ``(disp, info)``.
 
@@ -73,10 +76,13 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
     axis across which the anatomy is (nearly) symmetric (a brain's left-right); the way
     kept is then predicted once more with the pair mirrored, and the two fields averaged
     (:func:`mirrored`: a network's errors on a brain and on its mirror image are partly
-    independent, docs/models.md). ``info``: ``way`` (one of :data:`WAYS`),
+    independent, docs/models.md). ``first_grid``: the first network's grid (3 sizes), which
+    scales the maps' smoothing (:data:`MAP_SMOOTHING`; ``None``: no smoothing). ``info``:
+    ``way`` (one of :data:`WAYS`),
     ``inverse_consistency`` (voxels, per way) and ``mirror_axis``."""
     with torch.no_grad():
-        fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, first, smooth=MAP_SMOOTHING)
+        smooth = 0.0 if first_grid is None else MAP_SMOOTHING * sum(fixed.shape[2:]) / sum(first_grid)
+        fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, first, smooth=smooth)
         mask = ~background
         # in [0, 1], as the network's inputs are
         pairs = dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving))))

@@ -181,3 +181,28 @@ def test_a_second_network_that_is_not_there_is_named_with_the_model_that_asked_f
 
     with pytest.raises(UnknownNameError, match=r"'brain-mr-any@1'.*second network 'no-such-model'"):
         Registrar("brain-mr-any", second_pass="no-such-model")
+
+
+def test_the_maps_smoothing_scales_with_the_first_networks_voxels(monkeypatch):
+    # 0.6 of a voxel of the first network's grid, in voxels of the working grid: the same
+    # width in mm whatever the scan's spacing (a 2 mm brain: ~0.8 voxel, a 1 mm one: ~1.6)
+    from ddmr_core.registration import second_pass as sp
+
+    seen = []
+    real = sp.map_both_ways
+
+    def spy(fixed, moving, disp, smooth=0.0):
+        seen.append(smooth)
+        return real(fixed, moving, disp, smooth=smooth)
+
+    monkeypatch.setattr(sp, "map_both_ways", spy)
+    img, _ = phantom((0.0, 0.2, 0.6, 1.0))  # 40^3
+
+    def predict(f, m):
+        return torch.zeros(1, 3, *f.shape[2:])
+
+    zero = torch.zeros(1, 3, *img.shape[2:])
+    sp.second_pass(predict, img, img, zero, first_grid=(20, 20, 20))
+    sp.second_pass(predict, img, img, zero, first_grid=(40, 40, 40))
+    sp.second_pass(predict, img, img, zero)
+    assert seen == pytest.approx([sp.MAP_SMOOTHING * 2, sp.MAP_SMOOTHING, 0.0])
