@@ -4,6 +4,7 @@
     python benchmarks/contrast.py --model runs/any/best.pt --pairs 2 --no-ants   # smoke test
     python benchmarks/contrast.py --refined        # also as ddmr register runs them (refined)
     python benchmarks/contrast.py --refined --swapped   # the roles swapped: T1 onto a T2/PD/... template
+    python benchmarks/contrast.py --model brain-mr-any --second-pass runs/fine/best.pt --no-ants   # another second network
 
 The pairs. Fixed: the MNI ICBM152 2009a T1 template that ships inside nilearn, on a
 ``--spacing`` mm grid (default 2 mm, the whole template's field of view). Moving: the same
@@ -90,6 +91,9 @@ def main(argv=None) -> int:
                          "pair put into one contrast both ways), as 'NAME+refine'")
     ap.add_argument("--swapped", action="store_true",
                     help="swap the roles: the image in the other contrast is fixed, the T1 copy moves")
+    ap.add_argument("--second-pass", default="auto", metavar="MODEL",
+                    help="the second network of a model whose card names one: a model name or checkpoint "
+                         "(default: the card's)")
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
 
@@ -108,11 +112,11 @@ def main(argv=None) -> int:
     methods = {}
     for m in models:
         try:
-            methods[m] = Registrar(m)
+            methods[m] = Registrar(m, second_pass=args.second_pass)
             if methods[m].second is not None:  # the first network alone, for comparison
                 methods[f"{m}:first"] = Registrar(m, second_pass=None)
             if args.refined:
-                methods[f"{m}+refine"] = Registrar(m, refine="auto")
+                methods[f"{m}+refine"] = Registrar(m, refine="auto", second_pass=args.second_pass)
         except Exception as exc:  # a model not shipped in this checkout: say so and go on
             print(f"{m}: skipped ({exc})")
     baselines = {}
