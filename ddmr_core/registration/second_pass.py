@@ -39,9 +39,9 @@ WAYS = ("moving_to_fixed", "fixed_to_moving")
 #: (:func:`~ddmr_core.spatial.contrast.map_both_ways`), in voxels of the first network's
 #: grid, whose alignment error it is there for: 0.6 of brain-mr-any's 64^3 voxels over a
 #: brain is ~1.6 mm, 0.8 voxel of a 2 mm working grid, 1.6 of a 1 mm one. 8 pairs at 2 mm,
-#: network alone: inverted -> T1 0.810 -> 0.848, T2-like -> T1 0.850 -> 0.860, T1
-#: unchanged; at 1 mm (2 pairs) 1.6 mm gained twice what 0.8 mm did; PD- and FLAIR-like
-#: maps are too ambiguous to be smoothed (docs/models.md)
+#: network alone: inverted -> T1 0.810 -> 0.847, T2-like -> T1 0.850 -> 0.859, the other
+#: pairs unchanged (PD- and FLAIR-like maps are too ambiguous to be smoothed); at 1 mm
+#: (2 pairs) 1.6 mm gained twice what 0.8 mm did (docs/models.md)
 MAP_SMOOTHING = 0.6
 
 
