@@ -119,20 +119,29 @@ def input_mismatch(card: dict | None, image: np.ndarray, what: str, model: str, 
     return None if note is None else f"{what} {note}"
 
 
+#: :func:`foreground_extent_mm` looks at every n-th voxel per axis so that about this many count
+EXTENT_VOXELS = 2 ** 20
+
+
 def foreground_extent_mm(image: np.ndarray, affine) -> np.ndarray:
     """``(3,)`` extent (mm) of the bounding box of ``image``'s foreground
-    (:func:`~ddmr_core.spatial.prealign.foreground_mask`) along each array axis."""
+    (:func:`~ddmr_core.spatial.prealign.foreground_mask`) along each array axis, found on
+    every n-th voxel per axis (about :data:`EXTENT_VOXELS`: a few voxels short at most,
+    which the checks' factors of 4 and 3 do not see; a 1 mm brain in ~0.015 s, not 0.18)."""
     import torch
 
     from ..data.io import spacing_from_affine
     from ..spatial.prealign import foreground_mask
 
-    fg = foreground_mask(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None])[0, 0]
+    image = np.asarray(image)
+    n = max(1, int(np.ceil((image.size / EXTENT_VOXELS) ** (1 / 3))))
+    sub = np.ascontiguousarray(image[::n, ::n, ::n], dtype=np.float32)
+    fg = foreground_mask(torch.from_numpy(sub)[None, None])[0, 0]
     spacing = np.asarray(spacing_from_affine(np.asarray(affine, dtype=np.float64)), dtype=np.float64)
     idx = fg.nonzero()
     if idx.numel() == 0:
         return np.zeros(3)
-    return (idx.amax(0) - idx.amin(0) + 1).numpy() * spacing
+    return ((idx.amax(0) - idx.amin(0)).numpy() * n + 1) * spacing
 
 
 def extent_mismatch(extent_mm, image: np.ndarray, affine, what: str, model: str) -> str | None:

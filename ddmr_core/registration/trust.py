@@ -77,16 +77,16 @@ def structure(image: np.ndarray) -> float:
     highest (the in-plane axes of a scan of thick slices). Near 1 for a scan (a tissue spans
     many voxels), near 0 for noise; 1 for a foreground without texture (a mask: its outline
     is its structure) or too small to tell (under 100 pairs of voxels). Counted on about
-    :data:`MI_VOXELS` pairs per axis (lines along the axis, a regular subset of them)."""
+    :data:`MI_VOXELS` pairs per axis (lines along the axis, a regular subset of them, whose
+    foreground is found on those lines alone: a 1 mm brain in ~0.02 s, not 0.14)."""
     from ..spatial.prealign import foreground_mask
 
     a = np.asarray(image, dtype=np.float32)
-    fg = foreground_mask(torch.from_numpy(np.ascontiguousarray(a))[None, None])[0, 0].numpy().astype(bool)
+    k = max(1, int(np.sqrt(a.size / MI_VOXELS)))  # every k-th line in each other axis
     best = None
     for axis in range(3):
-        x, m = np.moveaxis(a, axis, -1), np.moveaxis(fg, axis, -1)
-        k = max(1, int(np.sqrt(a.size / MI_VOXELS)))  # every k-th line in each other axis
-        x, m = x[::k, ::k], m[::k, ::k]
+        x = np.ascontiguousarray(np.moveaxis(a, axis, -1)[::k, ::k])
+        m = foreground_mask(torch.from_numpy(x)[None, None])[0, 0].numpy().astype(bool)
         both = m[..., :-1] & m[..., 1:]
         if both.sum() < 100:
             continue
