@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 
 from ..errors import DataError, DdmrError
+# constants only, no torch: ``ddmr --help`` must not import the library's torch stack
+from ..registration.refine_defaults import AUTO_REFINE_ITERATIONS, CROSS_CONTRAST_REFINE_ITERATIONS
 
 
-#: as ddmr_core.registration.output and ddmr_core.registration.register say (kept here: ``ddmr --help``
-#: must not import the library's torch stack)
+#: as ddmr_core.registration.output says (kept here: ``ddmr --help`` must not import the
+#: library's torch stack)
 DEFAULT_OUTPUTS = ("field", "warped", "results")
-AUTO_REFINE_ITERATIONS = 24
-CROSS_CONTRAST_REFINE_ITERATIONS = 40
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg")
 

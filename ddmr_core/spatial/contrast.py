@@ -124,13 +124,19 @@ def _look_up(table: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.T
     linear between bin centres, clamped at the ends."""
     b, bins = table.shape
     lo, hi = lo.view(b, 1, 1, 1, 1), hi.view(b, 1, 1, 1, 1)
-    pos = ((x - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
+    pos = _bin_position(x, lo, hi, bins)
     i0 = pos.floor().long().clamp(max=bins - 2)
     frac = pos - i0
     flat = i0.flatten(1)
     t0 = torch.gather(table, 1, flat).view_as(pos)
     t1 = torch.gather(table, 1, flat + 1).view_as(pos)
     return t0 + frac * (t1 - t0)
+
+
+def _bin_position(x: torch.Tensor, lo, hi, bins: int = BINS) -> torch.Tensor:
+    """``x``'s position among ``bins`` bin centres spread over ``[lo, hi]`` (0 .. bins - 1,
+    clamped at the ends): where the tables look it up and where their estimates count it."""
+    return ((x - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
 
 
 def _near_background(background: torch.Tensor, voxels: int) -> torch.Tensor:
@@ -194,7 +200,7 @@ def estimate_contrast_map(fixed: torch.Tensor, moving: torch.Tensor, moving_back
 def _conditional_mean(mv: torch.Tensor, fv: torch.Tensor, lo: float, hi: float) -> np.ndarray:
     """``(BINS,)``: the mean of ``fv`` per bin of ``mv`` over ``[lo, hi]`` (1-D tensors,
     one value per voxel), as :func:`estimate_contrast_map` says."""
-    pos = ((mv - lo) / (hi - lo) * (BINS - 1)).clamp(0, BINS - 1)
+    pos = _bin_position(mv, lo, hi)
     i0 = pos.floor().long().clamp(max=BINS - 2)
     frac = pos - i0
     count = torch.zeros(BINS, dtype=torch.float64, device=mv.device)
@@ -216,7 +222,7 @@ def _correlation_ratio(mv: torch.Tensor, fv: torch.Tensor, lo: float, hi: float)
     bins over ``[lo, hi]``, nearest bin): 1 - within-bin / total sum of squares."""
     if fv.numel() < 2:
         return 0.0
-    idx = ((mv - lo) / (hi - lo) * (BINS - 1)).round().clamp(0, BINS - 1).long()
+    idx = _bin_position(mv, lo, hi).round().long()
     f = fv.double()
     count = torch.zeros(BINS, dtype=torch.float64, device=f.device).index_add_(0, idx, torch.ones_like(f))
     total = torch.zeros(BINS, dtype=torch.float64, device=f.device).index_add_(0, idx, f)
