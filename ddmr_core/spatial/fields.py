@@ -219,6 +219,28 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return second + warp(first, second, mode="linear", padding="border")
 
 
+def invert(disp: torch.Tensor, iterations: int = 5, guess: torch.Tensor | None = None) -> torch.Tensor:
+    """Pull field ``w`` of the inverse of ``x -> x + disp(x)``, by the fixed-point
+    iteration ``w <- -disp(x + w)`` (linear sampling, border padding).
+
+    It converges at the rate ``max |grad disp|`` (< 1 for a smooth field that does not
+    fold). ``guess``: where to start (an estimate of the inverse, e.g. a network's field
+    for the reverse pair); ``None``: ``-disp``. ``iterations = 0`` returns the start.
+
+    Args:
+        disp: ``(B, 3, D, H, W)`` voxels. guess: ``(B, 3, D, H, W)`` voxels, or None.
+
+    Returns:
+        ``(B, 3, D, H, W)`` voxels, so that ``compose(disp, w)`` and ``compose(w, disp)``
+        are about zero.
+    """
+    _check_field(disp)
+    w = -disp if guess is None else guess
+    for _ in range(iterations):
+        w = -warp(disp, w, mode="linear", padding="border")
+    return w
+
+
 def compose_affine(field: torch.Tensor, matrix: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Exact composition of an affine pull field with a residual predicted after it.
 

@@ -59,7 +59,7 @@ from torch import nn
 
 from ddmr_core.data.augment import add_geometric_step, check_non_negative, draw, lattice_nodes, nodes_per_voxel
 from ddmr_core.errors import ConfigError, DataError
-from ddmr_core.spatial.fields import warp
+from ddmr_core.spatial.fields import invert
 from ddmr_core.spatial.grids import upsample_lattice
 
 _CHUNK = 16384  # evaluation points per block: caps the (B, P, K) kernel matrix in memory
@@ -127,24 +127,6 @@ def tps_eval(coeffs: torch.Tensor, points: torch.Tensor, query: torch.Tensor) ->
     return torch.cat([tps_design(points, q) @ c for q in query.split(_CHUNK, dim=1)], dim=1)
 
 
-def invert_field(u: torch.Tensor, iterations: int = 5) -> torch.Tensor:
-    """Pull field ``w`` of the inverse of ``x -> x + u(x)`` by fixed-point iteration,
-    ``w <- -u(y + w)`` (trilinear sampling, border padding), starting from ``-u``.
-
-    It converges at the rate ``max |grad u|`` (< 1 for an invertible, non-folding field).
-    On the TPS lattice the error left after 5 steps is below the interpolation error of
-    the lattice itself: more steps, or Newton's method, do not lower the residual
-    ``|u(x) + w(x + u(x))|`` measured at full resolution (checked while writing this).
-
-    Args:
-        u: ``(B, 3, D, H, W)`` voxels. iterations: steps (0 gives ``-u``).
-    """
-    w = -u
-    for _ in range(iterations):
-        w = -warp(u, w, mode="linear", padding="border")
-    return w
-
-
 def _as_triple(name: str, value) -> tuple:
     vals = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
     if len(vals) != 3:
@@ -165,7 +147,7 @@ class TPS(nn.Module):
             there are no segmentations.
         subdivisions: evaluation-lattice points per control interval (>= 1); see the
             module docstring for the accuracy it buys.
-        inverse_iterations: fixed-point steps for the inverse field (:func:`invert_field`).
+        inverse_iterations: fixed-point steps for the inverse field (:func:`ddmr_core.spatial.fields.invert`).
     """
 
     def __init__(
@@ -356,9 +338,9 @@ class TPS(nn.Module):
         spacing = state["spacing"].to(fixed.dtype)
         u = (u_lat / spacing[:, None]).transpose(1, 2).reshape(B, 3, *lattice)  # voxels
         # Inverse on the lattice, sampling u trilinearly there; in lattice-node units the
-        # lattice is a regular grid, so spatial.warp does the sampling.
+        # lattice is a regular grid, so spatial.fields.invert samples it with warp.
         node = nodes_per_voxel(shape, lattice, fixed.device, fixed.dtype)
-        w = invert_field(u * node, self.inverse_iterations) / node
+        w = invert(u * node, self.inverse_iterations) / node
         return u, w
 
     def fields(self, state):

@@ -147,6 +147,35 @@ def test_compose_matches_sequential_warps():
     assert err < 0.02 * (image.max() - image.min()).item()
 
 
+def test_invert_matches_simpleitk_inverse_field():
+    sitk = pytest.importorskip("SimpleITK")
+    shape = (24, 28, 20)
+    disp = torch.from_numpy(smooth_field(shape, 50, 2.0))[None].double()
+    ours = spatial.invert(disp, iterations=30)
+    # ITK: a vector image indexed (x, y, z), its components along x, y, z (our axes reversed)
+    itk = sitk.GetImageFromArray(disp[0].permute(1, 2, 3, 0).flip(-1).numpy(), isVector=True)
+    ref = sitk.InvertDisplacementField(itk, maximumNumberOfIterations=100, maxErrorToleranceThreshold=1e-4,
+                                       meanErrorToleranceThreshold=1e-5, enforceBoundaryCondition=False)
+    ref = torch.from_numpy(sitk.GetArrayFromImage(ref)).flip(-1).permute(3, 0, 1, 2)[None].double()
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    assert (ours - ref)[inner].abs().max().item() < 0.05       # voxels, for a 2-voxel field
+    # the fixed point: disp sampled through the inverse undoes it (to the iteration's tolerance);
+    # the other way round, to the linear interpolation's second-order error
+    assert spatial.compose(disp, ours)[inner].abs().max().item() < 1e-3
+    assert spatial.compose(ours, disp)[inner].abs().max().item() < 0.05
+
+
+def test_invert_starts_from_the_guess():
+    disp = torch.from_numpy(smooth_field((16, 16, 16), 60, 1.5))[None].double()
+    exact = spatial.invert(disp, iterations=40)
+    assert torch.equal(spatial.invert(disp, iterations=0, guess=exact), exact)
+    assert torch.equal(spatial.invert(disp, iterations=0), -disp)
+    # a good start is closer after one step than the default start
+    one_from_guess = spatial.invert(disp, iterations=1, guess=0.9 * exact)
+    one_from_default = spatial.invert(disp, iterations=1)
+    assert (one_from_guess - exact).abs().max() < (one_from_default - exact).abs().max()
+
+
 def test_one_hot_round_trip():
     labels = torch.tensor([0, 2, 5, 2, 0], dtype=torch.uint8).view(1, 1, 5, 1, 1)
     oh = spatial.one_hot(labels, (2, 5))
