@@ -247,7 +247,7 @@ class Registrar:
         net, mirror = self.second, left_right if (self.card or {}).get("second_pass", {}).get("mirror") else None
         disp, self.second_pass_info = second_pass(
             lambda f, m: net.model.predict_on_grid(f, m, net.input_size, refine=False), fixed, moving, first, mirror,
-            first_grid=self.input_size)
+            first_grid=self.input_size, second_grid=net.input_size)
         return self.model.refine_on_grid(fixed, moving, disp)
 
     @torch.no_grad()

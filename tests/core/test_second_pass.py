@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ddmr_core.registration.second_pass import inverse_consistency, mirrored, second_pass
+from ddmr_core.registration.second_pass import inverse_consistency, mirrored, second_pass, symmetric
+from ddmr_core.spatial.fields import resize_field
 
 from conftest import smooth_field
 from test_contrast import phantom  # the three-tissue head of the contrast maps' tests
@@ -16,6 +17,12 @@ def shift_field(shape, shift):
     for axis, s in enumerate(shift):
         d[:, axis] = float(s)
     return d
+
+
+def centroid(img):
+    w = img[0, 0].double()
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in w.shape], indexing="ij")
+    return [float((g * w).sum() / w.sum()) for g in grids]
 
 
 def test_inverse_consistency_of_a_shift_and_its_reverse():
@@ -38,11 +45,6 @@ def test_the_mirrored_prediction_cancels_a_bias_to_one_side():
     fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
     shift = (1.5, -1.0, 0.5)
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
-
-    def centroid(img):
-        w = img[0, 0].double()
-        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in w.shape], indexing="ij")
-        return [float((g * w).sum() / w.sum()) for g in grids]
 
     def biased(f, m):
         d = [b - a for a, b in zip(centroid(f), centroid(m))]
@@ -92,7 +94,8 @@ def test_the_way_kept_is_the_one_the_second_network_inverts(t1_fixed):
             return shift_field(f.shape[2:], (1.0, 0.0, 1.0))
         return true if forward else -true
 
-    disp, info = second_pass(network, fixed, moving, true)  # the maps from the true alignment
+    # the maps from the true alignment; no cascade (its steps are the next tests')
+    disp, info = second_pass(network, fixed, moving, true, cascade=0)
     assert info["way"] == ("moving_to_fixed" if t1_fixed else "fixed_to_moving")
     errors = info["inverse_consistency"]
     assert errors[info["way"]] < 0.05 and errors[info["way"]] == min(errors.values())
@@ -101,6 +104,65 @@ def test_the_way_kept_is_the_one_the_second_network_inverts(t1_fixed):
     # each way was predicted both ways round, and the pair mapped into the T1's contrast
     # was T1-like on both sides
     assert len(calls) == 4 and sum(f and m for _, f, m in calls) == 2
+
+
+def test_the_symmetric_estimate_cancels_a_bias_that_does_not_turn_with_the_pair():
+    # a "network" that finds the shift from the centroids and adds 0.5 voxel along axis 2
+    # whichever way round the pair comes: the reverse field is -shift + bias, its inverse
+    # shift - bias, and the average of that and the forward field is the shift
+    fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
+    shift = (1.0, -1.5, 0.5)
+    moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
+
+    def biased(f, m):
+        d = [b - a for a, b in zip(centroid(f), centroid(m))]
+        d[2] += 0.5
+        return shift_field(f.shape[2:], d)
+
+    assert biased(fixed, moving)[0, :, 0, 0, 0].tolist() == pytest.approx([1.0, -1.5, 1.0], abs=0.02)
+    sym = symmetric(biased, fixed, moving)
+    assert sym[0, :, 0, 0, 0].tolist() == pytest.approx(list(shift), abs=0.02)
+    # the fields given are the ones used: no prediction is made again
+    given = symmetric(None, fixed, moving, biased(fixed, moving), biased(moving, fixed))
+    assert torch.allclose(given, sym)
+
+
+def test_the_symmetric_estimate_inverted_on_the_networks_grid_matches_the_images_grid():
+    # a network's fields are its own grid's resized, so inverting them there (cheaper: a 1 mm
+    # working grid has ~20x the voxels of brain-mr's 64^3) gives the same estimate
+    shape, grid = (48, 40, 44), (24, 20, 22)
+    coarse = torch.from_numpy(smooth_field(grid, 1.0, seed=3))[None].double()
+    forward = resize_field(coarse, shape)
+    backward = -resize_field(0.8 * coarse, shape)  # not the exact inverse: the two disagree
+    fine = symmetric(None, None, None, forward, backward)
+    on_grid = symmetric(None, None, None, forward, backward, grid=grid)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    assert (fine - forward)[inner].abs().max() > 0.1  # the reverse field does change the estimate
+    # within 0.05 voxel anywhere, for fields of up to 2 voxels (linear interpolation's order)
+    assert (on_grid - fine)[inner].abs().max() < 0.05
+    assert (on_grid - fine)[inner].abs().mean() < 0.01
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+def test_each_cascade_step_registers_what_the_field_so_far_left(steps):
+    # a "network" that finds only 60 % of a pair's shift (a motion larger than it was
+    # trained on): after k cascade steps the field is 1 - 0.4^(k + 1) of the shift, and
+    # each step's length is what the step before it left, times 0.6
+    fixed, labels = phantom((0.0, 0.3, 0.6, 1.0))
+    shift = (2.0, -2.5, 1.0)
+    moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
+    true = shift_field(fixed.shape[2:], shift)
+
+    def timid(f, m):
+        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+
+    disp, info = second_pass(timid, fixed, moving, true, cascade=steps)
+    inner = torch.from_numpy(ndimage.binary_erosion(labels > 0, iterations=4))
+    found = disp[0][:, inner].mean(dim=1)
+    expected = [(1 - 0.4 ** (steps + 1)) * s for s in shift]
+    assert found.tolist() == pytest.approx(expected, abs=0.05)
+    length = float(np.linalg.norm(shift))
+    assert info["cascade_steps"] == pytest.approx([0.6 * 0.4 ** (k + 1) * length for k in range(steps)], rel=0.05)
 
 
 def test_brain_mr_any_with_its_second_pass_registers_a_t2_like_scan_better():
@@ -206,3 +268,27 @@ def test_the_maps_smoothing_scales_with_the_first_networks_voxels(monkeypatch):
     sp.second_pass(predict, img, img, zero, first_grid=(40, 40, 40))
     sp.second_pass(predict, img, img, zero)
     assert seen == pytest.approx([sp.MAP_SMOOTHING * 2, sp.MAP_SMOOTHING, 0.0])
+
+
+@pytest.mark.parametrize("shift, scale, steps", [((0.5, -0.5, 0.25), 1, 1), ((3.0, -3.5, 2.0), 2, 2),
+                                                  ((3.0, -3.5, 2.0), 1, 3)])
+def test_more_cascade_steps_run_while_the_last_one_was_long(shift, scale, steps):
+    # the 60 % network again: step k has length 0.6 * 0.4^k * |shift| (here 1.2, 0.48, 0.19
+    # voxels for the larger shift); steps after the first run while the last one exceeded
+    # CASCADE_LONG_STEP (0.4) voxels of the network's grid, the images' grid / scale, up to
+    # CASCADE_MAX (3) steps
+    fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
+    moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
+    true = shift_field(fixed.shape[2:], shift)
+
+    def timid(f, m):
+        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+
+    grid = tuple(n // scale for n in fixed.shape[2:])
+    _, info = second_pass(timid, fixed, moving, true, second_grid=grid)
+    assert len(info["cascade_steps"]) == steps
+    long = [s / scale > 0.4 for s in info["cascade_steps"]]
+    assert long[:-1] == [True] * (steps - 1) and (steps == 3 or not long[-1])
+    # without the network's grid, only the steps always run
+    _, info = second_pass(timid, fixed, moving, true)
+    assert len(info["cascade_steps"]) == 1
