@@ -36,8 +36,9 @@ def template(spacing: float):
     return out[0], tuple(out[1:]), lab, aff
 
 
-def warp_pair(fixed_shape, affine, volumes, rng, labels):
-    """The volumes pulled through a random rigid + B-spline transform (SimpleITK)."""
+def warp_pair(fixed_shape, affine, volumes, rng, labels, warp_sd: float = 3.0):
+    """The volumes pulled through a random rigid + B-spline transform (SimpleITK): the
+    B-spline's control points (a 4^3 mesh) drawn from N(0, ``warp_sd`` mm)."""
     import SimpleITK as sitk
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -51,7 +52,7 @@ def warp_pair(fixed_shape, affine, volumes, rng, labels):
     rigid.SetTranslation([float(v) for v in t / np.linalg.norm(t) * rng.uniform(0, 15)])
     bspline = sitk.BSplineTransformInitializer(ref, [4, 4, 4])
     params = np.asarray(bspline.GetParameters())
-    bspline.SetParameters([float(v) for v in rng.normal(0, 3.0, params.size)])
+    bspline.SetParameters([float(v) for v in rng.normal(0, warp_sd, params.size)])
     transform = sitk.CompositeTransform([rigid, bspline])
     out = []
     for vol, is_label in zip(volumes, labels):

@@ -5,12 +5,13 @@
     python benchmarks/contrast.py --refined        # also as ddmr register runs them (refined)
     python benchmarks/contrast.py --refined --swapped   # the roles swapped: T1 onto a T2/PD/... template
     python benchmarks/contrast.py --model brain-mr-any --second-pass runs/fine/best.pt --no-ants   # another second network
+    python benchmarks/contrast.py --warp-mm 6     # local warps twice as large (beyond brain-mr's training)
 
 The pairs. Fixed: the MNI ICBM152 2009a T1 template that ships inside nilearn, on a
 ``--spacing`` mm grid (default 2 mm, the whole template's field of view). Moving: the same
 brain moved by a random rigid motion (up to 10 degrees about each axis, up to 15 mm) and a
-smooth SimpleITK B-spline warp (4^3 mesh, control points N(0, 3 mm)): neither made by
-ddmr's augmentation. Its contrast is one of
+smooth SimpleITK B-spline warp (4^3 mesh, control points N(0, 3 mm); ``--warp-mm``
+sets the 3): neither made by ddmr's augmentation. Its contrast is one of
 
 * ``T1``: the template itself;
 * ``T2``: CSF bright, grey matter mid, white matter dark;
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--contrasts", nargs="+", default=list(ALL), choices=ALL)
     ap.add_argument("--spacing", type=float, default=2.0, help="grid spacing, mm (default 2)")
     ap.add_argument("--seed", type=int, default=31)
+    ap.add_argument("--warp-mm", type=float, default=3.0,
+                    help="standard deviation of the B-spline warp's control points, mm (default 3)")
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--refined", action="store_true",
                     help="also each model as ddmr register runs it by default (refine='auto': 24 annealed steps of NCC "
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
         reg = Registry(bind_gin=False)
         baselines = {n: reg.create("baselines", n) for n in ("ants_syn", "ants_syncc")}
     roles = "fixed: the contrast below, moving: MNI T1" if args.swapped else "fixed: MNI T1, moving: the contrast below"
-    print(f"{roles}; at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; torch threads "
+    print(f"{roles}; at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; B-spline control points N(0, {args.warp_mm:g} mm); torch threads "
           f"{torch.get_num_threads()}")
 
     def score(disp, moving_lab):
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
             fixed = t1
             if args.swapped:  # the same images, the other way round
                 fixed, src = src, t1.copy()
-            moving, moving_lab = warp_pair(t1.shape, affine, [src, fixed_lab], rng, [False, True])
+            moving, moving_lab = warp_pair(t1.shape, affine, [src, fixed_lab], rng, [False, True], args.warp_mm)
             moving_lab = moving_lab.astype(np.uint8)
             before = dice_tre(fixed_lab, moving_lab, affine, (1, 2, 3))["dice_mean"]
             row = {"contrast": contrast, "pair": i, "before": before}
@@ -184,7 +187,8 @@ def main(argv=None) -> int:
             print(f"{'':<9} {n:<14} {s['dice']:>6.3f}±{s['dice_sd']:.3f} {'/'.join(f'{v:.2f}' for v in per):>17} "
                   f"{s['runtime_s']:>10.2f} {s['folding_pct']:>9.3f}")
     (work / "results.json").write_text(json.dumps({"spacing_mm": args.spacing, "pairs": args.pairs,
-                                                   "swapped": args.swapped, "summary": summary}, indent=2))
+                                                   "swapped": args.swapped, "warp_mm": args.warp_mm,
+                                                   "summary": summary}, indent=2))
     with open(work / "pairs.csv", "w", newline="") as fh:
         flat = [{k: v for k, v in r.items() if not k.endswith("_labels")} for r in rows]
         w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
