@@ -21,15 +21,16 @@ The way kept is then refined by the same network, still without optimisation. Ea
 estimate is *symmetric*: the network's field for the pair is averaged with the inverse of
 its field for the pair the other way round (:func:`symmetric`), since a network's errors
 in the two directions are partly independent, and the two are at hand anyway. The
-estimate is then *cascaded* (:data:`CASCADE`, :data:`CASCADE_LONG_STEP`): the network
-registers the pair once more with the moving image warped by the field so far, and the
-small residual field it finds is composed onto it. A network registers best the motions it was trained on; a pair that
-moved more than that (local warps beyond brain-mr's 6 mm) is left partly aligned by one
-pass and brought within range for the next.
+estimate is then *cascaded* (:data:`CASCADE`, :data:`CASCADE_LONG_STEP`): the contrast
+maps are estimated again from the field, which is closer than the first network's, the
+network registers the pair once more with the moving image warped by the field so far, and
+the small residual field it finds is composed onto it. A network registers best the
+motions it was trained on; a pair that moved more than that (local warps beyond brain-mr's
+6 mm) is left partly aligned by one pass and brought within range for the next.
 
 No optimisation runs: the maps are conditional means, the rest are forward passes (four
-of the second network at its own grid, plus one mirrored and two per cascade step, plus
-the maps on the working grid) and field arithmetic, so this is still the "network alone"
+of the second network at its own grid, one mirrored, and three per cascade step, plus
+the maps on the working grid, twice) and field arithmetic, so this is still the "network alone"
 of a model (an affine start and networks, no instance optimisation).
 
 Tensors: images ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid; fields
@@ -106,6 +107,14 @@ def mirrored(predict, fixed: torch.Tensor, moving: torch.Tensor, axis: int) -> t
     return disp
 
 
+def _mapped(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, smooth: float) -> tuple[dict, torch.Tensor]:
+    """The pair put into one contrast both ways through maps estimated from the alignment
+    ``disp`` gives (:func:`~ddmr_core.spatial.contrast.map_both_ways`): ``({way: (fixed,
+    moving)}, background)``, the images clamped to [0, 1] as the network's inputs are."""
+    fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, disp, smooth=smooth)
+    return dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving)))), background
+
+
 def _long(step: float, fixed: torch.Tensor, grid) -> bool:
     """Whether a cascade step of mean length ``step`` (voxels of ``fixed``'s grid) is longer
     than :data:`CASCADE_LONG_STEP` voxels of the network's ``grid`` (None: never)."""
@@ -135,10 +144,8 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
     more than one pass registers)."""
     with torch.no_grad():
         smooth = 0.0 if first_grid is None else MAP_SMOOTHING * sum(fixed.shape[2:]) / sum(first_grid)
-        fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, first, smooth=smooth)
+        pairs, background = _mapped(fixed, moving, first, smooth)
         mask = ~background
-        # in [0, 1], as the network's inputs are
-        pairs = dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving))))
         fields, errors = {}, {}
         for way, (f, m) in pairs.items():
             fields[way] = predict(f, m), predict(m, f)
@@ -152,6 +159,8 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
         for _ in range(CASCADE_MAX if cascade is None else cascade):
             if cascade is None and len(steps) >= CASCADE and not (steps and _long(steps[-1], fixed, second_grid)):
                 break
+            if not steps:  # the maps again, from this field: closer than the first network's
+                f, m = _mapped(fixed, moving, disp, smooth)[0][way]
             warped = warp(m, disp, padding="border")
             step = symmetric(predict, f, warped, grid=second_grid)
             if mirror_axis is not None:

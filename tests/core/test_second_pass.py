@@ -267,7 +267,35 @@ def test_the_maps_smoothing_scales_with_the_first_networks_voxels(monkeypatch):
     sp.second_pass(predict, img, img, zero, first_grid=(20, 20, 20))
     sp.second_pass(predict, img, img, zero, first_grid=(40, 40, 40))
     sp.second_pass(predict, img, img, zero)
-    assert seen == pytest.approx([sp.MAP_SMOOTHING * 2, sp.MAP_SMOOTHING, 0.0])
+    # each pass maps the pair twice (from the first network's field, then for the cascade)
+    assert seen == pytest.approx([sp.MAP_SMOOTHING * 2] * 2 + [sp.MAP_SMOOTHING] * 2 + [0.0] * 2)
+
+
+def test_the_cascade_maps_the_pair_again_from_the_field_so_far(monkeypatch):
+    from ddmr_core.registration import second_pass as sp
+
+    seen = []
+    real = sp.map_both_ways
+
+    def spy(fixed, moving, disp, smooth=0.0):
+        seen.append(disp[0].mean(dim=(1, 2, 3)).tolist())
+        return real(fixed, moving, disp, smooth=smooth)
+
+    monkeypatch.setattr(sp, "map_both_ways", spy)
+    shift = (2.0, -1.0, 1.0)
+    fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
+    moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
+
+    def timid(f, m):  # 60 % of the pair's shift, as above
+        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+
+    first = shift_field(fixed.shape[2:], (0.5, 0.0, 0.0))  # a poor first alignment
+    sp.second_pass(timid, fixed, moving, first, cascade=1)
+    assert len(seen) == 2
+    assert seen[0] == pytest.approx([0.5, 0.0, 0.0], abs=1e-6)
+    assert seen[1] == pytest.approx([0.6 * v for v in shift], abs=0.05)
+    sp.second_pass(timid, fixed, moving, first, cascade=0)
+    assert len(seen) == 3  # no cascade, no second mapping
 
 
 @pytest.mark.parametrize("shift, scale, steps", [((0.5, -0.5, 0.25), 1, 1), ((3.0, -3.5, 2.0), 2, 2),
