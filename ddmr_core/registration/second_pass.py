@@ -57,15 +57,15 @@ MAP_SMOOTHING = 0.6
 #: cascade steps after the first estimate, always run: the network once more on the pair
 #: warped by the field so far, its (symmetric) residual composed onto it. 2 mm pairs, 8 each,
 #: network alone, with the symmetric estimates: T1 -> T1 0.901 -> 0.919, inverted -> T1
-#: 0.847 -> 0.855, T2-like -> T1 0.859 -> 0.869; two steps on those pairs: 0.914, 0.845,
-#: 0.864 (docs/models.md)
+#: 0.847 -> 0.855, T2-like -> T1 0.859 -> 0.869 (0.875 with the maps estimated again first);
+#: two steps on those pairs: 0.914, 0.845, 0.864 (docs/models.md)
 CASCADE = 1
 #: a further step runs while the last one moved the pair by more than this, on average over
 #: the foreground, in voxels of the second network's grid (up to :data:`CASCADE_MAX` steps).
 #: On pairs within the network's range the first step is 0.2-0.3 of its voxels, and a second
 #: one lowers Dice (above); on a 1 mm T2-like pair warped beyond the training's 6 mm (4.7 mm
 #: mean, 11 mm at the 99th percentile) the steps were 0.55, 0.26, 0.13 voxels and Dice 0.72
-#: (no step), 0.79, 0.81, 0.82
+#: (no step), 0.79, 0.81, 0.82 (before the maps were estimated again for the cascade)
 CASCADE_LONG_STEP = 0.4
 CASCADE_MAX = 3
 
