@@ -219,3 +219,14 @@ def test_a_map_through_a_poor_alignment_comes_closer_from_the_pair_smoothed():
     assert torch.equal(map_both_ways(fixed, ambiguous, zero, smooth=0.8)[1], map_both_ways(fixed, ambiguous, zero)[1])
     # and the fixed image's map never is
     assert torch.equal(map_both_ways(fixed, moving, zero, smooth=0.8)[0], map_both_ways(fixed, moving, zero)[0])
+
+
+def test_the_rim_is_the_background_dilated_by_a_cube_as_scipy_dilates_it():
+    from ddmr_core.spatial.contrast import _near_background
+
+    rng = np.random.default_rng(4)
+    background = torch.from_numpy(rng.random((2, 1, 15, 12, 17)) > 0.97)
+    for voxels in (1, 2, 3):
+        cube = np.ones((2 * voxels + 1,) * 3, bool)
+        expected = np.stack([ndimage.binary_dilation(b[0], cube)[None] for b in background.numpy()])
+        assert np.array_equal(_near_background(background, voxels).numpy(), expected)
