@@ -25,6 +25,14 @@ def centroid(img):
     return [float((g * w).sum() / w.sum()) for g in grids]
 
 
+def centroid_network(fraction: float = 1.0, bias=(0.0, 0.0, 0.0)):
+    """A stand-in network: ``fraction`` of the shift between the two images' centroids,
+    plus ``bias`` voxels, as a constant pull field."""
+    def predict(f, m):
+        return shift_field(f.shape[2:], [fraction * (b - a) + o for a, b, o in zip(centroid(f), centroid(m), bias)])
+    return predict
+
+
 def test_inverse_consistency_of_a_shift_and_its_reverse():
     shape = (12, 12, 12)
     mask = torch.zeros(1, 1, *shape, dtype=torch.bool)
@@ -46,10 +54,7 @@ def test_the_mirrored_prediction_cancels_a_bias_to_one_side():
     shift = (1.5, -1.0, 0.5)
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
 
-    def biased(f, m):
-        d = [b - a for a, b in zip(centroid(f), centroid(m))]
-        d[0] += 0.6
-        return shift_field(f.shape[2:], d)
+    biased = centroid_network(bias=(0.6, 0.0, 0.0))
 
     found = biased(fixed, moving)[0, :, 0, 0, 0]
     back = mirrored(biased, fixed, moving, 0)[0, :, 0, 0, 0]
@@ -114,10 +119,7 @@ def test_the_symmetric_estimate_cancels_a_bias_that_does_not_turn_with_the_pair(
     shift = (1.0, -1.5, 0.5)
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
 
-    def biased(f, m):
-        d = [b - a for a, b in zip(centroid(f), centroid(m))]
-        d[2] += 0.5
-        return shift_field(f.shape[2:], d)
+    biased = centroid_network(bias=(0.0, 0.0, 0.5))
 
     assert biased(fixed, moving)[0, :, 0, 0, 0].tolist() == pytest.approx([1.0, -1.5, 1.0], abs=0.02)
     sym = symmetric(biased, fixed, moving)
@@ -153,8 +155,7 @@ def test_each_cascade_step_registers_what_the_field_so_far_left(steps):
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
     true = shift_field(fixed.shape[2:], shift)
 
-    def timid(f, m):
-        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+    timid = centroid_network(0.6)
 
     disp, info = second_pass(timid, fixed, moving, true, cascade=steps)
     inner = torch.from_numpy(ndimage.binary_erosion(labels > 0, iterations=4))
@@ -286,8 +287,7 @@ def test_the_cascade_maps_the_pair_again_from_the_field_so_far(monkeypatch):
     fixed, _ = phantom((0.0, 0.3, 0.6, 1.0))
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
 
-    def timid(f, m):  # 60 % of the pair's shift, as above
-        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+    timid = centroid_network(0.6)  # 60 % of the pair's shift, as above
 
     first = shift_field(fixed.shape[2:], (0.5, 0.0, 0.0))  # a poor first alignment
     sp.second_pass(timid, fixed, moving, first, cascade=1)
@@ -309,8 +309,7 @@ def test_more_cascade_steps_run_while_the_last_one_was_long(shift, scale, steps)
     moving, _ = phantom((0.0, 0.3, 0.6, 1.0), shift=shift)
     true = shift_field(fixed.shape[2:], shift)
 
-    def timid(f, m):
-        return shift_field(f.shape[2:], [0.6 * (b - a) for a, b in zip(centroid(f), centroid(m))])
+    timid = centroid_network(0.6)
 
     grid = tuple(n // scale for n in fixed.shape[2:])
     _, info = second_pass(timid, fixed, moving, true, second_grid=grid)
