@@ -127,8 +127,8 @@ def main(argv=None) -> int:
         reg = Registry(bind_gin=False)
         baselines = {n: reg.create("baselines", n) for n in ("ants_syn", "ants_syncc")}
     roles = "fixed: the contrast below, moving: MNI T1" if args.swapped else "fixed: MNI T1, moving: the contrast below"
-    print(f"{roles}; at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; B-spline control points N(0, {args.warp_mm:g} mm); torch threads "
-          f"{torch.get_num_threads()}")
+    print(f"{roles}; at {args.spacing:g} mm, grid {t1.shape}; {args.pairs} pairs per contrast; B-spline control "
+          f"points N(0, {args.warp_mm:g} mm); torch threads {torch.get_num_threads()}")
 
     def score(disp, moving_lab):
         warped = apply_field(disp, affine, moving_lab, affine, labels=True)

@@ -30,8 +30,8 @@ motions it was trained on; a pair that moved more than that (local warps beyond 
 
 No optimisation runs: the maps are conditional means, the rest are forward passes (four
 of the second network at its own grid, one mirrored, and three per cascade step, plus
-the maps on the working grid, twice) and field arithmetic, so this is still the "network alone"
-of a model (an affine start and networks, no instance optimisation).
+the maps on the working grid, twice) and field arithmetic, so this is still the "network
+alone" of a model (an affine start and networks, no instance optimisation).
 
 Tensors: images ``(1, 1, D, H, W)`` in [0, 1] on one (working) grid; fields
 ``(1, 3, D, H, W)`` pull fields in voxels of that grid.
@@ -107,7 +107,8 @@ def mirrored(predict, fixed: torch.Tensor, moving: torch.Tensor, axis: int) -> t
     return disp
 
 
-def _mapped(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, smooth: float) -> tuple[dict, torch.Tensor]:
+def _mapped(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
+            smooth: float) -> tuple[dict, torch.Tensor]:
     """The pair put into one contrast both ways through maps estimated from the alignment
     ``disp`` gives (:func:`~ddmr_core.spatial.contrast.map_both_ways`): ``({way: (fixed,
     moving)}, background)``, the images clamped to [0, 1] as the network's inputs are."""
@@ -136,9 +137,9 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
     independent, docs/models.md). ``cascade``: steps of the network on the pair warped by
     the field so far (0: none); ``None``: :data:`CASCADE`, and more while a step is longer
     than :data:`CASCADE_LONG_STEP` voxels of ``second_grid``, the second network's grid (3
-    sizes; ``None``: no more), up to :data:`CASCADE_MAX`. ``first_grid``: the first network's grid (3 sizes), which
-    scales the maps' smoothing (:data:`MAP_SMOOTHING`; ``None``: no smoothing). ``info``:
-    ``way`` (one of :data:`WAYS`),
+    sizes; ``None``: no more), up to :data:`CASCADE_MAX`. ``first_grid``: the first
+    network's grid (3 sizes), which scales the maps' smoothing (:data:`MAP_SMOOTHING`;
+    ``None``: no smoothing). ``info``: ``way`` (one of :data:`WAYS`),
     ``inverse_consistency`` (voxels, per way), ``mirror_axis`` and ``cascade_steps`` (each
     step's mean length over the foreground, voxels: a long one says the pair had moved
     more than one pass registers)."""

@@ -29,7 +29,8 @@ def centroid_network(fraction: float = 1.0, bias=(0.0, 0.0, 0.0)):
     """A stand-in network: ``fraction`` of the shift between the two images' centroids,
     plus ``bias`` voxels, as a constant pull field."""
     def predict(f, m):
-        return shift_field(f.shape[2:], [fraction * (b - a) + o for a, b, o in zip(centroid(f), centroid(m), bias)])
+        shift = [b - a for a, b in zip(centroid(f), centroid(m))]
+        return shift_field(f.shape[2:], [fraction * d + o for d, o in zip(shift, bias)])
     return predict
 
 
