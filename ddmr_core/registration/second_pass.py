@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spatial.contrast import map_both_ways
+from ..spatial.contrast import background_mask, map_both_ways
 from ..spatial.fields import compose, invert, resize_field, warp
 
 #: the two ways: the moving image mapped into the fixed one's contrast, or the fixed into the moving one's
@@ -74,10 +74,7 @@ def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, mask: tor
     """Mean length (voxels) over ``mask`` ``(B, 1, D, H, W)`` of ``forward(x) +
     backward(x + forward(x))``: zero when the pull field ``backward`` (moving grid to
     fixed) undoes ``forward`` (fixed to moving) exactly."""
-    back = warp(backward, forward, mode="linear", padding="border")
-    err = (forward + back).norm(dim=1, keepdim=True)
-    w = mask.to(err.dtype)
-    return float((err * w).sum() / w.sum().clamp_min(1.0))
+    return _mean_length(forward + warp(backward, forward, mode="linear", padding="border"), mask)
 
 
 def symmetric(predict, fixed: torch.Tensor, moving: torch.Tensor, forward: torch.Tensor | None = None,
@@ -107,13 +104,20 @@ def mirrored(predict, fixed: torch.Tensor, moving: torch.Tensor, axis: int) -> t
     return disp
 
 
-def _mapped(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
-            smooth: float) -> tuple[dict, torch.Tensor]:
+def _mapped(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, smooth: float,
+            backgrounds: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """The pair put into one contrast both ways through maps estimated from the alignment
-    ``disp`` gives (:func:`~ddmr_core.spatial.contrast.map_both_ways`): ``({way: (fixed,
-    moving)}, background)``, the images clamped to [0, 1] as the network's inputs are."""
-    fixed_mapped, moving_mapped, background = map_both_ways(fixed, moving, disp, smooth=smooth)
-    return dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving)))), background
+    ``disp`` gives (:func:`~ddmr_core.spatial.contrast.map_both_ways`, with the images'
+    ``backgrounds`` found once): ``{way: (fixed, moving)}``, the images clamped to [0, 1] as
+    the network's inputs are."""
+    fixed_mapped, moving_mapped, _ = map_both_ways(fixed, moving, disp, smooth=smooth, backgrounds=backgrounds)
+    return dict(zip(WAYS, ((fixed, moving_mapped.clamp(0, 1)), (fixed_mapped.clamp(0, 1), moving))))
+
+
+def _mean_length(field: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean length (voxels) of ``field`` ``(B, 3, D, H, W)`` over ``mask`` ``(B, 1, D, H, W)``."""
+    w = mask.to(field.dtype)
+    return float((field.norm(dim=1, keepdim=True) * w).sum() / w.sum().clamp_min(1.0))
 
 
 def _long(step: float, fixed: torch.Tensor, grid) -> bool:
@@ -145,8 +149,9 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
     more than one pass registers)."""
     with torch.no_grad():
         smooth = 0.0 if first_grid is None else MAP_SMOOTHING * sum(fixed.shape[2:]) / sum(first_grid)
-        pairs, background = _mapped(fixed, moving, first, smooth)
-        mask = ~background
+        backgrounds = background_mask(fixed), background_mask(moving)
+        pairs = _mapped(fixed, moving, first, smooth, backgrounds)
+        mask = ~backgrounds[0]
         fields, errors = {}, {}
         for way, (f, m) in pairs.items():
             fields[way] = predict(f, m), predict(m, f)
@@ -161,12 +166,12 @@ def second_pass(predict, fixed: torch.Tensor, moving: torch.Tensor, first: torch
             if cascade is None and len(steps) >= CASCADE and not (steps and _long(steps[-1], fixed, second_grid)):
                 break
             if not steps:  # the maps again, from this field: closer than the first network's
-                f, m = _mapped(fixed, moving, disp, smooth)[0][way]
+                f, m = _mapped(fixed, moving, disp, smooth, backgrounds)[way]
             warped = warp(m, disp, padding="border")
             step = symmetric(predict, f, warped, grid=second_grid)
             if mirror_axis is not None:
                 step = 0.5 * (step + mirrored(predict, f, warped, mirror_axis))
-            steps.append(float((step.norm(dim=1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1)))
+            steps.append(_mean_length(step, mask))
             disp = compose(disp, step)
     return disp, {"way": way, "inverse_consistency": {k: round(v, 4) for k, v in errors.items()},
                   "mirror_axis": mirror_axis, "cascade_steps": [round(v, 4) for v in steps]}

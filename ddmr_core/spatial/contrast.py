@@ -262,13 +262,16 @@ def match_contrast(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
         return estimate_contrast_map(fixed, aligned)(moving)
 
 
-def map_both_ways(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
-                  smooth: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def map_both_ways(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, smooth: float = 0.0,
+                  backgrounds: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pair put into one contrast both ways through maps estimated from the alignment
     ``disp`` gives: ``(fixed_mapped, moving_mapped, fixed_background)``, the fixed image in
     the moving one's contrast, the moving image in the fixed one's (each on its own grid,
     as :func:`match_contrast` maps one way) and the fixed image's :func:`background_mask`.
-    Each image's background is found once for both maps.
+    Each image's background is found once for both maps; ``backgrounds``: the fixed and the
+    moving image's :func:`background_mask`, when already at hand (a caller mapping the same
+    pair again from a better alignment).
 
     ``smooth`` (voxels, 0: off): the moving image's map is estimated from the fixed image
     and the aligned moving one both smoothed by a Gaussian of this width, where its
@@ -282,7 +285,8 @@ def map_both_ways(fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
     voxels."""
     with torch.no_grad():
         aligned = warp(moving, disp, mode="linear", padding="border")
-        bf, ba, bm = background_mask(fixed), background_mask(aligned), background_mask(moving)
+        bf, bm = backgrounds if backgrounds is not None else (background_mask(fixed), background_mask(moving))
+        ba = background_mask(aligned)
         fixed_mapped = estimate_contrast_map(aligned, fixed, moving_background=bf, fixed_background=ba)(fixed, bf)
         moving_map = estimate_contrast_map(fixed, aligned, moving_background=ba, fixed_background=bf)
         nearly_function = moving_map.fit >= SMOOTH_FIT

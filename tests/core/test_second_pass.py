@@ -255,9 +255,9 @@ def test_the_maps_smoothing_scales_with_the_first_networks_voxels(monkeypatch):
     seen = []
     real = sp.map_both_ways
 
-    def spy(fixed, moving, disp, smooth=0.0):
+    def spy(fixed, moving, disp, smooth=0.0, **kwargs):
         seen.append(smooth)
-        return real(fixed, moving, disp, smooth=smooth)
+        return real(fixed, moving, disp, smooth=smooth, **kwargs)
 
     monkeypatch.setattr(sp, "map_both_ways", spy)
     img, _ = phantom((0.0, 0.2, 0.6, 1.0))  # 40^3
@@ -279,9 +279,9 @@ def test_the_cascade_maps_the_pair_again_from_the_field_so_far(monkeypatch):
     seen = []
     real = sp.map_both_ways
 
-    def spy(fixed, moving, disp, smooth=0.0):
+    def spy(fixed, moving, disp, smooth=0.0, **kwargs):
         seen.append(disp[0].mean(dim=(1, 2, 3)).tolist())
-        return real(fixed, moving, disp, smooth=smooth)
+        return real(fixed, moving, disp, smooth=smooth, **kwargs)
 
     monkeypatch.setattr(sp, "map_both_ways", spy)
     shift = (2.0, -1.0, 1.0)
