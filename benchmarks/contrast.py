@@ -99,6 +99,8 @@ def main(argv=None) -> int:
                          "(default: the card's)")
     ap.add_argument("--work", default="bench_out/contrast")
     args = ap.parse_args(argv)
+    if not args.warp_mm >= 0:
+        ap.error(f"--warp-mm must be a non-negative number of millimetres, got {args.warp_mm:g}")
 
     from ddmr_core.registration.register import Registrar, dice_tre
     from ddmr_core.plugins.registry import Registry
